@@ -1,0 +1,36 @@
+"""The `course` command: one subcommand per module, each module owning its own arguments.
+
+Each subcommand module exposes ``add_arguments(parser)`` and ``main(args) -> int`` (the exit code).
+Modules are imported only when their subcommand runs, so ``course --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+
+SUBCOMMANDS = {
+    "doctor": ("doctor", "check versions, profile, device, bitsandbytes/bertviz and offline status"),
+    "run": ("runner", "execute notebooks headless into a build folder and print a table of run times"),
+    "release": ("release", "generate labs/ from solutions/ (--check: fail if labs/ is stale)"),
+    "grade": ("grading", "grade lab submissions into a gradebook CSV"),
+    "pretrain": ("pretrain", "train a small GPT on your own text file and save a checkpoint"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="course", description="Tools for the hands-on LLM course.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        sp.set_defaults(_module=module)
+        importlib.import_module(f"course_utils.{module}").add_arguments(sp)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    return int(importlib.import_module(f"course_utils.{args._module}").main(args) or 0)

@@ -1,0 +1,133 @@
+"""A small training loop (AdamW, warm-up + cosine schedule, gradient clipping) and loss plots.
+
+``train`` works for any model whose loss comes from ``loss_fn(model, batch)``; by default that is
+``model(**batch).loss``, which every `transformers` model with labels returns. Batches come from a
+function (called once per step, like nanoGPT's ``get_batch``) or from any iterable (cycled).
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+
+@dataclass
+class History:
+    """What ``train`` measured: the training loss per step and any evaluations."""
+
+    steps: list[int] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    evals: list[tuple[int, float]] = field(default_factory=list)
+    tokens_per_s: float = float("nan")
+
+
+def default_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    """The loss a `transformers` model returns when the batch carries labels."""
+    return model(**batch).loss
+
+
+def _batch_source(batches: Callable[[], dict] | Iterable[dict]) -> Callable[[], dict]:
+    if callable(batches):
+        return batches
+    if isinstance(batches, Iterable):
+        cycle = itertools.cycle(batches)
+        return lambda: next(cycle)
+    raise TypeError("batches must be a function returning a batch, or an iterable of batches")
+
+
+def _to(batch, device):
+    if isinstance(batch, dict):
+        return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(v.to(device) if torch.is_tensor(v) else v for v in batch)
+    return batch.to(device)
+
+
+def _count_tokens(batch) -> int:
+    first = next(iter(batch.values())) if isinstance(batch, dict) else batch[0] if isinstance(batch, (tuple, list)) else batch
+    return first.numel() if torch.is_tensor(first) else 0
+
+
+def train(model: torch.nn.Module, batches, steps: int, lr: float = 1e-3, warmup: int | None = None,
+          weight_decay: float = 0.01, clip: float = 1.0, device: torch.device | str | None = None,
+          loss_fn: Callable = default_loss, eval_fn: Callable[[], float] | None = None,
+          eval_every: int = 0, progress: bool = True, desc: str = "training") -> History:
+    """Train ``model`` for ``steps`` optimizer steps and return the loss history."""
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if lr <= 0:
+        raise ValueError(f"lr must be positive, got {lr}")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(device).train()
+    next_batch = _batch_source(batches)
+    warmup = max(1, steps // 10) if warmup is None else warmup
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, steps)
+    history, n_tokens = History(), 0
+    start = time.perf_counter()
+    bar = tqdm(range(1, steps + 1), desc=desc, disable=not progress, mininterval=0.5)
+    for step in bar:
+        batch = _to(next_batch(), device)
+        n_tokens += _count_tokens(batch)
+        loss = loss_fn(model, batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {step}: lower lr (now {lr}) or check the data")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+        scheduler.step()
+        history.steps.append(step)
+        history.losses.append(loss.item())
+        if eval_fn is not None and eval_every and (step % eval_every == 0 or step == steps):
+            model.eval()
+            history.evals.append((step, float(eval_fn())))
+            model.train()
+        if step % 10 == 0 or step == steps:
+            bar.set_postfix(loss=f"{history.losses[-1]:.3f}")
+    history.tokens_per_s = n_tokens / max(time.perf_counter() - start, 1e-9)
+    model.eval()
+    return history
+
+
+def smooth(values: list[float], window: int = 20) -> list[float]:
+    """Running mean over the last ``window`` values (for readable loss curves)."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def plot_losses(history: History, baseline: float | None = None, baseline_label: str = "baseline",
+                title: str = "training loss", ax=None):
+    """Plot the (smoothed) training loss, evaluations and an optional baseline; returns the axes."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(history.steps, history.losses, alpha=0.3, label="loss per step")
+    ax.plot(history.steps, smooth(history.losses), label="loss (running mean)")
+    if history.evals:
+        ax.plot(*zip(*history.evals), "o-", label="validation")
+    if baseline is not None and math.isfinite(baseline):
+        ax.axhline(baseline, color="gray", linestyle="--", label=baseline_label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats / token)")
+    ax.set_title(title)
+    ax.legend()
+    return ax

@@ -1,0 +1,101 @@
+"""The model zoo: one call gives any notebook a pretrained model and its tokenizer.
+
+``load_pretrained("tiny-bert")`` returns the course's own tiny BERT, pretrained on the course corpus
+the first time it is asked for and cached on disk (deterministic, about half a minute on 2 cores).
+Any other name is a hub id or a local folder and goes through ``from_pretrained``: that is the path
+the ``gpu`` profile uses for real checkpoints such as ``bert-base-uncased``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from platformdirs import user_cache_dir
+from transformers import (AutoModelForMaskedLM, AutoTokenizer, BertConfig, BertForMaskedLM,
+                          DataCollatorForLanguageModeling)
+
+from .corpus import make_corpus
+from .profiles import seed_everything
+from .tokenization import train_wordpiece
+from .training import train
+
+# Recipes of the models the course trains itself. Changing a recipe changes its cache key.
+RECIPES = {
+    "tiny-bert": {
+        "corpus": {"n": 4000, "seed": 0},
+        "vocab_size": 300,
+        "config": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                   "intermediate_size": 128, "max_position_embeddings": 64},
+        "train": {"steps": 600, "batch_size": 32, "lr": 3e-3, "seed": 0},
+    },
+}
+
+
+def cache_dir() -> Path:
+    """Where course-trained models live: $COURSE_CACHE_DIR, else the user's cache folder."""
+    return Path(os.environ.get("COURSE_CACHE_DIR") or user_cache_dir("llm-course")) / "zoo"
+
+
+def _recipe_path(name: str) -> Path:
+    key = hashlib.sha256(json.dumps(RECIPES[name], sort_keys=True).encode()).hexdigest()[:10]
+    return cache_dir() / f"{name}-{key}"
+
+
+def pretrain_tiny_bert(recipe: dict, progress: bool = True) -> tuple[BertForMaskedLM, object]:
+    """Train the tiny BERT of ``recipe`` with masked language modelling; returns (model, tokenizer)."""
+    texts = make_corpus(**recipe["corpus"])
+    tokenizer = train_wordpiece(texts, vocab_size=recipe["vocab_size"],
+                                model_max_length=recipe["config"]["max_position_embeddings"])
+    seed_everything(recipe["train"]["seed"])
+    config = BertConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **recipe["config"])
+    model = BertForMaskedLM(config)
+    encoded = tokenizer(texts, truncation=True)["input_ids"]
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
+    generator = torch.Generator().manual_seed(recipe["train"]["seed"])
+    batch_size = recipe["train"]["batch_size"]
+
+    def next_batch() -> dict:
+        idx = torch.randint(len(encoded), (batch_size,), generator=generator).tolist()
+        return collator([{"input_ids": encoded[i]} for i in idx])
+
+    train(model, next_batch, steps=recipe["train"]["steps"], lr=recipe["train"]["lr"],
+          progress=progress, desc="pretraining tiny-bert")
+    return model, tokenizer
+
+
+def load_pretrained(name: str = "tiny-bert", attn_implementation: str = "eager", progress: bool = True):
+    """Return ``(model, tokenizer)`` for a course model name, a hub id or a local folder.
+
+    Course models (``tiny-bert``) are trained on first use and cached; hub ids and folders are loaded
+    with ``AutoModelForMaskedLM.from_pretrained``. Eager attention is the default so that
+    ``output_attentions=True`` returns the attention weights the course visualises.
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError("name must be a model name such as 'tiny-bert', a hub id or a local folder path")
+    if name in RECIPES:
+        path = _recipe_path(name)
+        if not (path / "config.json").is_file():
+            model, tokenizer = pretrain_tiny_bert(RECIPES[name], progress=progress)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{name}-"))
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            try:
+                tmp.rename(path)  # atomic: a concurrent run that finished first wins
+            except OSError:
+                shutil.rmtree(tmp, ignore_errors=True)
+        name = str(path)
+    elif Path(name).exists() and not (Path(name) / "config.json").is_file():
+        raise ValueError(f"{name} is a folder without config.json: save a model there with save_pretrained")
+    try:
+        model = AutoModelForMaskedLM.from_pretrained(name, attn_implementation=attn_implementation)
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except OSError as exc:
+        raise ValueError(f"could not load {name!r} ({exc}). Offline, use a course model "
+                         f"({', '.join(RECIPES)}) or a local folder; hub ids need the network.") from None
+    return model.eval(), tokenizer
