@@ -19,9 +19,9 @@ PROFILES = ("ci", "cpu", "gpu")
 # "gpu" is sized for a free Colab T4 and may load real checkpoints from the model hub.
 SETTINGS: dict[str, dict[str, dict]] = {
     "01_attention": {
-        "ci": {"model": "tiny-bert", "n_random_checks": 20},
-        "cpu": {"model": "tiny-bert", "n_random_checks": 100},
-        "gpu": {"model": "bert-base-uncased", "n_random_checks": 100},
+        "ci": {"model": "tiny-bert", "w2v_stories": 1500, "w2v_steps": 300, "probe_stories": 100, "n_random_checks": 20},
+        "cpu": {"model": "tiny-bert", "w2v_stories": 4000, "w2v_steps": 1500, "probe_stories": 400, "n_random_checks": 100},
+        "gpu": {"model": "bert-base-uncased", "w2v_stories": 4000, "w2v_steps": 1500, "probe_stories": 400, "n_random_checks": 100},
     },
 }
 

@@ -1,0 +1,122 @@
+"""The lab 01 checks accept correct code and reject plausible mistakes with a useful message."""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from course_utils.checks import CheckError
+from course_utils.checks.attention import check_attention, check_masks, check_multi_head_attention
+
+
+def attention(q, k, v, mask=None):
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = scores.softmax(-1)
+    return weights @ v, weights
+
+
+def attention_no_scale(q, k, v, mask=None):
+    scores = q @ k.transpose(-2, -1)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = scores.softmax(-1)
+    return weights @ v, weights
+
+
+def attention_mask_after_softmax(q, k, v, mask=None):
+    weights = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).softmax(-1)
+    if mask is not None:
+        weights = weights * mask
+    return weights @ v, weights
+
+
+def attention_naive_exp(q, k, v, mask=None):
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    e = scores.exp()
+    weights = e / e.sum(-1, keepdim=True)
+    return weights @ v, weights
+
+
+def causal_mask(n):
+    return torch.ones(n, n, dtype=torch.bool).tril()
+
+
+def padding_mask(attention_mask):
+    return attention_mask.bool()[:, None, None, :]
+
+
+class MHA(nn.Module):
+    def __init__(self, d_model, n_heads, attend=attention):
+        super().__init__()
+        self.n_heads, self.d_head, self.attend = n_heads, d_model // n_heads, attend
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(d_model, d_model) for _ in range(4))
+
+    def split(self, x):
+        b, n, _ = x.shape
+        return x.view(b, n, self.n_heads, self.d_head).transpose(1, 2)
+
+    def forward(self, query, key, value, mask=None):
+        q, k, v = self.split(self.q_proj(query)), self.split(self.k_proj(key)), self.split(self.v_proj(value))
+        out, _ = self.attend(q, k, v, mask)
+        b, _, n, _ = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, -1))
+
+
+class MHAWrongSplit(MHA):
+    def split(self, x):  # reshapes straight into heads without moving the head axis: mixes positions
+        b, n, _ = x.shape
+        return x.reshape(b, self.n_heads, n, self.d_head)
+
+
+def test_correct_code_passes(capsys):
+    check_attention(attention)
+    check_masks(causal_mask, padding_mask)
+    check_multi_head_attention(MHA)
+    assert capsys.readouterr().out.count("all checks passed") == 3
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (attention_no_scale, "sqrt"),
+    (attention_mask_after_softmax, "before the softmax"),
+    (attention_naive_exp, "numerical stability"),
+    (lambda q, k, v, mask=None: attention(q, k, v, mask)[0], "tuple"),
+    (lambda q, k, v, mask=None: (attention(q, k, v, mask)[0].transpose(-1, -2), attention(q, k, v, mask)[1]), "shape"),
+])
+def test_wrong_attention_is_rejected(wrong, message):
+    with pytest.raises(CheckError, match=message):
+        check_attention(wrong)
+
+
+@pytest.mark.parametrize("causal, padding, message", [
+    (lambda n: torch.ones(n, n, dtype=torch.bool).triu(), padding_mask, "is_causal"),
+    (lambda n: torch.ones(n, n, dtype=torch.bool).tril(-1), padding_mask, "is_causal"),  # forgets the diagonal
+    (lambda n: torch.ones(n, n).tril(), padding_mask, "bool"),
+    (causal_mask, lambda m: m.bool(), "broadcasts"),
+    (causal_mask, lambda m: ~m.bool()[:, None, None, :], "True for real tokens"),
+])
+def test_wrong_masks_are_rejected(causal, padding, message):
+    with pytest.raises(CheckError, match=message):
+        check_masks(causal, padding)
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (MHAWrongSplit, "Split the last dimension"),
+    (lambda d, h: MHA(d, h, attend=attention_no_scale), "d_model"),
+])
+def test_wrong_mha_is_rejected(wrong, message):
+    with pytest.raises(CheckError, match=message):
+        check_multi_head_attention(wrong)
+
+
+def test_mha_without_expected_attributes_gets_told_what_is_missing():
+    class NoProj(nn.Module):
+        def __init__(self, d, h):
+            super().__init__()
+            self.n_heads = h
+
+    with pytest.raises(CheckError, match="q_proj"):
+        check_multi_head_attention(NoProj)

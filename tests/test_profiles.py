@@ -1,0 +1,59 @@
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from course_utils.profiles import SETTINGS, detect_profile, setup
+
+
+def test_course_profile_env_wins(monkeypatch):
+    monkeypatch.setenv("COURSE_PROFILE", "cpu")
+    monkeypatch.setenv("CI", "true")
+    assert detect_profile() == "cpu"
+
+
+def test_ci_env_selects_ci(monkeypatch):
+    monkeypatch.delenv("COURSE_PROFILE", raising=False)
+    monkeypatch.setenv("CI", "true")
+    assert detect_profile() == "ci"
+
+
+def test_no_env_selects_by_hardware(monkeypatch):
+    monkeypatch.delenv("COURSE_PROFILE", raising=False)
+    monkeypatch.delenv("CI", raising=False)
+    assert detect_profile() == ("gpu" if torch.cuda.is_available() else "cpu")
+
+
+def test_unknown_profile_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("COURSE_PROFILE", "tpu")
+    with pytest.raises(ValueError, match="use one of"):
+        detect_profile()
+
+
+def test_setup_seeds_everything_and_prints_settings(capsys):
+    name = next(iter(SETTINGS))
+    prof = setup(name, seed=3, profile="ci")
+    first = (random.random(), np.random.rand(), torch.rand(1).item())
+    setup(name, seed=3, profile="ci", verbose=False)
+    assert first == (random.random(), np.random.rand(), torch.rand(1).item())
+    out = capsys.readouterr().out
+    assert "profile: ci" in out and all(key in out for key in prof.settings)
+    assert prof.device == torch.device("cpu")
+
+
+def test_every_notebook_has_all_three_profiles_with_the_same_keys():
+    for name, per_profile in SETTINGS.items():
+        assert set(per_profile) == {"ci", "cpu", "gpu"}, name
+        keys = {p: set(s) for p, s in per_profile.items()}
+        assert keys["ci"] == keys["cpu"] == keys["gpu"], f"{name}: profiles must define the same settings"
+
+
+def test_bad_arguments_raise():
+    with pytest.raises(ValueError, match="no settings for notebook"):
+        setup("99_nothing", verbose=False)
+    with pytest.raises(TypeError, match="seed must be an int"):
+        setup(None, seed="1", verbose=False)
+    prof = setup(next(iter(SETTINGS)), profile="ci", verbose=False)
+    with pytest.raises(KeyError, match="known"):
+        prof["no_such_setting"]
