@@ -22,7 +22,7 @@ ASSETS = {"d3": ("d3.min.js", "d3", "5.7.0", "BSD-3-Clause"),
           "jquery": ("jquery.min.js", "jquery", "3.7.1", "MIT")}
 
 _LOADER = """(function () {
-  function load(code) { var module = {exports: {}}; code.call(window); return module.exports; }
+  function load(code) { var module = {exports: {}}; code.call(window, module, module.exports); return module.exports; }
   var libs = {
 %(libs)s
   };

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 
 SUBCOMMANDS = {
     "doctor": ("doctor", "check versions, profile, device, bitsandbytes/bertviz and offline status"),
@@ -17,20 +18,24 @@ SUBCOMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `course` parser; only ``command``'s module is imported to add its arguments."""
     parser = argparse.ArgumentParser(prog="course", description="Tools for the hands-on LLM course.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
         sp = sub.add_parser(name, help=help_text, description=help_text)
-        sp.set_defaults(_module=module)
-        importlib.import_module(f"course_utils.{module}").add_arguments(sp)
+        if name == command:
+            importlib.import_module(f"course_utils.{module}").add_arguments(sp)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    """Run the `course` command line; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in SUBCOMMANDS else None)
     args = parser.parse_args(argv)
-    if not getattr(args, "command", None):
+    if not args.command:
         parser.print_help()
         return 2
-    return int(importlib.import_module(f"course_utils.{args._module}").main(args) or 0)
+    return int(importlib.import_module(f"course_utils.{SUBCOMMANDS[args.command][0]}").main(args) or 0)

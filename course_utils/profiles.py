@@ -23,6 +23,14 @@ SETTINGS: dict[str, dict[str, dict]] = {
         "cpu": {"model": "tiny-bert", "w2v_stories": 4000, "w2v_steps": 1500, "probe_stories": 400, "n_random_checks": 100},
         "gpu": {"model": "bert-base-uncased", "w2v_stories": 4000, "w2v_steps": 1500, "probe_stories": 400, "n_random_checks": 100},
     },
+    "02_bert_mlm": {
+        "ci": {"train_stories": 3000, "eval_stories": 300, "vocab_size": 300, "hidden_size": 64, "layers": 2,
+               "steps": 200, "batch_size": 32, "lr": 5e-3, "hub_model": None},
+        "cpu": {"train_stories": 8000, "eval_stories": 1000, "vocab_size": 400, "hidden_size": 128, "layers": 2,
+                "steps": 800, "batch_size": 64, "lr": 3e-3, "hub_model": None},
+        "gpu": {"train_stories": 20000, "eval_stories": 2000, "vocab_size": 500, "hidden_size": 256, "layers": 4,
+                "steps": 3000, "batch_size": 128, "lr": 1e-3, "hub_model": "bert-base-uncased"},
+    },
 }
 
 

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -92,10 +93,25 @@ def load_pretrained(name: str = "tiny-bert", attn_implementation: str = "eager",
         name = str(path)
     elif Path(name).exists() and not (Path(name) / "config.json").is_file():
         raise ValueError(f"{name} is a folder without config.json: save a model there with save_pretrained")
+    local = Path(name).exists() or not hub_reachable()
     try:
-        model = AutoModelForMaskedLM.from_pretrained(name, attn_implementation=attn_implementation)
-        tokenizer = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForMaskedLM.from_pretrained(name, attn_implementation=attn_implementation,
+                                                     local_files_only=local,
+                                                     adapter_kwargs={"local_files_only": local})
+        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local)
     except OSError as exc:
         raise ValueError(f"could not load {name!r} ({exc}). Offline, use a course model "
-                         f"({', '.join(RECIPES)}) or a local folder; hub ids need the network.") from None
+                         f"({', '.join(RECIPES)}) or a local folder; hub ids need the network "
+                         "(or a copy already in the Hugging Face cache).") from None
     return model.eval(), tokenizer
+
+
+def hub_reachable(host: str = "huggingface.co", timeout: float = 2.0) -> bool:
+    """True if the model hub answers; offline we load from local files at once instead of retrying."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
