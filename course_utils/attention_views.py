@@ -93,6 +93,7 @@ def _show(html: str, html_action: str):
 
 
 def _check_action(html_action: str) -> None:
+    """Raise unless ``html_action`` is 'view' or 'return'."""
     if html_action not in ("view", "return"):
         raise ValueError(f"html_action must be 'view' (show it in the notebook) or 'return' (get the HTML), "
                          f"not {html_action!r}")

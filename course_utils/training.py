@@ -14,17 +14,18 @@ from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
-from transformers import get_cosine_schedule_with_warmup
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 
 @dataclass
 class History:
-    """What ``train`` measured: the training loss per step and any evaluations."""
+    """What ``train`` measured: the training loss and learning rate per step, and any evaluations."""
 
     steps: list[int] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     evals: list[tuple[int, float]] = field(default_factory=list)
-    tokens_per_s: float = float("nan")
+    tokens_per_s: float = float("nan")  # training tokens per second so far (evaluation time excluded)
+    lrs: list[float] = field(default_factory=list)
 
 
 def default_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
@@ -57,12 +58,21 @@ def _count_tokens(batch) -> int:
 def train(model: torch.nn.Module, batches, steps: int, lr: float = 1e-3, warmup: int | None = None,
           weight_decay: float = 0.01, clip: float = 1.0, device: torch.device | str | None = None,
           loss_fn: Callable = default_loss, eval_fn: Callable[[], float] | None = None,
-          eval_every: int = 0, progress: bool = True, desc: str = "training") -> History:
-    """Train ``model`` for ``steps`` optimizer steps and return the loss history."""
+          eval_every: int = 0, progress: bool = True, desc: str = "training",
+          betas: tuple[float, float] = (0.9, 0.999), min_lr_ratio: float = 0.0,
+          callback: Callable[[int, History], None] | None = None, fused: bool | None = None) -> History:
+    """Train ``model`` for ``steps`` optimizer steps and return the loss history.
+
+    The learning rate warms up linearly for ``warmup`` steps, then follows a cosine down to
+    ``min_lr_ratio * lr``. ``callback(step, history)`` runs after every step (live plots, logging).
+    ``fused=None`` uses PyTorch's fused AdamW on CPU and CUDA (faster; same update rule).
+    """
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     if lr <= 0:
         raise ValueError(f"lr must be positive, got {lr}")
+    if not 0.0 <= min_lr_ratio <= 1.0:
+        raise ValueError(f"min_lr_ratio must be between 0 and 1, got {min_lr_ratio}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device).train()
     next_batch = _batch_source(batches)
@@ -71,35 +81,67 @@ def train(model: torch.nn.Module, batches, steps: int, lr: float = 1e-3, warmup:
     for name, p in model.named_parameters():
         if p.requires_grad:
             (decay if p.dim() >= 2 else no_decay).append(p)
+    if fused is None:
+        fused = device.type in ("cpu", "cuda")
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, steps)
-    history, n_tokens = History(), 0
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=betas,
+                                  **({"fused": True} if fused else {}))
+    scheduler = get_cosine_with_min_lr_schedule_with_warmup(optimizer, warmup, steps, min_lr_rate=min_lr_ratio)
+    history, n_tokens, overhead = History(), 0, 0.0  # overhead: time in evaluations and callbacks
     start = time.perf_counter()
     bar = tqdm(range(1, steps + 1), desc=desc, disable=not progress, mininterval=0.5)
     for step in bar:
         batch = _to(next_batch(), device)
         n_tokens += _count_tokens(batch)
         loss = loss_fn(model, batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {step}: lower lr (now {lr}) or check the data")
+        loss_value = loss.item()  # the one host sync per step
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"loss became {loss_value} at step {step}: lower lr (now {lr}) or check the data")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        history.lrs.append(scheduler.get_last_lr()[0])
         optimizer.step()
         scheduler.step()
         history.steps.append(step)
-        history.losses.append(loss.item())
+        history.losses.append(loss_value)
+        history.tokens_per_s = n_tokens / max(time.perf_counter() - start - overhead, 1e-9)
+        extra_start = time.perf_counter()
         if eval_fn is not None and eval_every and (step % eval_every == 0 or step == steps):
             model.eval()
             history.evals.append((step, float(eval_fn())))
             model.train()
+        if callback is not None:
+            callback(step, history)
+        overhead += time.perf_counter() - extra_start
         if step % 10 == 0 or step == steps:
-            bar.set_postfix(loss=f"{history.losses[-1]:.3f}")
-    history.tokens_per_s = n_tokens / max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix(loss=f"{loss_value:.3f}")
     model.eval()
     return history
+
+
+class LiveLossPlot:
+    """A ``train`` callback that redraws the loss curve in place in a notebook (every ``every`` steps and at each evaluation)."""
+
+    def __init__(self, every: int = 25, baseline: float | None = None, baseline_label: str = "baseline",
+                 title: str = "training loss (live)"):
+        import matplotlib.pyplot as plt
+        from IPython.display import display
+
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be a positive int, got {every!r}")
+        self.every, self.baseline, self.baseline_label, self.title = every, baseline, baseline_label, title
+        self.fig, self.ax = plt.subplots(figsize=(6, 3.5))
+        plt.close(self.fig)  # shown only through the display handle, which is updated in place
+        self.handle = display(self.fig, display_id=True)
+
+    def __call__(self, step: int, history: History) -> None:
+        if step % self.every and not (history.evals and history.evals[-1][0] == step):
+            return
+        self.ax.clear()
+        plot_losses(history, self.baseline, self.baseline_label, self.title, ax=self.ax)
+        self.handle.update(self.fig)
 
 
 def smooth(values: list[float], window: int = 20) -> list[float]:

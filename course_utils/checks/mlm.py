@@ -45,16 +45,23 @@ def course_tokenizer(vocab_size: int = 300, extra_special: bool = False):
 
 def make_batch(tokenizer, n_candidates: int = MIN_CANDIDATES, seed: int = 0, pairs: bool = True) -> torch.Tensor:
     """A padded [B, T] batch of course stories (as sentence pairs when ``pairs``) with a few rare specials mixed in."""
-    texts, n_found = [], 0
-    while n_found < n_candidates:
-        texts += make_corpus(2000, seed=seed * 1000 + len(texts) // 2000)
+    return _cached_batch(tokenizer, n_candidates, seed, pairs).clone()
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_batch(tokenizer, n_candidates: int, seed: int, pairs: bool) -> torch.Tensor:
+    n_stories = n_candidates // 20 + 10  # a story has about 26 ordinary tokens
+    while True:
+        texts = make_corpus(n_stories, seed=seed)
         args = (texts[0::2], texts[1::2]) if pairs else (texts,)
         batch = tokenizer(*args, padding=True, return_tensors="pt")["input_ids"]
-        n_found = (~special_mask(batch, tokenizer)).sum().item()
+        if (~special_mask(batch, tokenizer)).sum() >= n_candidates:
+            break
+        n_stories *= 2
     # Specials other than padding/[CLS]/[SEP]/[MASK] (e.g. [UNK]) on about 1% of the ordinary tokens.
     rare = [i for i in tokenizer.all_special_ids
             if i not in (tokenizer.pad_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.mask_token_id)]
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(2**31 - 1 - seed)  # a stream unrelated to the masking's seeds
     where = ~special_mask(batch, tokenizer) & (torch.rand(batch.shape, generator=gen) < 0.01)
     batch[where] = torch.tensor(rare)[torch.randint(len(rare), (int(where.sum()),), generator=gen)]
     return batch

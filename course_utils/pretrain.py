@@ -1,0 +1,262 @@
+"""Pretrain a small GPT on any text, nanoGPT style: tokenize, pack into blocks, train, save.
+
+One code path serves `course pretrain --text FILE` and lecture 03: ``pretrain`` tokenizes the text
+(characters or a locally trained BPE), keeps the last 10% as validation data, trains a
+`transformers` ``GPT2LMHeadModel`` with the course's training loop (AdamW, warm-up + cosine,
+gradient clipping) on random windows of the token stream, prints tokens/s and validation loss, and
+saves a checkpoint that ``AutoModelForCausalLM.from_pretrained`` and ``AutoTokenizer.from_pretrained``
+load. The defaults are nanoGPT's CPU setting for character-level Shakespeare.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from .corpus import read_text_file
+from .profiles import seed_everything
+from .tokenization import train_bpe, train_char
+from .training import History, train
+
+TOKENIZERS = ("char", "bpe")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+MIN_CHARS = 200
+
+
+class Pretrained(NamedTuple):
+    """What ``pretrain`` returns (it unpacks like a tuple)."""
+
+    model: GPT2LMHeadModel
+    tokenizer: PreTrainedTokenizerFast
+    history: History
+    val_loss: float
+
+
+def encode_text(text: str, tokenizer_kind: str = "char", vocab_size: int = 512,
+                tokenizer: PreTrainedTokenizerFast | None = None) -> tuple[PreTrainedTokenizerFast, torch.Tensor]:
+    """Train a character or BPE tokenizer on ``text`` (unless one is given); return it and the text's ids."""
+    if not isinstance(text, str) or len(text) < MIN_CHARS:
+        raise ValueError(f"text must be a string of at least {MIN_CHARS} characters to train on")
+    if tokenizer is None:
+        if tokenizer_kind == "char":
+            tokenizer = train_char(text)
+        elif tokenizer_kind == "bpe":
+            tokenizer = train_bpe([line for line in text.splitlines() if line.strip()], vocab_size=vocab_size)
+        else:
+            raise ValueError(f"tokenizer_kind must be one of {TOKENIZERS}, got {tokenizer_kind!r}")
+    ids = tokenizer.backend_tokenizer.encode(text).ids  # the whole text as one stream, no length warning
+    return tokenizer, torch.tensor(ids, dtype=torch.long)
+
+
+def split_ids(ids: torch.Tensor, val_fraction: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``1 - val_fraction`` of the token stream for training, the rest for validation."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    n = int(len(ids) * (1 - val_fraction))
+    return ids[:n], ids[n:]
+
+
+def get_batch(data: torch.Tensor, block_size: int, batch_size: int,
+              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``batch_size`` random windows of the stream: inputs ``x`` and targets ``y`` (x shifted by one)."""
+    if len(data) <= block_size:
+        raise ValueError(f"the data has {len(data)} tokens, not more than block_size={block_size}: "
+                         "use a smaller block size or more text")
+    start = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
+    windows = data.unfold(0, block_size + 1, 1)[start]  # (batch_size, block_size + 1), one copy
+    return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
+
+
+def make_blocks(data: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pack the stream into consecutive non-overlapping blocks: inputs and targets, each (n_blocks, block_size)."""
+    n = (len(data) - 1) // block_size
+    if n < 1:
+        raise ValueError(f"the data has {len(data)} tokens, too few for one block of {block_size} (+1 target); "
+                         "use a smaller block size or more text")
+    return data[: n * block_size].view(n, block_size), data[1 : n * block_size + 1].view(n, block_size)
+
+
+def build_gpt2(vocab_size: int, n_layer: int = 4, n_head: int = 4, n_embd: int = 128, block_size: int = 64,
+               dropout: float = 0.0, eos_token_id: int | None = None) -> GPT2LMHeadModel:
+    """A freshly initialised GPT-2 of the given size, with PyTorch's fused (sdpa) attention."""
+    for name, value in dict(vocab_size=vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                            block_size=block_size).items():
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if n_embd % n_head:
+        raise ValueError(f"n_embd={n_embd} is not divisible by n_head={n_head}: pick n_embd as a multiple "
+                         f"of n_head, e.g. {n_head * max(1, round(n_embd / n_head))}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    config = GPT2Config(vocab_size=vocab_size, n_positions=block_size, n_embd=n_embd, n_layer=n_layer,
+                        n_head=n_head, resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
+                        bos_token_id=eos_token_id, eos_token_id=eos_token_id, pad_token_id=eos_token_id,
+                        attn_implementation="sdpa")
+    return GPT2LMHeadModel(config)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Number of distinct parameters (tied embeddings counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def lm_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Mean cross-entropy of next-token prediction for a batch ``(x, y)`` from ``get_batch``."""
+    x, y = batch
+    logits = model(input_ids=x, use_cache=False).logits
+    return F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
+
+
+@torch.no_grad()
+def estimate_loss(model: torch.nn.Module, data: torch.Tensor, block_size: int, max_blocks: int | None = 200,
+                  batch_size: int = 64) -> float:
+    """Mean loss (nats per token) over packed blocks of ``data``, at most ``max_blocks`` spread evenly."""
+    x, y = make_blocks(data, block_size)
+    if max_blocks is not None and len(x) > max_blocks:
+        keep = torch.linspace(0, len(x) - 1, max_blocks).long()
+        x, y = x[keep], y[keep]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    for i in range(0, len(x), batch_size):
+        batch = (x[i : i + batch_size].to(device), y[i : i + batch_size].to(device))
+        total += lm_loss(model, batch).item() * batch[0].numel()
+    model.train(was_training)
+    return total / x.numel()
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' picks CUDA, then MPS, then CPU; asking for a device this machine lacks is a ValueError."""
+    name = str(device)
+    kind = name.split(":")[0]
+    if kind not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {name!r}")
+    if kind == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but CUDA is not available here: use 'cpu' or 'auto'")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps' was asked for but MPS (Apple GPU) is not available here: use 'cpu' or 'auto'")
+    return torch.device(name)
+
+
+def save_checkpoint(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, out_dir: str | Path,
+                    info: dict | None = None) -> Path:
+    """Save model and tokenizer with ``save_pretrained`` (plus ``pretrain.json`` with ``info``); returns the folder."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    if info is not None:
+        (out_dir / "pretrain.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    return out_dir
+
+
+def load_checkpoint(path: str | Path) -> tuple[GPT2LMHeadModel, PreTrainedTokenizerFast]:
+    """Load a checkpoint written by ``save_checkpoint`` (or any causal LM folder) in eval mode."""
+    if not (Path(path) / "config.json").is_file():
+        raise ValueError(f"{path} has no config.json: give the folder that `course pretrain --out` wrote")
+    return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+
+
+def pretrain(text: str, tokenizer_kind: str = "char", vocab_size: int = 512, n_layer: int = 4, n_head: int = 4,
+             n_embd: int = 128, block_size: int = 64, batch_size: int = 12, max_iters: int = 2000,
+             lr: float = 1e-3, warmup: int = 100, min_lr_ratio: float = 0.1, weight_decay: float = 0.1,
+             dropout: float = 0.0, eval_interval: int = 250, eval_blocks: int = 200, device: str = "auto",
+             seed: int = 0, out_dir: str | Path | None = None, progress: bool = True, verbose: bool = True,
+             tokenizer: PreTrainedTokenizerFast | None = None,
+             callback: Callable[[int, History], None] | None = None) -> Pretrained:
+    """Train a GPT-2 on ``text`` and return ``(model, tokenizer, history, val_loss)``; save it to ``out_dir`` if given."""
+    device = resolve_device(device)
+    if not isinstance(max_iters, int) or max_iters < 1:
+        raise ValueError(f"max_iters must be a positive int, got {max_iters!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    seed_everything(seed)
+    tokenizer, ids = encode_text(text, tokenizer_kind, vocab_size, tokenizer)
+    train_ids, val_ids = split_ids(ids)
+    if len(val_ids) <= block_size:
+        raise ValueError(f"block_size={block_size} is larger than the validation data ({len(val_ids)} tokens, "
+                         f"the last 10% of {len(ids)}): use a smaller block size or a longer text")
+    model = build_gpt2(len(tokenizer), n_layer, n_head, n_embd, block_size, dropout, tokenizer.eos_token_id)
+    generator = torch.Generator().manual_seed(seed)
+    say = tqdm.write if verbose else (lambda *a, **k: None)
+    say(f"{len(ids):,} tokens ({tokenizer_kind}, vocab {len(tokenizer)}): {len(train_ids):,} train, "
+        f"{len(val_ids):,} val | model {count_parameters(model):,} parameters | device {device}")
+
+    def report(step: int, history: History) -> None:
+        if history.evals and history.evals[-1][0] == step:
+            recent = history.losses[-min(len(history.losses), eval_interval):]
+            say(f"step {step:>5}/{max_iters}: train loss {sum(recent) / len(recent):.4f}, "
+                f"val loss {history.evals[-1][1]:.4f}, {history.tokens_per_s:,.0f} tokens/s")
+        if callback is not None:
+            callback(step, history)
+
+    history = train(model, lambda: get_batch(train_ids, block_size, batch_size, generator), steps=max_iters,
+                    lr=lr, warmup=min(warmup, max_iters - 1), weight_decay=weight_decay, clip=1.0, device=device,
+                    loss_fn=lm_loss, eval_fn=lambda: estimate_loss(model, val_ids, block_size, eval_blocks),
+                    eval_every=eval_interval, progress=progress, desc="pretraining", betas=(0.9, 0.99),
+                    min_lr_ratio=min_lr_ratio, callback=report)
+    val_loss = history.evals[-1][1]
+    say(f"done: val loss {val_loss:.4f} (perplexity {math.exp(val_loss):.2f}), "
+        f"{history.tokens_per_s:,.0f} tokens/s over {max_iters * batch_size * block_size:,} training tokens")
+    if out_dir is not None:
+        info = dict(tokenizer=tokenizer_kind, n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
+                    batch_size=batch_size, max_iters=max_iters, lr=lr, val_loss=val_loss,
+                    tokens_per_s=history.tokens_per_s, parameters=count_parameters(model))
+        save_checkpoint(model, tokenizer, out_dir, info)
+        say(f"saved to {out_dir}: load it with AutoModelForCausalLM.from_pretrained({str(out_dir)!r})")
+    return Pretrained(model.eval(), tokenizer, history, val_loss)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `course pretrain` (nanoGPT's names; defaults are its CPU Shakespeare setting)."""
+    parser.add_argument("--text", required=True, help="a UTF-8 text file to train on")
+    parser.add_argument("--tokenizer", choices=TOKENIZERS, default="char", help="char (default) or bpe")
+    parser.add_argument("--vocab-size", type=int, default=512, help="BPE vocabulary size (default: 512)")
+    parser.add_argument("--n-layer", type=int, default=4)
+    parser.add_argument("--n-head", type=int, default=4)
+    parser.add_argument("--n-embd", type=int, default=128)
+    parser.add_argument("--block-size", type=int, default=64, help="context length in tokens (default: 64)")
+    parser.add_argument("--batch-size", type=int, default=12)
+    parser.add_argument("--max-iters", type=int, default=2000)
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: 1e-3)")
+    parser.add_argument("--warmup", type=int, default=100, help="warm-up steps (default: 100)")
+    parser.add_argument("--dropout", type=float, default=0.0)
+    parser.add_argument("--eval-interval", type=int, default=250, help="steps between validation losses")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="auto (default), cpu, cuda or mps")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="out-pretrain", help="checkpoint folder to write (default: out-pretrain)")
+    parser.add_argument("--sample", type=int, default=200, help="tokens to sample at the end, at most block size - 1 (0: none)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run `course pretrain`; returns the exit code (2 with a message on bad input)."""
+    try:
+        text = read_text_file(args.text, min_chars=MIN_CHARS)
+        model, tokenizer, _, _ = pretrain(
+            text, args.tokenizer, args.vocab_size, args.n_layer, args.n_head, args.n_embd, args.block_size,
+            args.batch_size, args.max_iters, args.lr, warmup=args.warmup, dropout=args.dropout,
+            eval_interval=args.eval_interval, device=args.device, seed=args.seed, out_dir=args.out,
+            progress=not args.no_progress)
+    except ValueError as exc:
+        print(f"course pretrain: {exc}", file=sys.stderr)
+        return 2
+    if args.sample > 0:  # one sample from a newline, as long as the context allows
+        prompt = tokenizer.backend_tokenizer.encode("\n").ids[:1] or [tokenizer.eos_token_id]
+        out = model.generate(torch.tensor([prompt], device=model.device), do_sample=True, top_k=50,
+                             max_new_tokens=min(args.sample, model.config.n_positions - 1))
+        print("sample:\n" + tokenizer.decode(out[0, 1:]))
+    return 0
