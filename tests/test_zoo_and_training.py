@@ -74,7 +74,7 @@ def test_train_lowers_the_loss_and_records_history():
     tok = train_wordpiece(texts, vocab_size=120)
     model = BertForMaskedLM(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
                                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64))
-    enc = tok(texts[:32], padding=True, return_tensors="pt")
+    enc = tok(texts[:32], padding=True, truncation=True, max_length=64, return_tensors="pt")
     batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
              "labels": enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)}
     history = train(model, [batch], steps=60, lr=3e-3, progress=False, eval_fn=lambda: 0.0, eval_every=20)
