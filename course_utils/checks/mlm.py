@@ -121,6 +121,13 @@ def collator_run(tokenizer, batch: torch.Tensor, mlm_probability: float = 0.15, 
     return MaskingRun(tokenizer, batch, out["input_ids"], out["labels"])
 
 
+@functools.lru_cache(maxsize=16)
+def _oracle_counts(tokenizer, seed: int, pairs: bool, mlm_probability: float) -> tuple[int, list[int]]:
+    """The collator's number of selected tokens and its split on ``make_batch(tokenizer, seed=seed, pairs=pairs)``."""
+    run = collator_run(tokenizer, make_batch(tokenizer, seed=seed, pairs=pairs), mlm_probability, seed=seed + 1)
+    return int(run.selected.sum()), run.split_counts()
+
+
 def _names(tokenizer, ids: torch.Tensor) -> str:
     """'[PAD] 12 times, [CLS] 3 times' for the ids in ``ids``."""
     values, counts = ids.unique(return_counts=True)
@@ -160,8 +167,7 @@ def check_mask_selection(mask_tokens: Callable, tokenizer=None, mlm_probability:
     if test.pvalue < ALPHA:
         raise CheckError(f"selection: {mlm_probability:.0%} of the ordinary tokens should be selected, found "
                          f"{k / n:.2%} of {n} (binomial test p={test.pvalue:.1e})")
-    oracle = collator_run(tokenizer, batch, mlm_probability, seed=seed + 1)
-    k_hf = int(oracle.selected.sum())
+    k_hf = _oracle_counts(tokenizer, seed, pairs, mlm_probability)[0]
     p_two = stats.chi2_contingency([[k, n - k], [k_hf, n - k_hf]]).pvalue
     if p_two < ALPHA:
         raise CheckError(f"selection: your rate {k / n:.2%} differs from DataCollatorForLanguageModeling's "
@@ -191,7 +197,7 @@ def check_mask_split(mask_tokens: Callable, tokenizer=None, seed: int = 0, pairs
         what = ["become [MASK]", "become a random token", "stay unchanged"][worst]
         raise CheckError(f"selected tokens: {list(SPLIT.values())[worst]:.0%} should {what}, found {found[worst]:.1%} "
                          f"({summary}; chi-square p={p_value:.1e})")
-    oracle = collator_run(tokenizer, batch, 0.15, seed=seed + 1).split_counts()
+    oracle = _oracle_counts(tokenizer, seed, pairs, 0.15)[1]
     p_two = stats.chi2_contingency([counts, oracle]).pvalue
     if p_two < ALPHA:
         theirs = ", ".join(f"{name} {c / sum(oracle):.1%}" for name, c in zip(SPLIT, oracle))
