@@ -14,7 +14,8 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -184,10 +185,9 @@ def pretrain(text: str, tokenizer_kind: str = "char", vocab_size: int = 512, n_l
              callback: Callable[[int, History], None] | None = None) -> Pretrained:
     """Train a GPT-2 on ``text`` and return ``(model, tokenizer, history, val_loss)``; save it to ``out_dir`` if given."""
     device = resolve_device(device)
-    if not isinstance(max_iters, int) or max_iters < 1:
-        raise ValueError(f"max_iters must be a positive int, got {max_iters!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    for name, value in dict(max_iters=max_iters, batch_size=batch_size, eval_interval=eval_interval).items():
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
     seed_everything(seed)
     tokenizer, ids = encode_text(text, tokenizer_kind, vocab_size, tokenizer)
     train_ids, val_ids = split_ids(ids)
@@ -252,11 +252,11 @@ def main(args: argparse.Namespace) -> int:
     try:
         text = read_text_file(args.text, min_chars=MIN_CHARS)
         model, tokenizer, _, _ = pretrain(
-            text, args.tokenizer, args.vocab_size, args.n_layer, args.n_head, args.n_embd, args.block_size,
-            args.batch_size, args.max_iters, args.lr, warmup=args.warmup, dropout=args.dropout,
-            eval_interval=args.eval_interval, device=args.device, seed=args.seed, out_dir=args.out,
-            progress=not args.no_progress)
-    except ValueError as exc:
+            text, args.tokenizer, vocab_size=args.vocab_size, n_layer=args.n_layer, n_head=args.n_head,
+            n_embd=args.n_embd, block_size=args.block_size, batch_size=args.batch_size, max_iters=args.max_iters,
+            lr=args.lr, warmup=args.warmup, dropout=args.dropout, eval_interval=args.eval_interval,
+            device=args.device, seed=args.seed, out_dir=args.out, progress=not args.no_progress)
+    except (ValueError, FloatingPointError) as exc:  # bad input, or a diverging run (lower --lr)
         print(f"course pretrain: {exc}", file=sys.stderr)
         return 2
     if args.sample > 0:  # one sample from a newline, as long as the context allows
