@@ -53,7 +53,7 @@ def masked_token_accuracy(model: torch.nn.Module, batch: dict, batch_size: int =
 
 
 def unigram_baseline(train_ids: list[list[int]], labels: torch.Tensor, tokenizer) -> dict[str, float]:
-    """Accuracy and cross-entropy (nats) on ``labels`` of a model that ignores context: unigram counts of the training tokens."""
+    """Accuracy and cross-entropy (nats) on ``labels`` of the context-free unigram model of ``train_ids``."""
     flat = torch.tensor([i for ids in train_ids for i in ids], dtype=torch.long)
     flat = flat[~special_mask(flat, tokenizer)]
     if flat.numel() == 0:

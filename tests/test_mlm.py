@@ -190,7 +190,8 @@ def tiny():
 
 def test_special_mask():
     tok = checks.course_tokenizer()
-    ids = torch.tensor([[tok.cls_token_id, 10, tok.mask_token_id, tok.unk_token_id, tok.sep_token_id, tok.pad_token_id]])
+    ids = torch.tensor([[tok.cls_token_id, 10, tok.mask_token_id, tok.unk_token_id, tok.sep_token_id,
+                         tok.pad_token_id]])
     assert special_mask(ids, tok).tolist() == [[True, False, True, True, True, True]]
 
 

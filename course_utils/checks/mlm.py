@@ -59,8 +59,8 @@ def _cached_batch(tokenizer, n_candidates: int, seed: int, pairs: bool) -> torch
             break
         n_stories *= 2
     # Specials other than padding/[CLS]/[SEP]/[MASK] (e.g. [UNK]) on about 1% of the ordinary tokens.
-    rare = [i for i in tokenizer.all_special_ids
-            if i not in (tokenizer.pad_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.mask_token_id)]
+    common = (tokenizer.pad_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.mask_token_id)
+    rare = [i for i in tokenizer.all_special_ids if i not in common]
     gen = torch.Generator().manual_seed(2**31 - 1 - seed)  # a stream unrelated to the masking's seeds
     where = ~special_mask(batch, tokenizer) & (torch.rand(batch.shape, generator=gen) < 0.01)
     batch[where] = torch.tensor(rare)[torch.randint(len(rare), (int(where.sum()),), generator=gen)]
@@ -152,7 +152,7 @@ def _check_labels(run: MaskingRun, mlm_probability: float) -> None:
 
 def check_mask_selection(mask_tokens: Callable, tokenizer=None, mlm_probability: float = 0.15, seed: int = 0,
                          pairs: bool = True) -> None:
-    """Rule 1: select each ordinary token with probability ``mlm_probability``, never a special one; labels -100 elsewhere."""
+    """Rule 1: each ordinary token selected with probability ``mlm_probability``, special ones never."""
     tokenizer = tokenizer or course_tokenizer()
     batch = make_batch(tokenizer, seed=seed, pairs=pairs)
     run = run_masking(mask_tokens, tokenizer, batch, mlm_probability, torch.Generator().manual_seed(seed))
