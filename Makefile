@@ -18,8 +18,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -e ".[dev]"
 	touch $@
 
+# Jupyter refuses to run as root unless told (containers, some cloud machines).
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
 start: install
-	$(BIN)/jupyter lab lectures/
+	$(BIN)/jupyter lab $(ROOT_FLAG) lectures/
 
 test: install
 	$(BIN)/python -m pytest

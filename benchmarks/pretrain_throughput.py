@@ -113,9 +113,9 @@ def train_reference(train_ids, val_ids, vocab_size: int, max_iters: int, eval_at
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW(groups, lr=LR, betas=BETAS)
     generator = torch.Generator().manual_seed(seed)
-    step_times, evals = [], []
+    step_times, cpu_times, evals = [], [], []
     for it in range(max_iters):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for group in optimizer.param_groups:
             group["lr"] = nanogpt_lr(it, max_iters)
         x, y = pt.get_batch(train_ids, SETTING["block_size"], SETTING["batch_size"], generator)
@@ -126,9 +126,10 @@ def train_reference(train_ids, val_ids, vocab_size: int, max_iters: int, eval_at
         optimizer.zero_grad(set_to_none=True)
         loss.item()  # nanoGPT reads the loss every log_interval (1 in its CPU command)
         step_times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
         if it + 1 in eval_at:
             evals.append((it + 1, evaluate(lambda a, b: model(a, b)[1], val_ids)))
-    return {"step_times": step_times, "evals": evals}
+    return {"step_times": step_times, "cpu_times": cpu_times, "evals": evals}
 
 
 @torch.no_grad()
@@ -143,13 +144,15 @@ def evaluate(loss_fn, val_ids, max_blocks: int = 400) -> float:
 
 def train_course(text: str, tokenizer, max_iters: int, eval_every: int) -> dict:
     """The course's pretrain() at the same setting; per-step times come from a train() callback."""
-    stamps = [time.perf_counter()]
+    stamps = [(time.perf_counter(), time.process_time())]
     result = pt.pretrain(text, "char", tokenizer=tokenizer, **SETTING, max_iters=max_iters, lr=LR, warmup=WARMUP,
                          min_lr_ratio=MIN_LR / LR, weight_decay=WEIGHT_DECAY, eval_interval=eval_every,
                          eval_blocks=400, device="cpu", progress=False, verbose=False,
-                         callback=lambda step, history: stamps.append(time.perf_counter()))
-    steps = [b - a for a, b in zip(stamps, stamps[1:])]
-    return {"step_times": steps, "evals": result.history.evals, "tokens_per_s": result.history.tokens_per_s}
+                         callback=lambda step, history: stamps.append((time.perf_counter(), time.process_time())))
+    wall = [b[0] - a[0] for a, b in zip(stamps, stamps[1:])]
+    cpu = [b[1] - a[1] for a, b in zip(stamps, stamps[1:])]
+    return {"step_times": wall, "cpu_times": cpu, "evals": result.history.evals,
+            "tokens_per_s": result.history.tokens_per_s}
 
 
 def main() -> None:
@@ -185,17 +188,20 @@ def main() -> None:
             runs[name].append(run)
             print(f"  run {r + 1} {name}: {tokens_per_iter / statistics.median(run['step_times']):,.0f} tokens/s (median step)")
 
-    # Other processes on a shared machine slow some runs down; the best run is the fairest estimate.
+    # Other processes on a shared machine slow some runs down; the best run is the fairest wall-clock estimate,
+    # and CPU time per step (process time; exact with one thread) hardly depends on them.
     print(f"\n| implementation | tokens/s (mean of runs) | tokens/s (best run, median step) | ms/iter (best run, median) "
-          f"| val loss at {args.max_iters} |")
-    print("|---|---:|---:|---:|---:|")
+          f"| CPU ms/iter (median) | val loss at {args.max_iters} |")
+    print("|---|---:|---:|---:|---:|---:|")
     for name, rs in runs.items():
         # whole-run tokens/s without evaluations: the course's History measures it, the reference sums its steps
         mean_tps = statistics.fmean(r.get("tokens_per_s") or args.max_iters * tokens_per_iter / sum(r["step_times"])
                                     for r in rs)
         median_ms = min(statistics.median(r["step_times"]) for r in rs) * 1000
+        cpu_ms = statistics.median(t for r in rs for t in r["cpu_times"]) * 1000
         final = statistics.fmean(r["evals"][-1][1] for r in rs)
-        print(f"| {name} | {mean_tps:,.0f} | {tokens_per_iter / median_ms * 1000:,.0f} | {median_ms:.1f} | {final:.3f} |")
+        print(f"| {name} | {mean_tps:,.0f} | {tokens_per_iter / median_ms * 1000:,.0f} | {median_ms:.1f} | {cpu_ms:.1f} "
+              f"| {final:.3f} |")
 
     print("\nvalidation loss per tokens trained (mean over runs):\n")
     print("| tokens trained | " + " | ".join(runs) + " |")
