@@ -29,6 +29,9 @@ WRONG = {
                      "random": "10% should become a random token, found none"}),
     "masks_specials": ([("probability[special] = 0.0", "pass")],
                        {"selection": "[CLS]/[SEP]/padding and other special tokens must never be selected"}),
+    "masks_unk": ([("torch.tensor(tokenizer.all_special_ids))",
+                    "torch.tensor([tokenizer.pad_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id]))")],
+                  {"selection": "must never be selected: selected [UNK]"}),
     "labels_everywhere": ([("labels[~selected] = -100", "pass")],
                           {"selection": "labels must be -100 except at the selected positions",
                            "split": "labels must be -100 except at the selected positions"}),
@@ -38,9 +41,6 @@ WRONG = {
 }
 # Mistakes that only test_mlm covers (grading them all would be slow).
 MORE_WRONG = {
-    "masks_unk": ([("torch.tensor(tokenizer.all_special_ids))",
-                    "torch.tensor([tokenizer.pad_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id]))")],
-                  {"selection": "must never be selected: selected [UNK]"}),
     "random_overwrites_masks": ([("to_random = selected & (fate >= 0.8) & (fate < 0.9)",
                                   "to_random = selected & (torch.rand(input_ids.shape, generator=generator) < 0.1)")],
                                 {"split": "10% should stay unchanged, found 17"}),
@@ -190,8 +190,7 @@ def tiny():
 
 def test_special_mask():
     tok = checks.course_tokenizer()
-    ids = torch.tensor([[tok.cls_token_id, 10, tok.mask_token_id, tok.unk_token_id, tok.sep_token_id,
-                         tok.pad_token_id]])
+    ids = torch.tensor([[tok.cls_token_id, 10, tok.mask_token_id, tok.unk_token_id, tok.sep_token_id, tok.pad_token_id]])
     assert special_mask(ids, tok).tolist() == [[True, False, True, True, True, True]]
 
 
