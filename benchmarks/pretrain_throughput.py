@@ -9,12 +9,17 @@ dropout 0, AdamW lr 1e-3 with betas (0.9, 0.99), weight decay 0.1, 100 warm-up s
 - "nanoGPT (re-impl.)": a faithful re-implementation of nanoGPT's model.py and of its train.py loop
   in plain PyTorch (below). nanoGPT itself cannot be installed offline, so this is a reference
   re-implementation, not nanoGPT's own code.
+- "nanoGPT (re-impl.), bias=True": the same with nanoGPT's ``bias=True`` option, GPT-2's layout (biases
+  in every Linear and LayerNorm, as in the course's GPT-2): it separates the cost of the biases from the
+  cost of the training loop and of `transformers`' model code.
+- "course loop on nanoGPT's model": the course's ``train`` loop driving the reference model (bias=False):
+  the two training loops compared on the same network.
 
 nanoGPT reports a validation loss of 1.88 after 2000 iterations on character-level Shakespeare at this
 setting; Shakespeare is not available offline, so both run on the course corpus as characters, and
 the comparison is between the two implementations on identical data.
 
-    .venv/bin/python benchmarks/pretrain_throughput.py                  # 500 iterations each (~2 min)
+    .venv/bin/python benchmarks/pretrain_throughput.py                  # 500 iterations each (~3 min)
     .venv/bin/python benchmarks/pretrain_throughput.py --max-iters 2000 --repeats 2
 """
 from __future__ import annotations
@@ -30,18 +35,20 @@ import torch.nn.functional as F
 
 from course_utils import pretrain as pt
 from course_utils.corpus import make_corpus
+from course_utils.training import train
 
 SETTING = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12)
 LR, MIN_LR, WARMUP, WEIGHT_DECAY, BETAS, CLIP = 1e-3, 1e-4, 100, 0.1, (0.9, 0.99), 1.0
 
 
-# ---- reference re-implementation of nanoGPT's model.py (bias=False, dropout 0, as in its CPU run) ----
+# ---- reference re-implementation of nanoGPT's model.py (dropout 0, as in its CPU run) ----
+# nanoGPT's default is bias=False (its CPU run uses it); bias=True is its GPT-2 layout, biases in Linear and LayerNorm.
 class CausalSelfAttention(nn.Module):
-    def __init__(self, n_embd: int, n_head: int):
+    def __init__(self, n_embd: int, n_head: int, bias: bool):
         super().__init__()
         self.n_head, self.n_embd = n_head, n_embd
-        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=False)
-        self.c_proj = nn.Linear(n_embd, n_embd, bias=False)
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.size()
@@ -52,23 +59,23 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, n_embd: int):
+    def __init__(self, n_embd: int, bias: bool):
         super().__init__()
-        self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=False)
+        self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
         self.gelu = nn.GELU()
-        self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=False)
+        self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.c_proj(self.gelu(self.c_fc(x)))
 
 
 class Block(nn.Module):
-    def __init__(self, n_embd: int, n_head: int):
+    def __init__(self, n_embd: int, n_head: int, bias: bool):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(n_embd, bias=False)
-        self.attn = CausalSelfAttention(n_embd, n_head)
-        self.ln_2 = nn.LayerNorm(n_embd, bias=False)
-        self.mlp = MLP(n_embd)
+        self.ln_1 = nn.LayerNorm(n_embd, bias=bias)
+        self.attn = CausalSelfAttention(n_embd, n_head, bias)
+        self.ln_2 = nn.LayerNorm(n_embd, bias=bias)
+        self.mlp = MLP(n_embd, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x))
@@ -76,17 +83,24 @@ class Block(nn.Module):
 
 
 class NanoGPT(nn.Module):
-    def __init__(self, vocab_size: int, block_size: int, n_layer: int, n_head: int, n_embd: int):
+    def __init__(self, vocab_size: int, block_size: int, n_layer: int, n_head: int, n_embd: int, bias: bool = False):
         super().__init__()
         self.wte, self.wpe = nn.Embedding(vocab_size, n_embd), nn.Embedding(block_size, n_embd)
-        self.h = nn.ModuleList(Block(n_embd, n_head) for _ in range(n_layer))
-        self.ln_f = nn.LayerNorm(n_embd, bias=False)
+        self.h = nn.ModuleList(Block(n_embd, n_head, bias) for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(n_embd, bias=bias)
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
         self.wte.weight = self.lm_head.weight  # weight tying
-        self.apply(lambda m: nn.init.normal_(m.weight, 0.0, 0.02) if isinstance(m, (nn.Linear, nn.Embedding)) else None)
+        self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):  # scaled init of the residual projections
                 nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, 0.0, 0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.wte(idx) + self.wpe(torch.arange(idx.size(1), device=idx.device))
@@ -104,10 +118,11 @@ def nanogpt_lr(it: int, max_iters: int) -> float:
     return MIN_LR + 0.5 * (1.0 + math.cos(math.pi * min(ratio, 1.0))) * (LR - MIN_LR)
 
 
-def train_reference(train_ids, val_ids, vocab_size: int, max_iters: int, eval_at: set[int], seed: int = 0) -> dict:
+def train_reference(train_ids, val_ids, vocab_size: int, max_iters: int, eval_at: set[int], seed: int = 0,
+                    bias: bool = False) -> dict:
     """nanoGPT's train.py loop (CPU: no fused AdamW, no compile, no AMP); returns timings and losses."""
     torch.manual_seed(seed)
-    model = NanoGPT(vocab_size, **{k: SETTING[k] for k in ("block_size", "n_layer", "n_head", "n_embd")})
+    model = NanoGPT(vocab_size, **{k: SETTING[k] for k in ("block_size", "n_layer", "n_head", "n_embd")}, bias=bias)
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": WEIGHT_DECAY},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
@@ -142,6 +157,26 @@ def evaluate(loss_fn, val_ids, max_blocks: int = 400) -> float:
     return total / x.numel()
 
 
+def train_loop_on_reference(train_ids, val_ids, vocab_size: int, max_iters: int, eval_every: int, seed: int = 0) -> dict:
+    """The course's train() loop on the reference model (bias=False): the loops compared like for like."""
+    torch.manual_seed(seed)
+    model = NanoGPT(vocab_size, **{k: SETTING[k] for k in ("block_size", "n_layer", "n_head", "n_embd")})
+    generator = torch.Generator().manual_seed(seed)
+    stamps = [(time.perf_counter(), time.process_time())]
+    history = train(model, lambda: pt.get_batch(train_ids, SETTING["block_size"], SETTING["batch_size"], generator),
+                    steps=max_iters, lr=LR, warmup=WARMUP, weight_decay=WEIGHT_DECAY, clip=CLIP, device="cpu",
+                    loss_fn=lambda m, batch: m(*batch)[1], betas=BETAS, min_lr_ratio=MIN_LR / LR,
+                    eval_fn=lambda: evaluate(lambda a, b: model(a, b)[1], val_ids), eval_every=eval_every,
+                    progress=False, callback=lambda step, h: stamps.append((time.perf_counter(), time.process_time())))
+    return _timings(stamps) | {"evals": history.evals, "tokens_per_s": history.tokens_per_s}
+
+
+def _timings(stamps: list[tuple[float, float]]) -> dict:
+    """Per-step wall and CPU times from (wall, cpu) stamps taken after each step."""
+    return {"step_times": [b[0] - a[0] for a, b in zip(stamps, stamps[1:])],
+            "cpu_times": [b[1] - a[1] for a, b in zip(stamps, stamps[1:])]}
+
+
 def train_course(text: str, tokenizer, max_iters: int, eval_every: int) -> dict:
     """The course's pretrain() at the same setting; per-step times come from a train() callback."""
     stamps = [(time.perf_counter(), time.process_time())]
@@ -149,10 +184,7 @@ def train_course(text: str, tokenizer, max_iters: int, eval_every: int) -> dict:
                          min_lr_ratio=MIN_LR / LR, weight_decay=WEIGHT_DECAY, eval_interval=eval_every,
                          eval_blocks=400, device="cpu", progress=False, verbose=False,
                          callback=lambda step, history: stamps.append((time.perf_counter(), time.process_time())))
-    wall = [b[0] - a[0] for a, b in zip(stamps, stamps[1:])]
-    cpu = [b[1] - a[1] for a, b in zip(stamps, stamps[1:])]
-    return {"step_times": wall, "cpu_times": cpu, "evals": result.history.evals,
-            "tokens_per_s": result.history.tokens_per_s}
+    return _timings(stamps) | {"evals": result.history.evals, "tokens_per_s": result.history.tokens_per_s}
 
 
 def main() -> None:
@@ -177,14 +209,18 @@ def main() -> None:
           f"({args.max_iters * tokens_per_iter:,} tokens); torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads\n")
 
-    runs = {"course (transformers GPT-2)": [], "nanoGPT (re-impl.)": []}
+    runs = {"course (transformers GPT-2)": [], "nanoGPT (re-impl.)": [], "nanoGPT (re-impl.), bias=True": [],
+            "course loop on nanoGPT's model": []}
     for r in range(args.repeats):
         order = list(runs) if r % 2 == 0 else list(reversed(runs))
         for name in order:
-            if name.startswith("course"):
+            if name.startswith("course loop"):
+                run = train_loop_on_reference(train_ids, val_ids, len(tokenizer), args.max_iters, eval_every)
+            elif name.startswith("course"):
                 run = train_course(text, tokenizer, args.max_iters, eval_every)
             else:
-                run = train_reference(train_ids, val_ids, len(tokenizer), args.max_iters, eval_at)
+                run = train_reference(train_ids, val_ids, len(tokenizer), args.max_iters, eval_at,
+                                      bias=name.endswith("bias=True"))
             runs[name].append(run)
             print(f"  run {r + 1} {name}: {tokens_per_iter / statistics.median(run['step_times']):,.0f} tokens/s (median step)")
 

@@ -28,10 +28,15 @@ def error_line(ename: str, evalue: str, limit: int = 300) -> str:
 
 
 def kernel_env(profile: str | None = None) -> dict[str, str]:
-    """The kernel's environment: ours, with course_utils importable and COURSE_PROFILE when given."""
+    """The kernel's environment: ours, with course_utils importable and COURSE_PROFILE when given.
+
+    Idle OpenMP threads sleep (OMP_WAIT_POLICY=PASSIVE unless set): as fast on a quiet machine, and
+    PyTorch no longer stalls when other jobs share a small CPU.
+    """
     if profile is not None and profile not in PROFILES:
         raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
     env = dict(os.environ)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH")) if p)
     if profile is not None:
         env["COURSE_PROFILE"] = profile

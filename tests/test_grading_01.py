@@ -2,10 +2,8 @@
 mistakes lose exactly the points of the exercises they break (with a message saying why)."""
 from pathlib import Path
 
-import nbformat
 import pytest
 
-from course_utils.grading import grade
 from course_utils.notebooks import read_notebook
 from course_utils.release import release_notebook, replace_solution
 
@@ -37,8 +35,7 @@ return self.out_proj(out.reshape(B, Lq, D))
 
 
 @pytest.fixture(scope="module")
-def gradebook(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("grading01")
+def gradebook(grade_notebooks):
     solution = read_notebook(SOLUTION)
     submissions = {
         "solution": solution,
@@ -47,15 +44,7 @@ def gradebook(tmp_path_factory):
         "mask_after_softmax": replace_solution(solution, "attention_impl", MASK_AFTER_SOFTMAX),
         "heads_not_transposed": replace_solution(solution, "mha_impl", HEADS_NOT_TRANSPOSED),
     }
-    paths = []
-    for name, nb in submissions.items():
-        nbformat.write(nb, tmp / f"{name}.ipynb")
-        paths.append(tmp / f"{name}.ipynb")
-    rows = grade(SOLUTION, paths, tmp / "grades.csv", timeout=300, profile="ci")
-    table = {}
-    for r in rows:
-        table.setdefault(Path(r.submission).stem, {})[r.exercise] = r
-    return table
+    return grade_notebooks(SOLUTION, submissions)
 
 
 def total(rows):

@@ -2,10 +2,8 @@
 mistakes lose exactly the points of the exercises they break, with a message naming the mistake."""
 from pathlib import Path
 
-import nbformat
 import pytest
 
-from course_utils.grading import grade
 from course_utils.notebooks import nbgrader_meta, read_notebook
 from course_utils.release import release_notebook, replace_solution
 
@@ -44,8 +42,7 @@ def drop_crossing_token(nb):
 
 
 @pytest.fixture(scope="module")
-def gradebook(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("grading03")
+def gradebook(grade_notebooks):
     solution = read_notebook(SOLUTION)
     submissions = {
         "solution": solution,
@@ -54,15 +51,7 @@ def gradebook(tmp_path_factory):
                                                     "loss_impl", LOSS_WITHOUT_SHIFT),
         "decoding_mistakes": drop_crossing_token(replace_solution(solution, "beam_impl", BEAM_ON_RAW_LOGITS)),
     }
-    paths = []
-    for name, nb in submissions.items():
-        nbformat.write(nb, tmp / f"{name}.ipynb")
-        paths.append(tmp / f"{name}.ipynb")
-    rows = grade(SOLUTION, paths, tmp / "grades.csv", timeout=300, profile="ci")
-    table = {}
-    for r in rows:
-        table.setdefault(Path(r.submission).stem, {})[r.exercise] = r
-    return table
+    return grade_notebooks(SOLUTION, submissions)
 
 
 def total(rows):

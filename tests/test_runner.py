@@ -65,10 +65,14 @@ def test_output_never_overwrites_the_source(tmp_path):
         runner.output_path(src, tmp_path)
 
 
-def test_kernel_env_and_bad_arguments():
+def test_kernel_env_and_bad_arguments(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     env = runner.kernel_env("cpu")
     assert env["COURSE_PROFILE"] == "cpu"
     assert str(runner.PACKAGE_ROOT) in env["PYTHONPATH"].split(os.pathsep)
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # a user's own choice wins
+    assert runner.kernel_env()["OMP_WAIT_POLICY"] == "ACTIVE"
     with pytest.raises(ValueError, match="profile"):
         runner.kernel_env("tpu")
     with pytest.raises(ValueError, match="timeout"):
