@@ -5,14 +5,19 @@ import nbformat
 import pytest
 
 from course_utils.grading import grade
+from course_utils.notebooks import read_notebook
+from course_utils.release import release_notebook
 
 
 @pytest.fixture(scope="session")
 def grade_notebooks(tmp_path_factory):
-    """Grade {name: notebook} against ``solution`` in the ci profile; {name: {grade_id: result}}."""
+    """Grade the solution, its untouched lab and {name: notebook} against the solution in the ci
+    profile; returns {name: {grade_id: result}} with names "solution" and "untouched_lab" added."""
 
-    def run(solution: Path, submissions: dict) -> dict:
+    def run(solution: Path, wrong_versions: dict) -> dict:
         tmp = tmp_path_factory.mktemp("gradebook")
+        source = read_notebook(solution)
+        submissions = {"solution": source, "untouched_lab": release_notebook(source), **wrong_versions}
         paths = []
         for name, nb in submissions.items():
             nbformat.write(nb, tmp / f"{name}.ipynb")

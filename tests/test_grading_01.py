@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from course_utils.notebooks import read_notebook
-from course_utils.release import release_notebook, replace_solution
+from course_utils.release import replace_solution
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = ROOT / "solutions" / "01_attention.ipynb"
@@ -37,14 +37,12 @@ return self.out_proj(out.reshape(B, Lq, D))
 @pytest.fixture(scope="module")
 def gradebook(grade_notebooks):
     solution = read_notebook(SOLUTION)
-    submissions = {
-        "solution": solution,
-        "untouched_lab": release_notebook(solution),
+    wrong_versions = {
         "no_scale": replace_solution(solution, "attention_impl", NO_SCALE),
         "mask_after_softmax": replace_solution(solution, "attention_impl", MASK_AFTER_SOFTMAX),
         "heads_not_transposed": replace_solution(solution, "mha_impl", HEADS_NOT_TRANSPOSED),
     }
-    return grade_notebooks(SOLUTION, submissions)
+    return grade_notebooks(SOLUTION, wrong_versions)
 
 
 def total(rows):

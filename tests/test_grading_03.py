@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from course_utils.notebooks import nbgrader_meta, read_notebook
-from course_utils.release import release_notebook, replace_solution
+from course_utils.release import replace_solution
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = ROOT / "solutions" / "03_gpt_pretraining.ipynb"
@@ -44,14 +44,12 @@ def drop_crossing_token(nb):
 @pytest.fixture(scope="module")
 def gradebook(grade_notebooks):
     solution = read_notebook(SOLUTION)
-    submissions = {
-        "solution": solution,
-        "untouched_lab": release_notebook(solution),
+    wrong_versions = {
         "model_and_loss_mistakes": replace_solution(replace_solution(solution, "attention_impl", NO_CAUSAL_MASK),
                                                     "loss_impl", LOSS_WITHOUT_SHIFT),
         "decoding_mistakes": drop_crossing_token(replace_solution(solution, "beam_impl", BEAM_ON_RAW_LOGITS)),
     }
-    return grade_notebooks(SOLUTION, submissions)
+    return grade_notebooks(SOLUTION, wrong_versions)
 
 
 def total(rows):
