@@ -1,5 +1,5 @@
 # The course's two commands (see README): `make start` and `make test`.
-# PYTHON picks the interpreter for the virtual environment (Python 3.10+).
+# PYTHON picks the interpreter for the virtual environment (Python 3.11+).
 PYTHON ?= python3
 VENV   ?= .venv
 # torch is installed first and on its own so a CPU-only machine can pin a CPU build.
@@ -14,7 +14,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
-	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is needed, found " + sys.version.split()[0]'
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed, found " + sys.version.split()[0]'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -c 'import torch' 2>/dev/null || $(BIN)/python -m pip install "$(TORCH_SPEC)"

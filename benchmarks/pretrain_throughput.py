@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from course_utils import pretrain as pt
-from course_utils.corpus import make_corpus
+from course_utils.world.corpus import make_corpus
 from course_utils.training import train
 
 SETTING = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12)

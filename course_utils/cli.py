@@ -1,6 +1,7 @@
 """The `course` command: one subcommand per module, each module owning its own arguments.
 
-Each subcommand module exposes ``add_arguments(parser)`` and ``main(args) -> int`` (the exit code).
+The instructor's tools live in ``course_utils.instructor``; ``pretrain`` is the students' own training
+command. Each subcommand module exposes ``add_arguments(parser)`` and ``main(args) -> int`` (the exit code).
 Modules are imported only when their subcommand runs, so ``course --help`` stays fast.
 """
 from __future__ import annotations
@@ -10,10 +11,10 @@ import importlib
 import sys
 
 SUBCOMMANDS = {
-    "doctor": ("doctor", "check versions, profile, device, bitsandbytes/bertviz and offline status"),
-    "run": ("runner", "execute notebooks headless into a build folder and print a table of run times"),
-    "release": ("release", "generate labs/ from solutions/ (--check: fail if labs/ is stale)"),
-    "grade": ("grading", "grade lab submissions into a gradebook CSV"),
+    "doctor": ("instructor.doctor", "check versions, profile, device, bitsandbytes/bertviz and offline status"),
+    "run": ("instructor.runner", "execute notebooks headless into a build folder and print a table of run times"),
+    "release": ("instructor.release", "generate labs/ from solutions/ (--check: fail if labs/ is stale)"),
+    "grade": ("instructor.grading", "grade lab submissions into a gradebook CSV"),
     "pretrain": ("pretrain", "train a small GPT on your own text file and save a checkpoint"),
 }
 

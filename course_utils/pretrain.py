@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from .corpus import read_text_file
+from .world.corpus import read_text_file
 from .profiles import seed_everything
-from .tokenization import train_bpe, train_char
+from .world.tokenization import train_bpe, train_char
 from .training import History, train
 
 TOKENIZERS = ("char", "bpe")

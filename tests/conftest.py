@@ -4,9 +4,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from course_utils.grading import grade
-from course_utils.notebooks import read_notebook
-from course_utils.release import release_notebook
+from course_utils.instructor.grading import grade
+from course_utils.instructor.notebooks import read_notebook
+from course_utils.instructor.release import release_notebook
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import torch  # noqa: E402
 from transformers import BertConfig, BertModel  # noqa: E402
 
 from course_utils import attention_views as av  # noqa: E402
-from course_utils.tokenization import train_wordpiece  # noqa: E402
+from course_utils.world.tokenization import train_wordpiece  # noqa: E402
 
 # URLs that may appear in the inlined code: XML namespaces and comments, never fetched.
 HARMLESS_URLS = ("http://www.w3.org/", "https://d3js.org", "https://github.com/tensorflow/")

@@ -1,6 +1,6 @@
 import pytest
 
-from course_utils.corpus import make_corpus, make_stories, read_text_file, vocabulary
+from course_utils.world.corpus import make_corpus, make_stories, read_text_file, vocabulary
 
 
 def test_stories_are_deterministic_and_seed_dependent():
@@ -19,7 +19,7 @@ def test_facts_are_ground_truth_of_the_text():
         for fact in story.facts:
             assert fact["subject"] in story.text
             if fact["kind"] == "count":
-                from course_utils.corpus import NUMBERS
+                from course_utils.world.corpus import NUMBERS
                 assert f"{fact['subject']} has {NUMBERS[fact['count'] - 1]} {fact['object']}" in story.text
             if fact["kind"] == "feeling":
                 assert ("played with" in story.text) if fact["sentiment"] else ("ran away from" in story.text)

@@ -8,7 +8,7 @@ from importlib import metadata
 import pytest
 import torch
 
-from course_utils import doctor
+from course_utils.instructor import doctor
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +111,6 @@ def test_tiny_bert_cache_status(monkeypatch, tmp_path):
     monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path))
     assert doctor._tiny_bert()[0].startswith("not cached yet")
     assert doctor._cache() == (str(tmp_path / "zoo"), True)
-    from course_utils.zoo import _recipe_path
+    from course_utils.world.zoo import _recipe_path
     _recipe_path("tiny-bert").mkdir(parents=True)
     assert doctor._tiny_bert() == (f"cached in {_recipe_path('tiny-bert')}", True)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from course_utils.checks import CheckError
 from course_utils.checks import gpt as checks
-from course_utils.notebooks import nbgrader_meta, read_notebook
+from course_utils.instructor.notebooks import nbgrader_meta, read_notebook
 
 SOLUTION = Path(__file__).resolve().parents[1] / "solutions" / "03_gpt_pretraining.ipynb"
 

@@ -13,9 +13,9 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from course_utils import grading
-from course_utils.notebooks import colab_badge, nbgrader_meta
-from course_utils.release import release_notebook, replace_solution
+from course_utils.instructor import grading
+from course_utils.instructor.notebooks import colab_badge, nbgrader_meta
+from course_utils.instructor.release import release_notebook, replace_solution
 
 TIMEOUT = 5  # seconds per cell; the hanging submission costs this much once
 

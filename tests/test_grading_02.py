@@ -6,9 +6,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from course_utils.grading import grade_submission
-from course_utils.notebooks import read_notebook
-from course_utils.release import release_notebook, replace_solution
+from course_utils.instructor.grading import grade_submission
+from course_utils.instructor.notebooks import read_notebook
+from course_utils.instructor.release import release_notebook, replace_solution
 
 HERE = Path(__file__).resolve().parent
 SOLUTION = HERE.parent / "solutions" / "02_bert_mlm.ipynb"

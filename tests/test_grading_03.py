@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from course_utils.notebooks import nbgrader_meta, read_notebook
-from course_utils.release import replace_solution
+from course_utils.instructor.notebooks import nbgrader_meta, read_notebook
+from course_utils.instructor.release import replace_solution
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = ROOT / "solutions" / "03_gpt_pretraining.ipynb"

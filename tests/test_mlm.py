@@ -14,7 +14,7 @@ from transformers import BertConfig, BertForMaskedLM, DataCollatorForLanguageMod
 from course_utils.checks import CheckError
 from course_utils.checks import mlm as checks
 from course_utils.mlm import masked_token_accuracy, mlm_batches, special_mask, unigram_baseline
-from course_utils.notebooks import nbgrader_meta, read_notebook
+from course_utils.instructor.notebooks import nbgrader_meta, read_notebook
 
 SOLUTION = Path(__file__).resolve().parents[1] / "solutions" / "02_bert_mlm.ipynb"
 IMPL = "mask_tokens_impl"

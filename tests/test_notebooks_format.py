@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from course_utils.notebooks import FOLDERS, colab_badge, nbgrader_meta, read_notebook, setup_cell
-from course_utils.profiles import SETTINGS
-from course_utils.release import release
+from course_utils.instructor.notebooks import FOLDERS, colab_badge, nbgrader_meta, read_notebook, setup_cell
+from course_utils.settings import notebooks
+from course_utils.instructor.release import release
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted(p for folder in FOLDERS for p in (ROOT / folder).glob("*.ipynb"))
@@ -23,10 +23,17 @@ def test_notebook_conventions(path):
     dirty = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count)]
     assert not dirty, f"{path}: cells {dirty} carry outputs; clear them (jupyter nbconvert --clear-output --inplace)"
     assert nb.cells[0].cell_type == "markdown" and colab_badge(folder, name) in nb.cells[0].source, (
-        f"{path}: the first cell needs the badge from course_utils.notebooks.colab_badge({folder!r}, {name!r})")
+        f"{path}: the first cell needs the badge from course_utils.instructor.notebooks.colab_badge({folder!r}, {name!r})")
     assert nb.cells[1].source == setup_cell(name), (
-        f"{path}: the second cell must be exactly course_utils.notebooks.setup_cell({name!r})")
-    assert name in SETTINGS, f"{path}: add SETTINGS[{name!r}] in course_utils/profiles.py"
+        f"{path}: the second cell must be exactly course_utils.instructor.notebooks.setup_cell({name!r})")
+    assert name in notebooks(), f"{path}: add course_utils/settings/{name.split('_', 1)[1]}.py (NOTEBOOK = {name!r})"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_notebooks_never_import_the_instructor_tools(path):
+    sources = [c.source for c in read_notebook(path).cells if c.cell_type == "code"]
+    assert not any("course_utils.instructor" in s or "import instructor" in s for s in sources), (
+        f"{path}: notebooks import the world, helpers and checks, never course_utils.instructor")
 
 
 def test_every_topic_has_lecture_lab_and_solution():

@@ -1,12 +1,11 @@
-"""environment.yml's pip list mirrors pyproject.toml, and the console script is wired up."""
+"""environment.yml's pip list mirrors pyproject.toml, dependency ranges are tested ones, and the console
+script is wired up."""
 import re
-import sys
+import tomllib
+from importlib import metadata
 from pathlib import Path
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,3 +50,17 @@ def test_every_subcommand_module_has_the_cli_interface():
     for module, _ in SUBCOMMANDS.values():
         mod = importlib.import_module(f"course_utils.{module}")
         assert callable(getattr(mod, "add_arguments", None)) and callable(getattr(mod, "main", None)), module
+
+
+def test_every_dependency_has_a_tested_lower_bound_and_a_cap():
+    project = _pyproject()["project"]
+    for line in project["dependencies"] + project["optional-dependencies"]["dev"]:
+        req = Requirement(line)
+        ops = {spec.operator for spec in req.specifier}
+        assert ops == {">=", "<"}, f"{line}: give a lower bound (the version CI runs) and a cap (the next major)"
+        installed = metadata.version(req.name)
+        assert req.specifier.contains(installed, prereleases=True), (
+            f"{req.name} {installed} is installed here but {line} excludes it: the range must hold the tested version")
+        lower = next(s.version for s in req.specifier if s.operator == ">=")
+        cap = next(s.version for s in req.specifier if s.operator == "<")
+        assert cap == str(int(lower.split(".")[0]) + 1), f"{line}: cap at the next major release ({lower} -> <{cap}?)"

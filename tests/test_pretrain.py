@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from course_utils import cli
 from course_utils import pretrain as pt
-from course_utils.corpus import make_corpus
+from course_utils.world.corpus import make_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = "\n".join(make_corpus(400, seed=3))

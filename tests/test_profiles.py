@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from course_utils.profiles import SETTINGS, detect_profile, setup
+from course_utils import settings
+from course_utils.profiles import detect_profile, setup
 
 
 def test_course_profile_env_wins(monkeypatch):
@@ -32,7 +33,7 @@ def test_unknown_profile_is_a_clear_error(monkeypatch):
 
 
 def test_setup_seeds_everything_and_prints_settings(capsys):
-    name = next(iter(SETTINGS))
+    name = settings.notebooks()[0]
     prof = setup(name, seed=3, profile="ci")
     first = (random.random(), np.random.rand(), torch.rand(1).item())
     setup(name, seed=3, profile="ci", verbose=False)
@@ -43,10 +44,24 @@ def test_setup_seeds_everything_and_prints_settings(capsys):
 
 
 def test_every_notebook_has_all_three_profiles_with_the_same_keys():
-    for name, per_profile in SETTINGS.items():
-        assert set(per_profile) == {"ci", "cpu", "gpu"}, name
-        keys = {p: set(s) for p, s in per_profile.items()}
+    for name in settings.notebooks():
+        keys = {p: set(settings.settings_for(name, p)) for p in settings.PROFILES}
         assert keys["ci"] == keys["cpu"] == keys["gpu"], f"{name}: profiles must define the same settings"
+
+
+def test_settings_files_are_named_after_their_notebook():
+    import pkgutil
+
+    files = {m.name for m in pkgutil.iter_modules(settings.__path__)}
+    assert files == {name.split("_", 1)[1] for name in settings.notebooks()}, (
+        "each settings/<topic>.py must declare NOTEBOOK = 'NN_<topic>'")
+
+
+def test_settings_are_copies():
+    name = settings.notebooks()[0]
+    first = settings.settings_for(name, "ci")
+    first.clear()
+    assert settings.settings_for(name, "ci"), "settings_for must return a copy the caller may change"
 
 
 def test_bad_arguments_raise():
@@ -54,6 +69,8 @@ def test_bad_arguments_raise():
         setup("99_nothing", verbose=False)
     with pytest.raises(TypeError, match="seed must be an int"):
         setup(None, seed="1", verbose=False)
-    prof = setup(next(iter(SETTINGS)), profile="ci", verbose=False)
+    with pytest.raises(ValueError, match="unknown"):
+        settings.settings_for(settings.notebooks()[0], "tpu")
+    prof = setup(settings.notebooks()[0], profile="ci", verbose=False)
     with pytest.raises(KeyError, match="known"):
         prof["no_such_setting"]

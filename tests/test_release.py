@@ -5,8 +5,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from course_utils import release as rel
-from course_utils.notebooks import colab_badge
+from course_utils.instructor import release as rel
+from course_utils.instructor.notebooks import colab_badge
 
 STUB = 'raise NotImplementedError("Write your solution here, then run the check cell below.")'
 

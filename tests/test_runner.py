@@ -8,7 +8,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from course_utils import runner
+from course_utils.instructor import runner
 
 
 @pytest.fixture(scope="module")

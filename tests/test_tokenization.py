@@ -1,8 +1,8 @@
 import pytest
 from transformers import AutoTokenizer
 
-from course_utils.corpus import make_corpus
-from course_utils.tokenization import train_bpe, train_char, train_wordpiece
+from course_utils.world.corpus import make_corpus
+from course_utils.world.tokenization import train_bpe, train_char, train_wordpiece
 
 TEXTS = make_corpus(300)
 

@@ -3,10 +3,10 @@ import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM
 
-from course_utils.corpus import make_corpus
-from course_utils.tokenization import train_wordpiece
+from course_utils.world.corpus import make_corpus
+from course_utils.world.tokenization import train_wordpiece
 from course_utils.training import History, plot_losses, smooth, train
-from course_utils.zoo import RECIPES, _recipe_path, load_pretrained
+from course_utils.world.zoo import RECIPES, _recipe_path, load_pretrained
 
 
 @pytest.fixture(scope="module")

@@ -24,9 +24,9 @@ import torch
 from scipy import stats
 from transformers import DataCollatorForLanguageModeling
 
-from ..corpus import make_corpus
+from ..world.corpus import make_corpus
 from ..mlm import special_mask
-from ..tokenization import train_wordpiece
+from ..world.tokenization import train_wordpiece
 from . import CheckError, passed
 
 ALPHA = 1e-4  # significance level: a correct implementation fails a test with probability 1e-4

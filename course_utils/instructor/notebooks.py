@@ -10,7 +10,7 @@ from pathlib import Path
 
 import nbformat
 
-from . import REPO_URL, __version__
+from .. import REPO_URL, __version__
 
 FOLDERS = ("lectures", "labs", "solutions")
 

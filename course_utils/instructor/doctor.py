@@ -44,7 +44,7 @@ def _package(name: str) -> tuple[str, bool]:
 
 
 def _profile() -> tuple[str, bool]:
-    from .profiles import detect_profile, pick_device
+    from ..profiles import detect_profile, pick_device
     name = detect_profile()
     return f"{name} (device: {pick_device(name)})", True
 
@@ -81,7 +81,7 @@ def _bertviz() -> tuple[str, bool]:
 
 
 def _tiny_bert() -> tuple[str, bool]:
-    from .zoo import _recipe_path
+    from ..world.zoo import _recipe_path
     path = _recipe_path("tiny-bert")
     if path.exists():
         return f"cached in {path}", True
@@ -99,7 +99,7 @@ def _hub() -> tuple[str, bool]:
 
 
 def _cache() -> tuple[str, bool]:
-    from .zoo import cache_dir
+    from ..world.zoo import cache_dir
     return str(cache_dir()), True
 
 

@@ -21,9 +21,9 @@ from transformers import (AutoModelForMaskedLM, AutoTokenizer, BertConfig, BertF
                           DataCollatorForLanguageModeling)
 
 from .corpus import make_corpus
-from .profiles import seed_everything
+from ..profiles import seed_everything
 from .tokenization import train_wordpiece
-from .training import train
+from ..training import train
 
 # Recipes of the models the course trains itself. Changing a recipe changes its cache key.
 RECIPES = {

@@ -16,9 +16,9 @@ import nbformat
 from tqdm.auto import tqdm
 
 from .notebooks import read_notebook
-from .profiles import PROFILES
+from ..settings import PROFILES
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the folder holding course_utils/
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding course_utils/
 
 
 def error_line(ename: str, evalue: str, limit: int = 300) -> str:

@@ -19,7 +19,7 @@ import nbformat
 from tqdm.auto import tqdm
 
 from .notebooks import nbgrader_meta, read_notebook, strip_outputs
-from .profiles import PROFILES
+from ..settings import PROFILES
 from .runner import error_line, execute
 
 
