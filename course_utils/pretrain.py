@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+import transformers
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
@@ -249,6 +250,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run `course pretrain`; returns the exit code (2 with a message on bad input)."""
+    transformers.utils.logging.disable_progress_bar()  # our own bar reports training; no "Writing model shards"
     try:
         text = read_text_file(args.text, min_chars=MIN_CHARS)
         model, tokenizer, _, _ = pretrain(
