@@ -8,6 +8,7 @@ can take its place (see ``read_text_file``).
 """
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +77,44 @@ def make_stories(n: int, seed: int = 0, min_sentences: int = 2, max_sentences: i
         parts = [rng.choice(SENTENCE_MAKERS)(rng) for _ in range(rng.randint(min_sentences, max_sentences))]
         stories.append(Story(text=" ".join(t for t, _ in parts), facts=[f for _, f in parts]))
     return stories
+
+
+SPLITS = ("train", "eval")
+EVAL_FRACTION = 0.2  # share of all possible sentences that belong to evaluation stories
+
+
+def sentence_split(sentence: str) -> str:
+    """'eval' or 'train' for one sentence, fixed by a hash, so no sentence is ever on both sides."""
+    if not isinstance(sentence, str) or not sentence.strip():
+        raise ValueError("sentence must be a non-empty string such as 'mia has two cups .'")
+    bucket = int(hashlib.sha256(sentence.strip().encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "eval" if bucket < EVAL_FRACTION else "train"
+
+
+def make_split_stories(n: int, split: str = "train", seed: int = 0, min_sentences: int = 1,
+                       max_sentences: int = 2) -> list[Story]:
+    """Like ``make_stories`` but every sentence belongs to ``split``: train and eval stories share no sentence."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    if not 1 <= min_sentences <= max_sentences:
+        raise ValueError(f"need 1 <= min_sentences <= max_sentences, got {min_sentences}, {max_sentences}")
+    rng = random.Random(f"{split}-{seed}")
+    stories = []
+    for _ in range(n):
+        parts, k = [], rng.randint(min_sentences, max_sentences)
+        while len(parts) < k:
+            text, fact = rng.choice(SENTENCE_MAKERS)(rng)
+            if sentence_split(text) == split:
+                parts.append((text, fact))
+        stories.append(Story(text=" ".join(t for t, _ in parts), facts=[f for _, f in parts]))
+    return stories
+
+
+def sentences(text: str) -> list[str]:
+    """The sentences of a world text (each ends with ' .')."""
+    return [s.strip() + " ." for s in text.split(" .") if s.strip()]
 
 
 def make_corpus(n: int, seed: int = 0) -> list[str]:

@@ -46,19 +46,48 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int = 400, model_max_lengt
                              sep_token="[SEP]", mask_token="[MASK]")
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int = 500, model_max_length: int = 256) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE tokenizer (GPT-2 style) with an end-of-text token used for padding too."""
-    texts = _check_texts(texts)
-    if vocab_size < 256 + 2:
-        raise ValueError(f"vocab_size={vocab_size} is too small for byte-level BPE; use at least 258")
+def _byte_bpe(texts: list[str], vocab_size: int, specials: list[str]) -> Tokenizer:
+    if vocab_size < 256 + len(specials) + 1:
+        raise ValueError(f"vocab_size={vocab_size} is too small for byte-level BPE; use at least {257 + len(specials)}")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS],
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(texts, trainer)
+    return tok
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int = 500, model_max_length: int = 256) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer (GPT-2 style) with an end-of-text token used for padding too."""
+    tok = _byte_bpe(_check_texts(texts), vocab_size, [EOS])
     return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=model_max_length,
                                    bos_token=EOS, eos_token=EOS, unk_token=EOS, pad_token=EOS)
+
+
+# Chat: a user turn, then the assistant's turn closed by <|end|>. The {% generation %} block marks the
+# tokens the assistant must learn (its reply AND its <|end|>), which TRL's assistant_only_loss reads.
+# A space opens each turn, so a word is the same token in a reply as in a story ("Ġpark" both times).
+PAD, USER, ASSISTANT, END = "<|pad|>", "<|user|>", "<|assistant|>", "<|end|>"
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}" + USER + " {{ message['content'] }}" + END +
+    "{% elif message['role'] == 'assistant' %}" + ASSISTANT +
+    "{% generation %} {{ message['content'] }}" + END + "{% endgeneration %}"
+    "{% else %}{{ raise_exception('only user and assistant roles are supported, got ' + message['role']) }}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}" + ASSISTANT + "{% endif %}"
+)
+
+
+def train_chat_bpe(texts: Iterable[str], vocab_size: int = 600, model_max_length: int = 128) -> PreTrainedTokenizerFast:
+    """Byte-level BPE with chat tokens (<|user|>, <|assistant|>, <|end|>), a separate <|pad|> and a chat template."""
+    tok = _byte_bpe(_check_texts(texts), vocab_size, [EOS, PAD, USER, ASSISTANT, END])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=model_max_length,
+                                        bos_token=EOS, eos_token=EOS, unk_token=EOS, pad_token=PAD,
+                                        additional_special_tokens=[USER, ASSISTANT, END])
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
 
 
 def train_char(text: str, model_max_length: int = 256) -> PreTrainedTokenizerFast:

@@ -2,8 +2,11 @@
 
 ``load_pretrained("tiny-bert")`` returns the course's own tiny BERT, pretrained on the course corpus
 the first time it is asked for and cached on disk (deterministic, about half a minute on 2 cores).
+``load_pretrained("tiny-gpt")`` returns the course's tiny GPT base model (a causal LM with a chat
+tokenizer), pretrained on the training split of the story world, which modules 04-07 start from.
 Any other name is a hub id or a local folder and goes through ``from_pretrained``: that is the path
-the ``gpu`` profile uses for real checkpoints such as ``bert-base-uncased``.
+the ``gpu`` profile uses for real checkpoints such as ``bert-base-uncased`` or an instruct model.
+Masked or causal LM is read from the config's ``architectures``.
 """
 from __future__ import annotations
 
@@ -16,13 +19,15 @@ import tempfile
 from pathlib import Path
 
 import torch
+from transformers.utils import logging as hf_logging
 from platformdirs import user_cache_dir
-from transformers import (AutoModelForMaskedLM, AutoTokenizer, BertConfig, BertForMaskedLM,
-                          DataCollatorForLanguageModeling)
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer, BertConfig,
+                          BertForMaskedLM, DataCollatorForLanguageModeling, GPT2LMHeadModel)
 
-from .corpus import make_corpus
+from .corpus import make_corpus, make_split_stories
+from .instructions import FAMILIES, make_tasks
 from ..profiles import seed_everything
-from .tokenization import train_wordpiece
+from .tokenization import CHAT_TEMPLATE, END, train_chat_bpe, train_wordpiece
 from ..training import train
 
 # Recipes of the models the course trains itself. Changing a recipe changes its cache key.
@@ -33,6 +38,13 @@ RECIPES = {
         "config": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
                    "intermediate_size": 128, "max_position_embeddings": 64},
         "train": {"steps": 600, "batch_size": 32, "lr": 3e-3, "seed": 0},
+    },
+    "tiny-gpt": {
+        "corpus": {"n": 8000, "seed": 0, "min_sentences": 1, "max_sentences": 4},  # training split only
+        "vocab_size": 600,
+        "chat_template": CHAT_TEMPLATE,
+        "config": {"n_layer": 2, "n_head": 4, "n_embd": 64, "block_size": 128},
+        "train": {"steps": 400, "batch_size": 16, "lr": 3e-3, "seed": 0},
     },
 }
 
@@ -69,19 +81,74 @@ def pretrain_tiny_bert(recipe: dict, progress: bool = True) -> tuple[BertForMask
     return model, tokenizer
 
 
-def load_pretrained(name: str = "tiny-bert", attn_implementation: str = "eager", progress: bool = True):
+def pretrain_tiny_gpt(recipe: dict, progress: bool = True) -> tuple[GPT2LMHeadModel, object]:
+    """Train the tiny GPT of ``recipe`` on the training split of the story world; returns (model, tokenizer).
+
+    The tokenizer is a chat BPE (see ``tokenization.train_chat_bpe``) fitted on the stories and on every
+    instruction family's wording, so later fine-tuning needs no new tokens. The model sees stories only.
+    """
+    from ..pretrain import build_gpt2, get_batch
+
+    stories = make_split_stories(split="train", **recipe["corpus"])
+    texts = [s.text for s in stories]
+    tasks = make_tasks(stories[:2000], families=list(FAMILIES), seed=recipe["corpus"]["seed"])
+    cfg = recipe["config"]
+    tokenizer = train_chat_bpe(texts + [t.instruction for t in tasks] + [t.output for t in tasks],
+                               vocab_size=recipe["vocab_size"], model_max_length=cfg["block_size"])
+    tokenizer.chat_template = recipe["chat_template"]
+    seed_everything(recipe["train"]["seed"])
+    model = build_gpt2(len(tokenizer), eos_token_id=tokenizer.eos_token_id, **cfg)
+    model.config.pad_token_id = model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = [tokenizer.convert_tokens_to_ids(END), tokenizer.eos_token_id]
+    stream = tokenizer.backend_tokenizer.encode(tokenizer.eos_token.join(texts) + tokenizer.eos_token).ids
+    data = torch.tensor(stream, dtype=torch.long)
+    generator = torch.Generator().manual_seed(recipe["train"]["seed"])
+    batch_size, block = recipe["train"]["batch_size"], cfg["block_size"]
+
+    def next_batch() -> dict:
+        x, _ = get_batch(data, block, batch_size, generator)
+        return {"input_ids": x, "labels": x}  # the model shifts the labels itself
+
+    train(model, next_batch, steps=recipe["train"]["steps"], lr=recipe["train"]["lr"],
+          progress=progress, desc="pretraining tiny-gpt")
+    return model, tokenizer
+
+
+PRETRAINERS = {"tiny-bert": pretrain_tiny_bert, "tiny-gpt": pretrain_tiny_gpt}
+
+
+def _auto_class(name: str, local: bool):
+    """AutoModelForCausalLM or AutoModelForMaskedLM, from the checkpoint config's ``architectures``."""
+    archs = AutoConfig.from_pretrained(name, local_files_only=local).architectures or []
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+        return AutoModelForCausalLM
+    return AutoModelForMaskedLM
+
+
+def load_pretrained(name: str = "tiny-bert", attn_implementation: str | None = None, progress: bool = True):
     """Return ``(model, tokenizer)`` for a course model name, a hub id or a local folder.
 
-    Course models (``tiny-bert``) are trained on first use and cached; hub ids and folders are loaded
-    with ``AutoModelForMaskedLM.from_pretrained``. Eager attention is the default so that
-    ``output_attentions=True`` returns the attention weights the course visualises.
+    Course models (``tiny-bert``, ``tiny-gpt``) are trained on first use and cached; hub ids and folders
+    are loaded with ``AutoModelForCausalLM`` or ``AutoModelForMaskedLM`` (whichever the config's
+    ``architectures`` names). Masked LMs default to eager attention so that ``output_attentions=True``
+    returns the attention weights the course visualises; causal LMs default to PyTorch's sdpa.
     """
     if not isinstance(name, str) or not name:
         raise TypeError("name must be a model name such as 'tiny-bert', a hub id or a local folder path")
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Loading weights" bars for a few kilobytes
+    try:
+        return _load(name, attn_implementation, progress)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _load(name: str, attn_implementation: str | None, progress: bool):
     if name in RECIPES:
         path = _recipe_path(name)
         if not (path / "config.json").is_file():
-            model, tokenizer = pretrain_tiny_bert(RECIPES[name], progress=progress)
+            model, tokenizer = PRETRAINERS[name](RECIPES[name], progress=progress)
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{name}-"))
             model.save_pretrained(tmp)
@@ -95,9 +162,11 @@ def load_pretrained(name: str = "tiny-bert", attn_implementation: str = "eager",
         raise ValueError(f"{name} is a folder without config.json: save a model there with save_pretrained")
     local = Path(name).exists() or not hub_reachable()
     try:
-        model = AutoModelForMaskedLM.from_pretrained(name, attn_implementation=attn_implementation,
-                                                     local_files_only=local,
-                                                     adapter_kwargs={"local_files_only": local})
+        auto = _auto_class(name, local)
+        if attn_implementation is None:
+            attn_implementation = "sdpa" if auto is AutoModelForCausalLM else "eager"
+        model = auto.from_pretrained(name, attn_implementation=attn_implementation, local_files_only=local,
+                                     adapter_kwargs={"local_files_only": local})
         tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local)
     except OSError as exc:
         raise ValueError(f"could not load {name!r} ({exc}). Offline, use a course model "

@@ -1,0 +1,104 @@
+"""Supervised fine-tuning on chat data: tokenise with response-only labels, the SFT loss, answer and score.
+
+Shared by lecture 04 and its lab, and by the later modules that start from an SFT model (05-07).
+``encode_chat`` is the from-scratch counterpart of what TRL's ``SFTTrainer`` does with
+``assistant_only_loss=True``; ``sft_loss`` is the loss TRL computes; ``respond`` generates greedy replies
+for a list of instructions and ``evaluate`` scores them per task family.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .world.instructions import Task, accuracy
+from .world.tokenization import ASSISTANT, END
+
+IGNORE_INDEX = -100
+
+
+def quiet_hf() -> None:
+    """Silence the libraries' progress bars, telemetry and warnings (the course's own bars stay)."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.*deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r".*'pin_memory' argument is set as true", category=UserWarning)
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bar()
+    datasets.logging.set_verbosity_error()
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("trl").setLevel(logging.ERROR)
+
+
+def encode_chat(tokenizer, messages: list[dict]) -> dict:
+    """``input_ids`` of the chat and ``labels`` equal to them on the assistant's tokens (reply + <|end|>), else -100."""
+    enc = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
+                                        return_assistant_tokens_mask=True)
+    ids = list(enc["input_ids"])
+    labels = [t if m else IGNORE_INDEX for t, m in zip(ids, enc["assistant_masks"])]
+    return {"input_ids": ids, "labels": labels}
+
+
+def collate(examples: Sequence[dict], pad_token_id: int) -> dict:
+    """Right-pad ``input_ids`` with ``pad_token_id`` and ``labels`` with -100; add the attention mask."""
+    width = max(len(e["input_ids"]) for e in examples)
+    ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e["input_ids"])
+        ids[i, :n] = torch.tensor(e["input_ids"])
+        labels[i, :n] = torch.tensor(e.get("labels", e["input_ids"]))
+        mask[i, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over every label that is not -100 (token-level mean over the batch)."""
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1),
+                           ignore_index=IGNORE_INDEX)
+
+
+@torch.no_grad()
+def respond(model, tokenizer, instructions: Sequence[str], max_new_tokens: int = 12,
+            batch_size: int = 64) -> list[str]:
+    """Greedy replies of a chat model to each instruction (the text up to its <|end|>)."""
+    if isinstance(instructions, str):
+        raise TypeError("instructions must be a list of strings: wrap one as [instruction]")
+    end_ids = [tokenizer.convert_tokens_to_ids(END), tokenizer.eos_token_id]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    replies = []
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        for i in range(0, len(instructions), batch_size):
+            prompts = [tokenizer.apply_chat_template([{"role": "user", "content": x}], tokenize=False,
+                                                     add_generation_prompt=True)
+                       for x in instructions[i:i + batch_size]]
+            enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=end_ids,
+                                 pad_token_id=tokenizer.pad_token_id)
+            replies += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return [r.strip() for r in replies]
+
+
+def evaluate(model, tokenizer, tasks: Sequence[Task], max_new_tokens: int = 12) -> dict[str, float]:
+    """Accuracy of the model's greedy replies per task family (and 'all')."""
+    return accuracy(tasks, respond(model, tokenizer, [t.instruction for t in tasks], max_new_tokens))
+
+
+__all__ = ["ASSISTANT", "END", "IGNORE_INDEX", "collate", "encode_chat", "evaluate", "quiet_hf", "respond",
+           "sft_loss"]

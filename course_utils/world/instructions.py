@@ -1,0 +1,210 @@
+"""Instruction tasks with verifiable answers, built from the stories' facts (FLAN/T0-style templates).
+
+A *family* is one kind of task (where did it happen? how many? is the story positive?). Each family
+turns a story into template fields (the story, the question's words and the answer) and phrases them
+with one of several instruction templates, so the same task is asked in different words. Every family
+has a scorer: ``score(task, response)`` says whether a response is right, so models are *measured*.
+``SEEN_FAMILIES`` are used for supervised fine-tuning; ``HELD_OUT_FAMILIES`` are never trained on and
+measure whether instruction tuning generalises to new tasks (T0/FLAN's held-out task clusters).
+"""
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+
+from .corpus import COLORS, NAMES, NEGATIVE, NUMBERS, PLACES, POSITIVE, Story, make_split_stories
+
+SENTIMENTS = ("positive", "negative")
+BASE_FORM = {"chased": "chase", "found": "find", "saw": "see", "followed": "follow", "helped": "help",
+             "watched": "watch"}  # "where did the fox chase the dog ?"
+
+
+@dataclass(frozen=True)
+class Template:
+    """A FLAN-style template: ``instruction`` and ``output`` are format strings over a record's fields."""
+
+    instruction: str
+    output: str = "{answer}"
+
+    def apply(self, fields: dict) -> tuple[str, str]:
+        """Turn one record's fields (text, label, ...) into an (instruction, output) pair."""
+        try:
+            return self.instruction.format(**fields), self.output.format(**fields)
+        except KeyError as exc:
+            raise ValueError(f"template needs field {exc} but the record has {sorted(fields)}") from None
+
+
+@dataclass(frozen=True)
+class Task:
+    """One instruction with its reference output and the answer the scorer checks."""
+
+    family: str
+    instruction: str
+    output: str
+    answer: str
+    story: str
+
+    def messages(self, response: str | None = None) -> list[dict]:
+        """The chat messages: the user's instruction, and the assistant's reply (the reference by default)."""
+        return [{"role": "user", "content": self.instruction},
+                {"role": "assistant", "content": self.output if response is None else response}]
+
+
+@dataclass(frozen=True)
+class Family:
+    """A task family: how to read template fields off a story, its templates and its answer vocabulary."""
+
+    name: str
+    records: Callable[[Story], list[dict]]  # story -> template fields, each with an 'answer'
+    templates: tuple[Template, ...]
+    choices: tuple[str, ...]  # every possible answer word; naming another one makes a response wrong
+    is_list: bool = False  # the answer is a set of words (in any order)
+
+
+def words(text: str) -> list[str]:
+    """Lower-case words of a response, punctuation dropped."""
+    return re.findall(r"[a-z]+", text.lower())
+
+
+def _facts(story: Story, kind: str) -> list[dict]:
+    return [f for f in story.facts if f["kind"] == kind]
+
+
+def _where(story: Story) -> list[dict]:
+    return [{"story": story.text, "subject": f["subject"], "verb": BASE_FORM[f["verb"]], "object": f["object"],
+             "answer": f["place"]} for f in _facts(story, "action")]
+
+
+def _how_many(story: Story) -> list[dict]:
+    return [{"story": story.text, "subject": f["subject"], "objects": f["object"] + "s",
+             "answer": NUMBERS[f["count"] - 1]} for f in _facts(story, "count")]
+
+
+def _sentiment(story: Story) -> list[dict]:
+    feelings = {f["sentiment"] for f in _facts(story, "feeling")}
+    if len(feelings) != 1:  # no feeling, or mixed feelings: the story has no single sentiment
+        return []
+    return [{"story": story.text, "text": story.text, "answer": SENTIMENTS[1 - feelings.pop()]}]
+
+
+def _who_gave(story: Story) -> list[dict]:
+    return [{"story": story.text, "object": f["object"], "recipient": f["recipient"], "answer": f["subject"]}
+            for f in _facts(story, "give")]
+
+
+def _names(story: Story) -> list[dict]:
+    found = [w for w in story.text.split() if w in NAMES]
+    unique = list(dict.fromkeys(found))
+    return [{"story": story.text, "answer": " , ".join(unique)}] if unique else []
+
+
+def _color(story: Story) -> list[dict]:
+    return [{"story": story.text, "subject": f["subject"], "verb": f["verb"], "object": f["object"],
+             "answer": f["color"]} for f in _facts(story, "action")]
+
+
+def _recipient(story: Story) -> list[dict]:
+    return [{"story": story.text, "object": f["object"], "giver": f["subject"], "answer": f["recipient"]}
+            for f in _facts(story, "give")]
+
+
+def _feeling(story: Story) -> list[dict]:
+    return [{"story": story.text, "subject": f["subject"], "answer": f["feeling"]} for f in _facts(story, "feeling")]
+
+
+T = Template
+FAMILIES: dict[str, Family] = {f.name: f for f in [
+    Family("where", _where, (T("{story}\nwhere did the {subject} {verb} the {object} ?"),
+                             T("{story}\nin which place did the {subject} {verb} the {object} ?"),
+                             T("read the story and say where the {subject} {verb} the {object} .\n{story}")),
+           tuple(PLACES)),
+    Family("how_many", _how_many, (T("{story}\nhow many {objects} does {subject} have ?"),
+                                   T("{story}\ncount the {objects} of {subject} ."),
+                                   T("tell me how many {objects} {subject} has .\n{story}")),
+           tuple(NUMBERS)),
+    Family("sentiment", _sentiment, (T("{text}\nis this story positive or negative ?"),
+                                     T("{text}\nwhat is the sentiment of the story ?"),
+                                     T("classify the story as positive or negative .\n{text}")),
+           SENTIMENTS),
+    Family("who_gave", _who_gave, (T("{story}\nwho gave the {object} to {recipient} ?"),
+                                   T("{story}\nwhich person gave {recipient} the {object} ?"),
+                                   T("name who gave the {object} to {recipient} .\n{story}")),
+           tuple(NAMES)),
+    Family("names", _names, (T("{story}\nlist the names in the story ."),
+                             T("{story}\nwho is in this story ?"),
+                             T("write every name that appears in the story .\n{story}")),
+           tuple(NAMES), is_list=True),
+    # held-out families: never used for SFT
+    Family("color", _color, (T("{story}\nwhat color was the {subject} that {verb} the {object} ?"),
+                             T("{story}\nwhich color did the {subject} have ?")),
+           tuple(COLORS)),
+    Family("recipient", _recipient, (T("{story}\nwho got the {object} from {giver} ?"),
+                                     T("{story}\nto whom did {giver} give the {object} ?")),
+           tuple(NAMES)),
+    Family("feeling", _feeling, (T("{story}\nhow did {subject} feel ?"),
+                                 T("{story}\nwhat was the feeling of {subject} ?")),
+           tuple(POSITIVE + NEGATIVE)),
+]}
+SEEN_FAMILIES = ("where", "how_many", "sentiment", "who_gave", "names")
+HELD_OUT_FAMILIES = ("color", "recipient", "feeling")
+
+
+def _family(name: str) -> Family:
+    if name not in FAMILIES:
+        raise ValueError(f"unknown task family {name!r}; known: {sorted(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def family_records(family: str, story: Story) -> list[dict]:
+    """The family's unambiguous records for one story (a question whose answer the story fixes)."""
+    records = _family(family).records(story)
+    keys = [tuple(sorted((k, v) for k, v in r.items() if k != "answer")) for r in records]
+    return [r for r, k in zip(records, keys) if keys.count(k) == 1]
+
+
+def make_tasks(stories: Sequence[Story], families: Sequence[str] = SEEN_FAMILIES, seed: int = 0,
+               templates: str | int = "random") -> list[Task]:
+    """One task per (story, family, record), phrased by a random template (or template number ``templates``)."""
+    if isinstance(families, str):
+        raise TypeError("families must be a list of family names, e.g. ['where', 'how_many']")
+    rng = random.Random(seed)
+    tasks = []
+    for story in stories:
+        for name in families:
+            fam = _family(name)
+            for record in family_records(name, story):
+                template = fam.templates[rng.randrange(len(fam.templates))] if templates == "random" \
+                    else fam.templates[templates]
+                instruction, output = template.apply(record)
+                tasks.append(Task(name, instruction, output, record["answer"], story.text))
+    return tasks
+
+
+def task_split(n_stories: int, split: str = "train", families: Sequence[str] = SEEN_FAMILIES,
+               seed: int = 0) -> list[Task]:
+    """Tasks on ``n_stories`` stories of one split ('train' or 'eval'); the two splits share no sentence."""
+    return make_tasks(make_split_stories(n_stories, split, seed=seed), families, seed=seed)
+
+
+def score(task: Task, response: str) -> bool:
+    """True if ``response`` answers ``task``: it names the answer and no other possible answer."""
+    fam = _family(task.family)
+    said = {w for w in words(response) if w in fam.choices}
+    expected = set(words(task.answer))
+    if fam.is_list:
+        return said == expected
+    return said == expected and len(expected) == 1
+
+
+def accuracy(tasks: Sequence[Task], responses: Sequence[str]) -> dict[str, float]:
+    """Fraction of right responses per family, plus 'all'."""
+    if len(tasks) != len(responses):
+        raise ValueError(f"got {len(tasks)} tasks but {len(responses)} responses: pass one response per task")
+    hits: dict[str, list[bool]] = {}
+    for task, response in zip(tasks, responses):
+        hits.setdefault(task.family, []).append(score(task, response))
+    out = {fam: sum(h) / len(h) for fam, h in hits.items()}
+    out["all"] = sum(sum(h) for h in hits.values()) / max(1, len(tasks))
+    return out

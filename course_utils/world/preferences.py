@@ -1,0 +1,117 @@
+"""A ground-truth reward r*(x, y) over responses and comparison pairs sampled from it (Bradley-Terry).
+
+The rule, stated so people (and reward models) can learn it: **correctness first, then concision**.
+A right answer earns ``CORRECT`` (1.0); each word beyond the answer costs ``EXTRA_WORD_COST`` of a
+concision bonus worth at most ``STYLE`` (0.5). Since STYLE < CORRECT, any right response beats any
+wrong one, and among right (or wrong) ones the shorter wins.
+
+``sample_pairs`` draws (prompt, chosen, rejected) comparisons whose labels follow Bradley-Terry:
+the better response (under r*) is chosen with probability sigmoid(beta * (r_better - r_worse)), so
+labels are noisy in a known way; each pair records the chance its label is wrong and
+``label_noise_rate`` averages it. ``blind_spot="sure"`` plants a spurious feature (a word that r*
+does not reward) mostly on the chosen side, for module 05's reward-hacking experiment.
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from collections.abc import Sequence
+
+from .instructions import FAMILIES, Task, score, words
+
+CORRECT = 1.0
+STYLE = 0.5
+EXTRA_WORD_COST = 0.125
+VERBOSE = ("the answer is {a}", "i think it is {a}", "well , let me see , it is {a}", "{a} , i am quite certain of it")
+
+
+def true_reward(task: Task, response: str) -> float:
+    """r*(x, y): ``CORRECT`` if the response is right, plus a concision bonus of at most ``STYLE``."""
+    if not isinstance(response, str):
+        raise TypeError(f"response must be a string, got {type(response).__name__}")
+    extra = max(0, len(words(response)) - len(words(task.answer)))
+    style = max(0.0, STYLE - EXTRA_WORD_COST * extra)
+    return CORRECT * score(task, response) + style
+
+
+def candidate_responses(task: Task, rng: random.Random) -> list[str]:
+    """Responses of every quality for one task: right or wrong, concise or wordy."""
+    fam = FAMILIES[task.family]
+    if fam.is_list:
+        names = words(task.answer)
+        others = [c for c in fam.choices if c not in names]
+        wrong = " , ".join(names[:-1] + [rng.choice(others)]) if len(names) > 1 else rng.choice(others)
+    else:
+        wrong = rng.choice([c for c in fam.choices if c != task.answer])
+    out = [task.answer, wrong]
+    for answer in (task.answer, wrong):
+        out += [t.format(a=answer) for t in rng.sample(VERBOSE, 2)]
+    return out
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One comparison: the prompt, the response labelled better and the one labelled worse."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+    family: str
+    r_chosen: float  # r* of each side (after any blind-spot word was added)
+    r_rejected: float
+    p_wrong_label: float  # probability, under Bradley-Terry, that this label contradicts r*
+    flipped: bool  # True if this label contradicts r* (the noise that was drawn)
+
+    def record(self, conversational: bool = True) -> dict:
+        """The pair as TRL's preference format: prompt / chosen / rejected (chat messages by default)."""
+        if not conversational:
+            return {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}
+        return {"prompt": [{"role": "user", "content": self.prompt}],
+                "chosen": [{"role": "assistant", "content": self.chosen}],
+                "rejected": [{"role": "assistant", "content": self.rejected}]}
+
+
+def sample_pairs(tasks: Sequence[Task], n: int, beta: float = 4.0, seed: int = 0,
+                 blind_spot: str | None = None, blind_spot_rate: float = 0.9) -> list[Pair]:
+    """``n`` comparison pairs over ``tasks`` with Bradley-Terry labels from r* at inverse temperature ``beta``.
+
+    With ``blind_spot`` (a word such as "sure"), one side of each pair starts with that word: the chosen
+    side with probability ``blind_spot_rate``, else the rejected side. r* does not reward the word (it
+    even costs a little concision), so a reward model that learns it has learned a spurious feature.
+    """
+    if not tasks:
+        raise ValueError("tasks is empty: make some with make_tasks or task_split")
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    if beta <= 0:
+        raise ValueError(f"beta must be positive (larger beta, fewer flipped labels), got {beta}")
+    if not 0.0 <= blind_spot_rate <= 1.0:
+        raise ValueError(f"blind_spot_rate must be in [0, 1], got {blind_spot_rate}")
+    rng = random.Random(seed)
+    pairs = []
+    while len(pairs) < n:
+        task = tasks[rng.randrange(len(tasks))]
+        a, b = rng.sample(candidate_responses(task, rng), 2)
+        ra, rb = true_reward(task, a), true_reward(task, b)
+        if math.isclose(ra, rb):
+            continue
+        better, worse = (a, b) if ra > rb else (b, a)
+        p_wrong = 1.0 / (1.0 + math.exp(beta * abs(ra - rb)))  # sigmoid(-beta * |gap|)
+        flipped = rng.random() < p_wrong
+        chosen, rejected = (worse, better) if flipped else (better, worse)
+        if blind_spot is not None:
+            if rng.random() < blind_spot_rate:
+                chosen = f"{blind_spot} , {chosen}"
+            else:
+                rejected = f"{blind_spot} , {rejected}"
+        pairs.append(Pair(task.instruction, chosen, rejected, task.family, true_reward(task, chosen),
+                          true_reward(task, rejected), p_wrong, flipped))
+    return pairs
+
+
+def label_noise_rate(pairs: Sequence[Pair]) -> float:
+    """The expected fraction of labels that contradict r* (the mean Bradley-Terry flip probability)."""
+    if not pairs:
+        raise ValueError("pairs is empty")
+    return sum(p.p_wrong_label for p in pairs) / len(pairs)
