@@ -9,6 +9,7 @@ measure whether instruction tuning generalises to new tasks (T0/FLAN's held-out 
 """
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 from dataclasses import dataclass
@@ -148,6 +149,10 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
            tuple(POSITIVE + NEGATIVE)),
 ]}
 SEEN_FAMILIES = ("where", "how_many", "sentiment", "who_gave", "names")
+# A digest of every family's wording: the zoo's tiny-gpt tokenizer is fitted on these texts, so its cache
+# key must change whenever a template or family changes.
+TEMPLATES_DIGEST = hashlib.sha256(repr([(f.name, f.templates, f.choices) for f in FAMILIES.values()]).encode()
+                                  ).hexdigest()[:12]
 HELD_OUT_FAMILIES = ("color", "recipient", "feeling")
 
 

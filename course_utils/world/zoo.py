@@ -25,7 +25,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
                           BertForMaskedLM, DataCollatorForLanguageModeling, GPT2LMHeadModel)
 
 from .corpus import WORLD_VERSION, make_corpus, make_split_stories
-from .instructions import FAMILIES, make_tasks
+from .instructions import FAMILIES, TEMPLATES_DIGEST, make_tasks
 from ..profiles import seed_everything
 from .tokenization import CHAT_TEMPLATE, END, train_chat_bpe, train_wordpiece
 from ..training import train
@@ -43,6 +43,7 @@ RECIPES = {
         "corpus": {"n": 8000, "seed": 0, "min_sentences": 1, "max_sentences": 4},  # training split only
         "vocab_size": 600,
         "chat_template": CHAT_TEMPLATE,
+        "task_templates": TEMPLATES_DIGEST,  # the tokenizer also reads every task family's wording
         "config": {"n_layer": 2, "n_head": 4, "n_embd": 64, "block_size": 128},
         "train": {"steps": 400, "batch_size": 16, "lr": 3e-3, "seed": 0},
     },

@@ -1,0 +1,175 @@
+"""Checks for lab 04 (instruction tuning); TRL's SFT pipeline and the world's scorers are the oracles.
+
+Oracles: the scorer of the world's task families (is the output the right answer?), the ``labels`` that
+TRL's ``SFTTrainer`` builds with ``assistant_only_loss=True`` for the same chat, and the loss TRL's
+``SFTTrainer.compute_loss`` returns on the same batch. When a result is wrong, the checks compare it with
+typical mistakes (training on the prompt, masking the end token, an off-by-one at the boundary, no
+shift, a mean of per-sequence means) and name the one that matches.
+"""
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+
+import torch
+
+from . import CheckError, passed
+from ..sft import IGNORE_INDEX, collate, quiet_hf
+from ..world.corpus import make_split_stories
+from ..world.instructions import Task, score
+
+YES_NO = ("no", "yes")  # the verbaliser of the lab's new family: label 1 -> "yes", 0 -> "no"
+CHATS = [
+    [{"role": "user", "content": "mia has two cups .\nhow many cups does mia have ?"},
+     {"role": "assistant", "content": "two"}],
+    [{"role": "user", "content": "tom gave the hat to eva at the park .\nwho gave the hat to eva ?"},
+     {"role": "assistant", "content": "tom"}],
+    [{"role": "user", "content": "the red fox saw the cat in the park .\nwhere did the fox see the cat ?"},
+     {"role": "assistant", "content": "park"},
+     {"role": "user", "content": "and what color was the fox ?"},
+     {"role": "assistant", "content": "red"}],
+]
+
+
+def check_template(fn: Callable[[str, int], tuple[str, str]]) -> None:
+    """The (text, label) -> (instruction, output) template of the 'happy' family: is someone happy in the story?"""
+    stories = make_split_stories(60, "train", seed=11)
+    outputs = {}
+    for story in stories:
+        label = int(any(f.get("sentiment") == 1 for f in story.facts))
+        got = fn(story.text, label)
+        if not (isinstance(got, tuple) and len(got) == 2 and all(isinstance(x, str) for x in got)):
+            raise CheckError(f"return a tuple (instruction, output) of two strings, got {got!r}")
+        instruction, output = got
+        if story.text not in instruction:
+            raise CheckError("the instruction must contain the story text unchanged, so the model can read it")
+        if instruction.strip() == story.text.strip():
+            raise CheckError("the instruction is only the story: add the question or command for the task")
+        if story.text in output:
+            raise CheckError("the output repeats the story: it should be the answer alone")
+        task = Task("happy", instruction, YES_NO[label], YES_NO[label], story.text)
+        if not _yes_no_right(task, output):
+            swapped = _yes_no_right(Task("happy", instruction, YES_NO[1 - label], YES_NO[1 - label], story.text), output)
+            hint = " (it is the answer for the other label: did you swap 0 and 1?)" if swapped else ""
+            raise CheckError(f"for label {label} the output should say {YES_NO[label]!r}, got {output!r}{hint}")
+        outputs.setdefault(label, set()).add(output)
+    instructions = {fn(stories[0].text, 0)[0], fn(stories[0].text, 1)[0]}
+    if len(instructions) != 1:
+        raise CheckError("the instruction must not depend on the label, or the model could read the answer from it")
+    passed("template (text, label) -> (instruction, output)")
+
+
+def _yes_no_right(task: Task, response: str) -> bool:
+    words = set(response.lower().replace(".", " ").split())
+    return task.answer in words and (set(YES_NO) - {task.answer}).isdisjoint(words)
+
+
+def _trl_trainer(tokenizer, dataset, out_dir: str, **extra):
+    quiet_hf()
+    from datasets import Dataset
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from trl import SFTConfig, SFTTrainer
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=32, n_layer=1, n_head=2,
+                                       resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                       pad_token_id=tokenizer.pad_token_id))
+    args = SFTConfig(output_dir=out_dir, assistant_only_loss=True, bf16=False, activation_checkpointing=False,
+                     use_cpu=True, report_to="none", disable_tqdm=True, save_strategy="no", max_length=128,
+                     dataloader_pin_memory=False, per_device_train_batch_size=len(dataset), **extra)
+    return SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(dataset), processing_class=tokenizer)
+
+
+def trl_labels(tokenizer, chats: list[list[dict]]) -> list[dict]:
+    """``input_ids`` and ``labels`` that TRL's SFT pipeline (assistant_only_loss=True) makes of each chat."""
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = _trl_trainer(tokenizer, [{"messages": c} for c in chats], tmp)
+        return [{"input_ids": list(r["input_ids"]), "labels": list(r["labels"])} for r in trainer.train_dataset]
+
+
+def check_encode_chat(fn: Callable, tokenizer) -> None:
+    """``fn(tokenizer, messages)`` must give TRL's input_ids and labels (-100 except on the assistant's tokens)."""
+    expected = trl_labels(tokenizer, CHATS)
+    end_id = tokenizer.convert_tokens_to_ids("<|end|>")
+    for chat, exp in zip(CHATS, expected):
+        got = fn(tokenizer, chat)
+        if not isinstance(got, dict) or not {"input_ids", "labels"} <= set(got):
+            raise CheckError("return a dict with 'input_ids' and 'labels' (lists of ints)")
+        ids = [int(i) for i in got["input_ids"]]
+        labels = [int(i) for i in got["labels"]]
+        if ids != exp["input_ids"]:
+            raise CheckError("input_ids differ from the chat template's tokens: use tokenizer.apply_chat_template")
+        if len(labels) != len(ids):
+            raise CheckError(f"labels must have one entry per token: {len(labels)} labels for {len(ids)} tokens")
+        if labels == exp["labels"]:
+            continue
+        trained = [i for i, lab in enumerate(labels) if lab != IGNORE_INDEX]
+        want = [i for i, lab in enumerate(exp["labels"]) if lab != IGNORE_INDEX]
+        if any(labels[i] not in (IGNORE_INDEX, ids[i]) for i in range(len(ids))):
+            raise CheckError("a kept label must equal its input token (the model shifts labels itself)")
+        if set(want) < set(trained):
+            raise CheckError("you train on prompt tokens too: every token outside the assistant's replies must be -100")
+        if set(trained) == {i for i in want if ids[i] != end_id}:
+            raise CheckError("the <|end|> closing each reply is masked: keep it, or the model never learns to stop")
+        if set(trained) in ({i + 1 for i in want}, {i - 1 for i in want}):
+            raise CheckError("off by one at the boundary: the reply starts right after <|assistant|>, "
+                             "and <|assistant|> itself is -100")
+        raise CheckError(f"labels differ from TRL's: you train positions {trained}, TRL trains {want}")
+    passed("chat tokenisation with response-only labels (same as TRL)")
+
+
+def check_sft_loss(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], tokenizer) -> None:
+    """``fn(logits, labels)`` must equal TRL's SFT loss on the same batch."""
+    chats = CHATS + [[{"role": "user", "content": "mia was sad because the dog ran away from mia .\nhow did mia feel ?"},
+                      {"role": "assistant", "content": "she was very sad and upset about it"}]]
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = _trl_trainer(tokenizer, [{"messages": c} for c in chats], tmp)
+        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(chats))])
+        trainer.model.eval()
+        with torch.no_grad():
+            expected = trainer.compute_loss(trainer.model, dict(batch))
+            logits = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels = batch["labels"]
+    got = fn(logits.clone(), labels.clone())
+    if not torch.is_tensor(got) or got.dim() != 0:
+        raise CheckError(f"return the loss as a scalar tensor, got {got!r}")
+    if torch.allclose(got.double(), expected.double(), atol=1e-5, rtol=1e-4):
+        return passed("response-only SFT loss (same as TRL's)")
+    ce = torch.nn.functional.cross_entropy
+    flat = lambda lg, lb: ce(lg.reshape(-1, lg.size(-1)), lb.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none")
+    per_token = flat(logits[:, :-1], labels[:, 1:]).view(labels.size(0), -1)
+    mask = labels[:, 1:] != IGNORE_INDEX
+    mistakes = {
+        "no shift: the logits at position t predict the token at t+1, so compare logits[:, :-1] with labels[:, 1:]":
+            ce(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE_INDEX),
+        "a mean of per-sequence means: TRL averages over all response tokens of the batch at once":
+            ((per_token * mask).sum(1) / mask.sum(1)).mean(),
+        "a sum, not a mean: divide by the number of response tokens":
+            (per_token * mask).sum(),
+        "the loss also covers the prompt: only labels that are not -100 count":
+            ce(logits[:, :-1].reshape(-1, logits.size(-1)), batch["input_ids"][:, 1:].reshape(-1)),
+    }
+    for hint, value in mistakes.items():
+        if torch.allclose(got.double(), value.double(), atol=1e-5, rtol=1e-4):
+            raise CheckError(f"loss {got.item():.5f} but TRL gives {expected.item():.5f}: {hint}")
+    raise CheckError(f"loss {got.item():.5f} but TRL gives {expected.item():.5f} on the same batch")
+
+
+def check_sft_outcome(base: dict[str, float], tuned: dict[str, float], seen_margin: float = 0.3,
+                      unseen_margin: float = 0.0) -> None:
+    """SFT must beat the base model: far above on seen families, above on held-out (unseen) families."""
+    for key in ("seen", "unseen"):
+        if key not in base or key not in tuned:
+            raise CheckError(f"pass dicts with 'seen' and 'unseen' accuracies, e.g. {{'seen': 0.8, 'unseen': 0.2}}")
+    if tuned["seen"] < base["seen"] + seen_margin:
+        raise CheckError(f"SFT accuracy on seen families {tuned['seen']:.2f} is not {seen_margin} above the base "
+                         f"model's {base['seen']:.2f}: check the labels and the loss, or train longer")
+    if tuned["unseen"] <= base["unseen"] + unseen_margin:
+        raise CheckError(f"SFT accuracy on held-out families {tuned['unseen']:.2f} does not beat the base "
+                         f"model's {base['unseen']:.2f}")
+    passed(f"SFT beats the base model (seen {base['seen']:.2f} -> {tuned['seen']:.2f}, "
+           f"unseen {base['unseen']:.2f} -> {tuned['unseen']:.2f})")
+
+
+__all__ = ["CHATS", "YES_NO", "check_encode_chat", "check_sft_loss", "check_sft_outcome", "check_template",
+           "collate", "score", "trl_labels"]

@@ -1,0 +1,100 @@
+"""Lab 04's checks accept right answers and reject the plausible wrong ones, naming the mistake."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from course_utils.checks import CheckError
+from course_utils.checks.sft import YES_NO, check_encode_chat, check_sft_loss, check_sft_outcome, check_template
+from course_utils.sft import IGNORE_INDEX, encode_chat, sft_loss
+from course_utils.world.instructions import FAMILIES, task_split
+from course_utils.world.tokenization import train_chat_bpe
+
+
+@pytest.fixture(scope="module")
+def tok():
+    tasks = task_split(300, "train", list(FAMILIES))
+    return train_chat_bpe([t.instruction for t in tasks] + [t.output for t in tasks], vocab_size=400)
+
+
+def good_template(text, label):
+    return f"{text}\nis anyone happy in this story ? answer yes or no .", YES_NO[label]
+
+
+@pytest.mark.parametrize("fn, message", [
+    (lambda text, label: (f"{text}\nis anyone happy ?", YES_NO[1 - label]), "swap 0 and 1"),
+    (lambda text, label: ("is anyone happy ?", YES_NO[label]), "contain the story"),
+    (lambda text, label: (text, YES_NO[label]), "only the story"),
+    (lambda text, label: (f"{text}\nis anyone happy ?", f"{text} {YES_NO[label]}"), "repeats the story"),
+    (lambda text, label: (f"{text}\nhappy ? hint: {label}", YES_NO[label]), "not depend on the label"),
+    (lambda text, label: f"{text} {YES_NO[label]}", "tuple"),
+])
+def test_template_check(fn, message):
+    check_template(good_template)
+    with pytest.raises(CheckError, match=message):
+        check_template(fn)
+
+
+def _train_on_prompt(tok, messages):
+    out = encode_chat(tok, messages)
+    return {"input_ids": out["input_ids"], "labels": list(out["input_ids"])}
+
+
+def _mask_end(tok, messages):
+    out = encode_chat(tok, messages)
+    end = tok.convert_tokens_to_ids("<|end|>")
+    return {"input_ids": out["input_ids"], "labels": [IGNORE_INDEX if i == end else lab
+                                                      for i, lab in zip(out["input_ids"], out["labels"])]}
+
+
+def _off_by_one(tok, messages):
+    out = encode_chat(tok, messages)
+    keep = [i - 1 for i, lab in enumerate(out["labels"]) if lab != IGNORE_INDEX]
+    return {"input_ids": out["input_ids"],
+            "labels": [t if i in keep else IGNORE_INDEX for i, t in enumerate(out["input_ids"])]}
+
+
+def _shifted_labels(tok, messages):
+    out = encode_chat(tok, messages)
+    return {"input_ids": out["input_ids"], "labels": out["labels"][1:] + [IGNORE_INDEX]}
+
+
+@pytest.mark.parametrize("fn, message", [(_train_on_prompt, "prompt tokens"), (_mask_end, "<|end|>"),
+                                         (_off_by_one, "off by one"), (_shifted_labels, "equal its input token")])
+def test_encode_chat_check(tok, fn, message):
+    check_encode_chat(encode_chat, tok)
+    with pytest.raises(CheckError, match=message):
+        check_encode_chat(fn, tok)
+
+
+def _no_shift(logits, labels):
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100)
+
+
+def _per_sequence(logits, labels):
+    lg, lb = logits[:, :-1], labels[:, 1:]
+    losses = F.cross_entropy(lg.transpose(1, 2), lb, ignore_index=-100, reduction="none")
+    mask = lb != -100
+    return ((losses * mask).sum(1) / mask.sum(1)).mean()
+
+
+def _summed(logits, labels):
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1),
+                           ignore_index=-100, reduction="sum")
+
+
+@pytest.mark.parametrize("fn, message", [(_no_shift, "no shift"), (_per_sequence, "per-sequence"),
+                                         (_summed, "a sum")])
+def test_sft_loss_check(tok, fn, message):
+    check_sft_loss(sft_loss, tok)
+    with pytest.raises(CheckError, match=message):
+        check_sft_loss(fn, tok)
+
+
+def test_outcome_check():
+    check_sft_outcome({"seen": 0.0, "unseen": 0.0}, {"seen": 0.8, "unseen": 0.2})
+    with pytest.raises(CheckError, match="seen families"):
+        check_sft_outcome({"seen": 0.0, "unseen": 0.0}, {"seen": 0.1, "unseen": 0.2})
+    with pytest.raises(CheckError, match="held-out"):
+        check_sft_outcome({"seen": 0.0, "unseen": 0.1}, {"seen": 0.9, "unseen": 0.1})
+    with pytest.raises(CheckError, match="'seen' and 'unseen'"):
+        check_sft_outcome({}, {})
