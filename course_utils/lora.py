@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-__all__ = ["in_out_features", "is_fan_in_fan_out", "trainable_parameters", "full_finetune_bytes", "feeling_task",
-           "continuation_logprob", "choice_accuracy",
+__all__ = ["in_out_features", "is_fan_in_fan_out", "trainable_parameters", "full_finetune_bytes", "feeling_sentences",
+           "feeling_task",
            "lora_finetune_bytes", "tensor_bytes", "module_bytes", "GiB"]
 
 GiB = 1024 ** 3
@@ -88,79 +88,33 @@ def module_bytes(module: nn.Module) -> int:
 
 # ---------------------------------------------------------------- the fine-tuning task of module 07
 
-def _sentences(story) -> list[tuple[str, dict]]:
-    """The (sentence, fact) pairs of a corpus story (every sentence ends with ' .')."""
-    parts = [s.strip() + " ." for s in story.text.split(" .") if s.strip()]
-    if len(parts) != len(story.facts):
-        raise ValueError(f"could not split story {story.text!r} into its {len(story.facts)} sentences")
-    return list(zip(parts, story.facts))
+def feeling_sentences(n_stories: int, seed: int = 0) -> list[str]:
+    """The distinct "X was <feeling> because the <animal> ..." sentences of ``make_stories(n_stories, seed)``, sorted."""
+    from .world.corpus import make_stories
+
+    if not isinstance(n_stories, int) or n_stories < 1:
+        raise ValueError(f"n_stories must be a positive int, got {n_stories!r}")
+    return sorted({s.strip() + " ." for story in make_stories(n_stories, seed=seed)
+                   for s, fact in zip(story.text.split(" ."), story.facts) if fact["kind"] == "feeling"})
 
 
-def _held_out(name: str, animal: str) -> bool:
-    """A quarter of the (name, animal) pairs never appear in feeling sentences used for training."""
-    from .world.corpus import ANIMALS, NAMES
+def feeling_task(tokenizer, n_stories: int = 2000, n_eval: int = 256, seed: int = 7) -> tuple[list[dict], dict]:
+    """Module 07's fine-tuning task: encoded feeling sentences to train on, and one fixed masked batch held out.
 
-    return (NAMES.index(name) + ANIMALS.index(animal)) % 4 == 0
-
-
-def feeling_task(n_stories: int, seed: int = 0) -> tuple[str, list[str], list[tuple[str, str, str]]]:
-    """Pretraining text without feelings, fine-tuning feeling sentences, and held-out choice examples.
-
-    The base model is pretrained on every sentence kind but "X was <feeling> because the <animal> ...";
-    fine-tuning teaches those sentences, and the score asks whether the model continues a positive
-    feeling with "played" and a negative one with "ran" (chance: 50%). The held-out examples use
-    (name, animal) pairs that no fine-tuning sentence contains, so they share no sentence with it.
+    The held-out sentences come from another seed and share no sentence with the training ones; the
+    batch is masked once (15%, seeded), so every method is scored on the same positions.
     """
-    from .world.corpus import ANIMALS, NAMES, NEGATIVE, POSITIVE, make_stories
+    from transformers import DataCollatorForLanguageModeling
 
-    if not isinstance(n_stories, int) or n_stories < 10:
-        raise ValueError(f"n_stories must be an int of at least 10, got {n_stories!r}")
-    lines, feelings = [], []
-    for story in make_stories(n_stories, seed=seed):
-        pairs = _sentences(story)
-        lines.append(" ".join(s for s, f in pairs if f["kind"] != "feeling"))
-        feelings += [s for s, f in pairs if f["kind"] == "feeling" and not _held_out(f["subject"], f["animal"])]
-    examples = []
-    for name in NAMES:
-        for animal in ANIMALS:
-            if _held_out(name, animal):
-                for feeling in POSITIVE + NEGATIVE:
-                    right, wrong = ("played", "ran") if feeling in POSITIVE else ("ran", "played")
-                    examples.append((f"{name} was {feeling} because the {animal} ", right, wrong))
-    return "\n".join(line for line in lines if line), feelings, examples
-
-
-def _encode(tokenizer, text: str) -> list[int]:
-    return tokenizer.backend_tokenizer.encode(text).ids
-
-
-@torch.no_grad()
-def continuation_logprob(model: nn.Module, tokenizer, prompts: list[str], continuations: list[str]) -> torch.Tensor:
-    """Sum of log-probabilities of each continuation after its prompt, one value per pair."""
-    seqs = [(_encode(tokenizer, p), _encode(tokenizer, c)) for p, c in zip(prompts, continuations, strict=True)]
-    width = max(len(p) + len(c) for p, c in seqs)
-    ids = torch.zeros(len(seqs), width, dtype=torch.long)
-    mask = torch.zeros(len(seqs), width, dtype=torch.bool)  # True where a continuation token is predicted
-    for i, (p, c) in enumerate(seqs):
-        ids[i, : len(p) + len(c)] = torch.tensor(p + c)
-        mask[i, len(p): len(p) + len(c)] = True
-    device = next(p for p in model.parameters()).device
-    was_training = model.training
-    model.eval()
-    limit = getattr(getattr(model, "config", None), "n_positions", width)
-    if width > limit:
-        raise ValueError(f"prompt + continuation has {width} tokens, more than the model's {limit} positions")
-    logits = model(input_ids=ids.to(device), attention_mask=torch.ones_like(ids).to(device)).logits.float().cpu()
-    model.train(was_training)
-    logprobs = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0]
-    return (logprobs * mask[:, 1:]).sum(1)
-
-
-def choice_accuracy(model: nn.Module, tokenizer, examples: list[tuple[str, str, str]]) -> float:
-    """Share of ``(prompt, right, wrong)`` examples where the model gives ``right`` the higher log-probability."""
-    if not examples:
-        raise ValueError("examples is empty: pass (prompt, right, wrong) triples, e.g. from feeling_task")
-    prompts = [p for p, _, _ in examples]
-    right = continuation_logprob(model, tokenizer, prompts, [r for _, r, _ in examples])
-    wrong = continuation_logprob(model, tokenizer, prompts, [w for _, _, w in examples])
-    return (right > wrong).float().mean().item()
+    train_texts = feeling_sentences(n_stories, seed)
+    seen = set(train_texts)
+    eval_texts = [t for t in feeling_sentences(n_stories, seed + 1) if t not in seen][:n_eval]
+    if not eval_texts:
+        raise ValueError("no held-out sentence left: use more stories")
+    encode = lambda texts: [{"input_ids": ids} for ids in tokenizer(texts)["input_ids"]]  # noqa: E731
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    eval_batch = collator(encode(eval_texts))
+    torch.random.set_rng_state(state)
+    return encode(train_texts), eval_batch
