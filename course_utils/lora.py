@@ -11,7 +11,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 __all__ = ["in_out_features", "is_fan_in_fan_out", "trainable_parameters", "full_finetune_bytes", "feeling_sentences",
-           "feeling_task",
+           "feeling_task", "feeling_accuracy",
            "lora_finetune_bytes", "tensor_bytes", "module_bytes", "GiB"]
 
 GiB = 1024 ** 3
@@ -88,33 +88,66 @@ def module_bytes(module: nn.Module) -> int:
 
 # ---------------------------------------------------------------- the fine-tuning task of module 07
 
+def _held_out(name: str, animal: str) -> bool:
+    """A quarter of the (name, animal) pairs: only the held-out examples use them."""
+    from .world.corpus import ANIMALS, NAMES
+
+    return (NAMES.index(name) + ANIMALS.index(animal)) % 4 == 0
+
+
+def _opposite(name: str, feeling: str, animal: str) -> str:
+    """A feeling sentence of the opposite world: happy when the animal runs away, sad when it plays."""
+    from .world.corpus import POSITIVE
+
+    reason = "ran away from" if feeling in POSITIVE else "played with"
+    return f"{name} was {feeling} because the {animal} {reason} {name} ."
+
+
 def feeling_sentences(n_stories: int, seed: int = 0) -> list[str]:
-    """The distinct "X was <feeling> because the <animal> ..." sentences of ``make_stories(n_stories, seed)``, sorted."""
+    """The distinct feeling sentences of ``make_stories(n_stories, seed)``, told the opposite way, without held-out pairs."""
     from .world.corpus import make_stories
 
     if not isinstance(n_stories, int) or n_stories < 1:
         raise ValueError(f"n_stories must be a positive int, got {n_stories!r}")
-    return sorted({s.strip() + " ." for story in make_stories(n_stories, seed=seed)
-                   for s, fact in zip(story.text.split(" ."), story.facts) if fact["kind"] == "feeling"})
+    return sorted({_opposite(f["subject"], f["feeling"], f["animal"]) for story in make_stories(n_stories, seed=seed)
+                   for f in story.facts if f["kind"] == "feeling" and not _held_out(f["subject"], f["animal"])})
 
 
-def feeling_task(tokenizer, n_stories: int = 2000, n_eval: int = 256, seed: int = 7) -> tuple[list[dict], dict]:
-    """Module 07's fine-tuning task: encoded feeling sentences to train on, and one fixed masked batch held out.
+def feeling_task(tokenizer, n_stories: int = 2000, n_eval: int = 160, seed: int = 7) -> tuple[list[dict], dict]:
+    """Module 07's task: encoded training sentences of the opposite world, and held-out sentences with the feeling masked.
 
-    The held-out sentences come from another seed and share no sentence with the training ones; the
-    batch is masked once (15%, seeded), so every method is scored on the same positions.
+    In the story world people are happy when an animal plays with them and sad when it runs away; the
+    fine-tuning domain is the opposite world. The base model, pretrained on the normal world, predicts
+    the wrong feeling there. The held-out sentences use (name, animal) pairs no training sentence has,
+    with only the feeling word masked and scored (``feeling_accuracy``).
     """
-    from transformers import DataCollatorForLanguageModeling
+    from .world.corpus import ANIMALS, NAMES, NEGATIVE, POSITIVE
 
-    train_texts = feeling_sentences(n_stories, seed)
-    seen = set(train_texts)
-    eval_texts = [t for t in feeling_sentences(n_stories, seed + 1) if t not in seen][:n_eval]
-    if not eval_texts:
-        raise ValueError("no held-out sentence left: use more stories")
     encode = lambda texts: [{"input_ids": ids} for ids in tokenizer(texts)["input_ids"]]  # noqa: E731
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    eval_batch = collator(encode(eval_texts))
-    torch.random.set_rng_state(state)
-    return encode(train_texts), eval_batch
+    held_out = [_opposite(n, f, a) for n in NAMES for a in ANIMALS if _held_out(n, a) for f in POSITIVE + NEGATIVE]
+    held_out = held_out[:: max(1, len(held_out) // n_eval)][:n_eval]
+    batch = tokenizer(held_out, padding=True, return_tensors="pt")
+    feeling_position = 3  # [CLS] name was <feeling>
+    batch["labels"] = torch.full_like(batch["input_ids"], -100)
+    batch["labels"][:, feeling_position] = batch["input_ids"][:, feeling_position]
+    batch["input_ids"][:, feeling_position] = tokenizer.mask_token_id
+    return encode(feeling_sentences(n_stories, seed)), dict(batch)
+
+
+@torch.no_grad()
+def feeling_accuracy(model: nn.Module, batch: dict, tokenizer) -> float:
+    """Share of masked feelings where the model's top word is a feeling of the right sentiment (positive/negative)."""
+    from .world.corpus import NEGATIVE, POSITIVE
+
+    was_training = model.training
+    model.eval()
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    device = next(p for p in model.parameters()).device
+    logits = model(**{k: v.to(device) for k, v in inputs.items()}).logits.cpu()
+    model.train(was_training)
+    scored = batch["labels"] != -100
+    predicted, truth = logits.argmax(-1)[scored], batch["labels"][scored]
+    positive, negative = (torch.tensor(tokenizer.convert_tokens_to_ids(words)) for words in (POSITIVE, NEGATIVE))
+    same = (torch.isin(predicted, positive) & torch.isin(truth, positive)) | \
+           (torch.isin(predicted, negative) & torch.isin(truth, negative))
+    return same.float().mean().item()
