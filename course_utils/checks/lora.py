@@ -1,0 +1,372 @@
+"""Checks for lab 07 (a LoRA layer, wrapping a model, NF4, double quantization); PEFT and bitsandbytes are the oracles.
+
+Oracles: PEFT's LoRA layer (``inject_adapter_in_model``) with the student's A and B copied into
+``lora_A["default"]`` / ``lora_B["default"]`` (``fan_in_fan_out`` for GPT-2's ``Conv1D``), its
+``merge``; ``get_peft_model``'s trainable-parameter count; ``bitsandbytes.functional.quantize_4bit``
+with ``quant_type="nf4"`` (packed bytes and absmax), ``dequantize_4bit``, and the nested state that
+``compress_statistics=True`` (double quantization) produces. When a result is wrong, the checks compare
+it with typical mistakes (scaling alpha instead of alpha/r, uniform levels, nibbles swapped, ...) and
+name the one that matches.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from . import CheckError, assert_close, passed
+from ..lora import in_out_features, trainable_parameters
+
+LAYERS = (("Linear", 48, 32, 4, 8), ("Conv1D", 64, 96, 8, 16), ("Linear", 16, 40, 2, 2))
+
+
+def _quiet_bnb():
+    import bitsandbytes.functional as bf  # imported late: the lab's first cells need no bitsandbytes
+    return bf
+
+
+def _base(kind: str, n_in: int, n_out: int, gen: torch.Generator) -> nn.Module:
+    layer = nn.Linear(n_in, n_out) if kind == "Linear" else Conv1D(n_out, n_in)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    return layer.double()
+
+
+class _Box(nn.Module):
+    """One layer in a module, so that PEFT can put its LoRA layer there."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        return self.layer(x)
+
+
+def peft_lora_layer(base: nn.Module, A: torch.Tensor, B: torch.Tensor, alpha: float) -> nn.Module:
+    """PEFT's LoRA layer around a copy of ``base`` with ``A`` (r, in) and ``B`` (out, r) copied in."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    config = LoraConfig(r=A.shape[0], lora_alpha=alpha, target_modules=["layer"], lora_dropout=0.0,
+                        fan_in_fan_out=isinstance(base, Conv1D))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        box = inject_adapter_in_model(config, _Box(copy.deepcopy(base)))
+    layer = box.layer
+    with torch.no_grad():
+        layer.lora_A["default"].weight.copy_(A)
+        layer.lora_B["default"].weight.copy_(B)
+    return layer.double().eval()
+
+
+def _build(cls, *args) -> nn.Module:
+    try:
+        return cls(*args)
+    except NotImplementedError:
+        raise
+    except Exception as exc:
+        raise CheckError(f"{cls.__name__}{tuple(type(a).__name__ if isinstance(a, nn.Module) else a for a in args)} "
+                         f"failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _param(layer: nn.Module, name: str, shape: tuple[int, ...]) -> nn.Parameter:
+    p = getattr(layer, name, None)
+    if not isinstance(p, nn.Parameter):
+        raise CheckError(f"LoRALinear must have an nn.Parameter named {name} (got {type(p).__name__})")
+    if tuple(p.shape) != shape:
+        hint = (" A and B look swapped: A maps the input down, (r, in_features); B maps back up, (out_features, r)"
+                if tuple(p.shape) in ((shape[1], shape[0]),) or sorted(p.shape) != sorted(shape) else "")
+        raise CheckError(f"{name} has shape {tuple(p.shape)}, expected {shape}.{hint}")
+    return p
+
+
+def _lora_output(base, x, A, B, scaling):
+    return base(x) + (x @ A.T @ B.T) * scaling
+
+
+def check_lora_layer(cls, seed: int = 0) -> None:
+    """Exercise 1: ``cls(base, r, alpha)`` against PEFT's LoRA layer with the same A and B, then its merge."""
+    gen = torch.Generator().manual_seed(seed)
+    for kind, n_in, n_out, r, alpha in LAYERS:
+        base = _base(kind, n_in, n_out, gen)
+        what = f"LoRALinear({kind}(in={n_in}, out={n_out}), r={r}, alpha={alpha})"
+        layer = _build(cls, copy.deepcopy(base), r, alpha).double()
+        A, B = _param(layer, "lora_A", (r, n_in)), _param(layer, "lora_B", (n_out, r))
+        frozen = [n for n, p in layer.named_parameters() if p.requires_grad and not n.startswith("lora_")]
+        if frozen:
+            raise CheckError(f"{what}: the base layer's {frozen} still require gradients: freeze the base "
+                             "(requires_grad_(False)); only lora_A and lora_B are trained")
+        if not (A.requires_grad and B.requires_grad):
+            raise CheckError(f"{what}: lora_A and lora_B must require gradients (they are what we train)")
+        if not torch.all(B == 0):
+            if torch.all(A == 0):
+                raise CheckError(f"{what}: A is zero and B random: the initialisations of A and B are swapped. "
+                                 "Initialise B to zero and A randomly (like PEFT: kaiming_uniform_ with a=sqrt(5))")
+            raise CheckError(f"{what}: lora_B is not zero at initialisation, so the wrapped layer no longer "
+                             "computes the base model's output. Initialise B with zeros (and A randomly)")
+        if torch.all(A == 0) or A.std() == 0:
+            raise CheckError(f"{what}: lora_A must be initialised randomly (with A and B both zero, no gradient "
+                             "reaches B... nor A): use nn.init.kaiming_uniform_(A, a=math.sqrt(5))")
+        x = torch.randn(5, n_in, generator=gen, dtype=torch.float64)
+        layer.train()
+        y0 = layer(x)
+        assert_close(y0.detach(), base(x).detach(), f"{what} at initialisation", atol=1e-9,
+                     hint="with B = 0 the output must equal the base layer's")
+        y0.square().sum().backward()
+        if B.grad is None or B.grad.abs().sum() == 0:
+            raise CheckError(f"{what}: no gradient reaches lora_B: compute the update from lora_A and lora_B "
+                             "in forward (x @ A.T @ B.T), scaled by alpha / r")
+        with torch.no_grad():  # now a trained-looking adapter: compare with PEFT's layer
+            B.copy_(torch.randn(B.shape, generator=gen, dtype=B.dtype))
+        layer.eval()
+        oracle = peft_lora_layer(base, A.detach(), B.detach(), alpha)
+        with torch.no_grad():
+            got, expected = layer(x), oracle(x)
+            mistakes = {
+                "the update is scaled by alpha instead of alpha / r (PEFT's scaling['default'])":
+                    _lora_output(base, x, A, B, alpha),
+                "the update is not scaled: multiply (x @ A.T @ B.T) by alpha / r": _lora_output(base, x, A, B, 1.0),
+                "the update is scaled by r / alpha: the scaling is alpha / r": _lora_output(base, x, A, B, r / alpha),
+                "the base layer's output is missing: return base(x) + the scaled update":
+                    _lora_output(base, x, A, B, alpha / r) - base(x),
+            }
+        if expected.shape == got.shape and not torch.allclose(got, expected, atol=1e-8):
+            for message, wrong in mistakes.items():
+                if torch.allclose(got, wrong, atol=1e-8):
+                    raise CheckError(f"{what}: {message}")
+        assert_close(got, expected, f"{what} output vs PEFT's LoRA layer with the same A and B", atol=1e-8,
+                     hint="forward = base(x) + (x @ A.T @ B.T) * alpha / r")
+        _check_merge(layer, oracle, base, x, what)
+    passed("LoRALinear (equal to PEFT's LoRA layer; B starts at zero; merge)")
+
+
+def _check_merge(layer: nn.Module, oracle: nn.Module, base: nn.Module, x: torch.Tensor, what: str) -> None:
+    before = {n: p.detach().clone() for n, p in layer.base.named_parameters()} if hasattr(layer, "base") else {}
+    try:
+        merged = layer.merge()
+    except NotImplementedError:
+        raise
+    except Exception as exc:
+        raise CheckError(f"{what}.merge() failed: {type(exc).__name__}: {exc}") from exc
+    for name, value in before.items():
+        if not torch.equal(dict(layer.base.named_parameters())[name], value):
+            raise CheckError(f"{what}.merge() changed the base layer in place: return a new layer (copy.deepcopy "
+                             "the base) so the adapter can still be removed")
+    if type(merged) is not type(base):
+        raise CheckError(f"{what}.merge() must return a plain {type(base).__name__} (no adapter left, so no extra "
+                         f"latency), got {type(merged).__name__}")
+    with torch.no_grad():
+        oracle.merge()
+        unmerged = layer(x)
+        assert_close(merged.weight.detach().double(), oracle.get_base_layer().weight.detach(),
+                     f"{what}.merge() weight vs PEFT's merged weight", atol=1e-8,
+                     hint="W = W0 + (alpha / r) * B @ A; GPT-2's Conv1D stores W transposed, (in, out), so add "
+                          "the transpose there")
+        assert_close(merged(x).double(), unmerged, f"{what}: merged output vs unmerged output", atol=1e-8)
+
+
+def check_add_lora(fn: Callable, cls, seed: int = 0) -> None:
+    """Exercise 2: ``fn(model, target_modules, r, alpha)`` against ``get_peft_model``'s counts and wrapped modules."""
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora import LoraLayer
+
+    from ..pretrain import build_gpt2
+
+    for targets, r, alpha, n_layer in ((["c_attn"], 4, 8, 2), (["c_attn", "c_proj"], 2, 4, 2),
+                                        (["c_fc"], 8, 8, 3)):
+        torch.manual_seed(seed)
+        model = build_gpt2(vocab_size=50, n_layer=n_layer, n_head=2, n_embd=32, block_size=16)
+        config = LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0, fan_in_fan_out=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reference = get_peft_model(copy.deepcopy(model), config)
+        expected_trainable, expected_total = reference.get_nb_trainable_parameters()
+        expected_names = {n.removeprefix("base_model.model.") for n, m in reference.named_modules()
+                          if isinstance(m, LoraLayer)}
+        what = f"add_lora(model, target_modules={targets}, r={r}, alpha={alpha})"
+        try:
+            wrapped = fn(model, targets, r, alpha)
+        except NotImplementedError:
+            raise
+        except Exception as exc:
+            raise CheckError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
+        if wrapped is None:
+            raise CheckError(f"{what}: return the model")
+        names = {n for n, m in wrapped.named_modules() if isinstance(m, cls)}
+        if names != expected_names:
+            missing, extra = sorted(expected_names - names), sorted(names - expected_names)
+            raise CheckError(f"{what}: wrap exactly the modules whose name ends with a target, as PEFT does. "
+                             f"Not wrapped: {missing[:4]}; wrapped but should not be: {extra[:4]}")
+        trainable, total = trainable_parameters(wrapped)
+        if total != expected_total:
+            raise CheckError(f"{what}: the model has {total} parameters, PEFT's {expected_total}: add only lora_A "
+                             "and lora_B to each wrapped layer and keep all the original weights")
+        if trainable != expected_trainable:
+            extra = [n for n, p in wrapped.named_parameters() if p.requires_grad and "lora_" not in n]
+            hint = (f" Still trainable: {extra[:3]}...: freeze every parameter of the model (requires_grad_(False)) "
+                    "before adding the adapters" if extra else "")
+            raise CheckError(f"{what}: {trainable} trainable parameters, get_peft_model has {expected_trainable} "
+                             f"({100 * expected_trainable / expected_total:.2f}% of {expected_total}).{hint}")
+    passed("add_lora (the same modules and trainable-parameter count as get_peft_model)")
+
+
+# ---------------------------------------------------------------- NF4 and double quantization
+
+NF4_SHAPES = (((128, 64), 64), ((64, 192), 64), ((96, 256), 128), ((32, 320), 64))
+
+
+def _weights(shape, gen, scale):
+    return (torch.randn(shape, generator=gen) * scale).float()
+
+
+def _nearest(scaled: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+    return (scaled[:, None] - code[None, :]).abs().argmin(dim=1).to(torch.uint8)
+
+
+def _pack(idx: torch.Tensor, high_first: bool = True) -> torch.Tensor:
+    hi, lo = (idx[0::2], idx[1::2]) if high_first else (idx[1::2], idx[0::2])
+    return (hi << 4) | lo
+
+
+def _nf4_variants(w: torch.Tensor, blocksize: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(packed, absmax) of typical wrong NF4 quantizers, for the diagnosis."""
+    bf = _quiet_bnb()
+    nf4 = bf.get_4bit_type("nf4", device="cpu")
+    blocks = w.reshape(-1, blocksize)
+    absmax = blocks.abs().max(dim=1).values
+    scaled = (blocks * (1 / absmax[:, None])).reshape(-1)
+    whole = w.abs().max()
+    return {
+        "the levels are uniform (torch.linspace(-1, 1, 16)): NF4's 16 levels are quantiles of a normal "
+        "distribution, bitsandbytes.functional.get_4bit_type('nf4')": (_pack(_nearest(scaled, torch.linspace(-1, 1, 16))), absmax),
+        "the two codes of a byte are in the wrong order: the FIRST value goes in the HIGH nibble, "
+        "(first << 4) | second": (_pack(_nearest(scaled, nf4), high_first=False), absmax),
+        "one absmax for the whole tensor: NF4 scales each block of blocksize consecutive values by its own absmax":
+            (_pack(_nearest((w.reshape(-1) / whole), nf4)), whole.reshape(1).expand(len(absmax))),
+    }
+
+
+def _packed_equal(got: torch.Tensor, expected: torch.Tensor, w: torch.Tensor, absmax: torch.Tensor,
+                  blocksize: int) -> bool:
+    """Bit-identical, except for values within float32 rounding of a decision boundary between two levels."""
+    if torch.equal(got, expected):
+        return True
+    bf = _quiet_bnb()
+    nf4 = bf.get_4bit_type("nf4", device="cpu").double()
+    bounds = (nf4[:-1] + nf4[1:]) / 2
+    scaled = (w.double().reshape(-1, blocksize) / absmax.double()[:, None]).reshape(-1)
+    near = (scaled[:, None] - bounds[None, :]).abs().min(dim=1).values < 1e-6
+    differs = torch.stack([(got >> 4) != (expected >> 4), (got & 15) != (expected & 15)], dim=1).reshape(-1)
+    return bool((~differs | near).all())
+
+
+def check_nf4(quantize: Callable, dequantize: Callable, seed: int = 0) -> None:
+    """Exercise 3: ``quantize(w, blocksize)`` and ``dequantize(packed, absmax, shape, blocksize)`` against bitsandbytes."""
+    bf = _quiet_bnb()
+    gen = torch.Generator().manual_seed(seed)
+    for i, (shape, blocksize) in enumerate(NF4_SHAPES):
+        w = _weights(shape, gen, scale=[0.02, 1.0, 3.0, 0.5][i])
+        w[0, 0] = 0.0  # an exact zero must map to NF4's zero level
+        what = f"nf4_quantize(w of shape {shape}, blocksize={blocksize})"
+        q, state = bf.quantize_4bit(w, blocksize=blocksize, quant_type="nf4")
+        expected_packed, expected_absmax = q.reshape(-1), state.absmax
+        result = quantize(w.clone(), blocksize)
+        if not (isinstance(result, tuple) and len(result) == 2):
+            raise CheckError(f"{what}: return a tuple (packed, absmax)")
+        packed, absmax = result
+        if not torch.is_tensor(packed) or packed.dtype != torch.uint8:
+            raise CheckError(f"{what}: packed must be a torch.uint8 tensor (two 4-bit codes per byte), got "
+                             f"{getattr(packed, 'dtype', type(packed).__name__)}")
+        packed = packed.reshape(-1)
+        if packed.numel() != expected_packed.numel():
+            raise CheckError(f"{what}: {packed.numel()} bytes, expected {expected_packed.numel()} (one byte per "
+                             "PAIR of values: pack two 4-bit codes into each byte)")
+        for message, (wrong_packed, wrong_absmax) in _nf4_variants(w, blocksize).items():
+            if torch.equal(packed, wrong_packed) and not torch.equal(packed, expected_packed):
+                raise CheckError(f"{what}: {message}")
+        if not torch.is_tensor(absmax) or absmax.reshape(-1).shape != expected_absmax.shape:
+            raise CheckError(f"{what}: absmax must hold one float per block of {blocksize} values, "
+                             f"{expected_absmax.numel()} here, got {getattr(absmax, 'shape', type(absmax).__name__)}")
+        if not torch.equal(absmax.reshape(-1).float(), expected_absmax):
+            assert_close(absmax.reshape(-1).float(), expected_absmax, f"{what}: absmax", atol=0, rtol=0,
+                         hint="absmax of a block is the largest |value| among its blocksize consecutive values")
+        if not _packed_equal(packed, expected_packed, w, expected_absmax, blocksize):
+            first = (packed != expected_packed).nonzero()[0].item()
+            raise CheckError(f"{what}: packed bytes differ from bitsandbytes' quantize_4bit(quant_type='nf4'), "
+                             f"first at byte {first}: yours {packed[first].item():#04x}, bitsandbytes' "
+                             f"{expected_packed[first].item():#04x}. Scale each block by 1/absmax, pick the NEAREST "
+                             "NF4 level, and pack (first << 4) | second")
+        what = f"nf4_dequantize(packed, absmax, {shape}, blocksize={blocksize})"
+        got = dequantize(q.clone(), state.absmax.clone(), shape, blocksize)
+        expected = bf.dequantize_4bit(q, state)
+        if torch.is_tensor(got) and got.shape == expected.shape:
+            wrong = bf.dequantize_4bit(_pack(torch.stack([q.reshape(-1) & 15, q.reshape(-1) >> 4], 1).reshape(-1))
+                                       .reshape(q.shape), state)
+            if torch.allclose(got.float(), wrong, atol=1e-6) and not torch.allclose(wrong, expected):
+                raise CheckError(f"{what}: the nibbles are read in the wrong order: the HIGH nibble (byte >> 4) "
+                                 "holds the first value, the low one (byte & 15) the second")
+        assert_close(got, expected, f"{what} vs bitsandbytes' dequantize_4bit", atol=1e-6, rtol=1e-6,
+                     hint="value = NF4[code] * absmax of its block, reshaped to shape")
+    passed("NF4 quantize / dequantize (bit-identical to bitsandbytes)")
+
+
+def check_double_quant(quantize: Callable, dequantize: Callable, seed: int = 0, min_agreement: float = 0.99) -> None:
+    """Exercise 4: double quantization of the absmax constants against bitsandbytes' nested state.
+
+    ``quantize(absmax, blocksize)`` returns ``(codes, absmax2, offset)``; ``dequantize(codes, absmax2,
+    offset, blocksize)`` returns the absmax constants. bitsandbytes' CPU and CUDA kernels search the
+    8-bit code approximately, so a code may differ from theirs only where yours is at least as near.
+    """
+    bf = _quiet_bnb()
+    code = bf.create_dynamic_map()
+    gen = torch.Generator().manual_seed(seed)
+    for shape, scale in (((1024, 64), 0.02), ((320, 192), 1.0), ((64, 128), 5.0)):
+        w = _weights(shape, gen, scale) * torch.rand(shape[0], 1, generator=gen)  # rows of different scales
+        _, state = bf.quantize_4bit(w, blocksize=64, quant_type="nf4")
+        _, nested = bf.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=True)
+        absmax, blocksize = state.absmax, nested.state2.blocksize
+        what = f"double_quantize({absmax.numel()} absmax values, blocksize={blocksize})"
+        result = quantize(absmax.clone(), blocksize)
+        if not (isinstance(result, tuple) and len(result) == 3):
+            raise CheckError(f"{what}: return a tuple (codes, absmax2, offset)")
+        codes, absmax2, offset = result
+        offset = torch.as_tensor(offset, dtype=torch.float32)
+        if not torch.allclose(offset, nested.offset, rtol=1e-6, atol=0):
+            raise CheckError(f"{what}: offset {offset.item():.6g}, bitsandbytes' {nested.offset.item():.6g}: the "
+                             "offset is the MEAN of the absmax values (subtract it first, so they centre on zero "
+                             "and use the signed 8-bit code well)")
+        n_blocks = math.ceil(absmax.numel() / blocksize)
+        if not torch.is_tensor(absmax2) or absmax2.numel() != n_blocks:
+            raise CheckError(f"{what}: absmax2 must hold one value per block of {blocksize} absmax constants "
+                             f"({n_blocks} here, the last one shorter), got "
+                             f"{getattr(absmax2, 'shape', type(absmax2).__name__)}")
+        if not torch.allclose(absmax2.reshape(-1).float(), nested.state2.absmax, rtol=1e-6, atol=0):
+            no_offset = torch.nn.functional.pad(absmax, (0, n_blocks * blocksize - absmax.numel()))
+            if torch.allclose(absmax2.reshape(-1).float(), no_offset.view(n_blocks, blocksize).abs().max(1).values):
+                raise CheckError(f"{what}: absmax2 is taken before subtracting the offset: subtract the mean first")
+            assert_close(absmax2.reshape(-1).float(), nested.state2.absmax, f"{what}: absmax2 (the nested absmax)",
+                         atol=0, rtol=1e-6, hint="absmax2 = max |absmax - offset| over each block of blocksize values")
+        if not torch.is_tensor(codes) or codes.dtype != torch.uint8 or codes.numel() != absmax.numel():
+            raise CheckError(f"{what}: codes must be a torch.uint8 tensor with one 8-bit code per absmax value")
+        codes = codes.reshape(-1)
+        scaled = torch.nn.functional.pad(absmax.double() - offset.double(), (0, n_blocks * blocksize - absmax.numel()))
+        scaled = (scaled.view(n_blocks, blocksize) / nested.state2.absmax.double()[:, None]).reshape(-1)[:absmax.numel()]
+        code64 = code.double()
+        mine, theirs = (code64[codes.long()] - scaled).abs(), (code64[nested.absmax.long()] - scaled).abs()
+        agreement = (codes == nested.absmax).float().mean().item()
+        if (mine > theirs + 1e-7).any() or agreement < min_agreement:
+            raise CheckError(f"{what}: codes agree with bitsandbytes' for {100 * agreement:.1f}% of the values: map "
+                             "each (absmax - offset) / absmax2 to the index of the NEAREST value of the dynamic "
+                             "8-bit code (bitsandbytes.functional.create_dynamic_map())")
+        what = f"double_dequantize(codes, absmax2, offset, blocksize={blocksize})"
+        got = dequantize(nested.absmax.clone(), nested.state2.absmax.clone(), nested.offset.clone(), blocksize)
+        expected = bf.dequantize_blockwise(nested.absmax, nested.state2) + nested.offset
+        assert_close(got, expected, f"{what} vs bitsandbytes' nested state", atol=1e-6, rtol=1e-6,
+                     hint="absmax = code[codes] * absmax2 of its block + offset")
+    passed("double quantization (the nested state of bitsandbytes' compress_statistics=True)")

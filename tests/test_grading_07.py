@@ -1,0 +1,75 @@
+"""Grading lab 07 end to end: the solution gets full marks, the untouched lab 0, and the mistakes the issue
+lists lose exactly the points of the exercises they break, with a message naming the mistake."""
+from pathlib import Path
+
+import pytest
+
+from course_utils.instructor.notebooks import nbgrader_meta, read_notebook
+
+ROOT = Path(__file__).resolve().parents[1]
+SOLUTION = ROOT / "solutions" / "07_lora_qlora.ipynb"
+TOTAL = 10
+
+
+def edit(nb, grade_id, old, new):
+    """Copy of ``nb`` whose cell ``grade_id`` has ``old`` replaced by ``new`` (a one-line mistake)."""
+    nb = read_notebook(SOLUTION) if nb is None else nb
+    cell = next(c for c in nb.cells if nbgrader_meta(c).get("grade_id") == grade_id)
+    assert old in cell.source, (grade_id, old)
+    cell.source = cell.source.replace(old, new)
+    return nb
+
+
+@pytest.fixture(scope="module")
+def gradebook(grade_notebooks):
+    lora = "lora_layer_impl"
+    wrong_versions = {
+        # B initialised randomly, and NF4 with uniform levels
+        "random_b_uniform_levels": edit(edit(None, lora, "torch.zeros(out_features, r, dtype=dtype)",
+                                             "torch.randn(out_features, r, dtype=dtype)"),
+                                        "nf4_impl", "- NF4[None, :]", "- torch.linspace(-1, 1, 16)[None, :]"),
+        # alpha instead of alpha / r, and the nibbles in the wrong order
+        "alpha_scaling_nibbles": edit(edit(None, lora, "self.scaling = alpha / r", "self.scaling = alpha"),
+                                      "nf4_impl", "packed = (codes[0::2] << 4) | codes[1::2]",
+                                      "packed = (codes[1::2] << 4) | codes[0::2]"),
+        # A and B swapped (A zero, B random), and one absmax for the whole tensor
+        "swapped_ab_whole_absmax": edit(edit(edit(None, lora, "torch.zeros(out_features, r, dtype=dtype)",
+                                                  "torch.randn(out_features, r, dtype=dtype)"),
+                                             lora, "nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))",
+                                             "nn.init.zeros_(self.lora_A)"),
+                                        "nf4_impl", "absmax = blocks.abs().max(dim=1).values",
+                                        "absmax = blocks.abs().max().expand(len(blocks))"),
+        # wrapping without freezing the model, and double quantization without the offset
+        "unfrozen_no_offset": edit(edit(None, "add_lora_impl", "model.requires_grad_(False)", "pass  # (forgot to freeze the model)"),
+                                   "double_quant_impl", "offset = absmax.mean()", "offset = absmax.mean() * 0"),
+    }
+    return grade_notebooks(SOLUTION, wrong_versions)
+
+
+def total(rows):
+    return sum(r.points for r in rows.values()), sum(r.max_points for r in rows.values())
+
+
+def test_solution_gets_full_marks(gradebook):
+    assert total(gradebook["solution"]) == (TOTAL, TOTAL), {k: r.message for k, r in gradebook["solution"].items()}
+
+
+def test_untouched_lab_gets_zero(gradebook):
+    rows = gradebook["untouched_lab"]
+    assert total(rows) == (0, TOTAL)
+    assert all("NotImplementedError" in r.message for r in rows.values()), {k: r.message for k, r in rows.items()}
+
+
+@pytest.mark.parametrize("name, lost", [  # exercise -> words its message must contain
+    ("random_b_uniform_levels", {"lora_layer_check": "lora_B is not zero", "nf4_check": "uniform"}),
+    ("alpha_scaling_nibbles", {"lora_layer_check": "alpha instead of alpha / r", "nf4_check": "wrong order"}),
+    ("swapped_ab_whole_absmax", {"lora_layer_check": "swapped", "nf4_check": "one absmax for the whole tensor"}),
+    ("unfrozen_no_offset", {"add_lora_check": "freeze every parameter", "double_quant_check": "MEAN of the absmax"}),
+])
+def test_plausible_mistakes_lose_the_points_they_break(gradebook, name, lost):
+    rows = gradebook[name]
+    failed = {ex for ex, r in rows.items() if r.points < r.max_points}
+    assert failed == set(lost), {ex: r.message for ex, r in rows.items()}
+    assert 0 < total(rows)[0] < TOTAL
+    for exercise, message in lost.items():
+        assert message in rows[exercise].message, (exercise, rows[exercise].message)
