@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from course_utils.checks import CheckError
 from course_utils.checks import gpt as checks
 from course_utils.instructor.notebooks import nbgrader_meta, read_notebook
+from notebook_helpers import solution_namespace
 
 SOLUTION = Path(__file__).resolve().parents[1] / "solutions" / "03_gpt_pretraining.ipynb"
 
@@ -18,12 +19,7 @@ SOLUTION = Path(__file__).resolve().parents[1] / "solutions" / "03_gpt_pretraini
 @pytest.fixture(scope="module")
 def sol():
     """The solution's imports and every solution cell, executed into one namespace."""
-    namespace = {}
-    for cell in read_notebook(SOLUTION).cells:
-        meta = nbgrader_meta(cell)
-        if cell.cell_type == "code" and ("checks import gpt" in cell.source or meta.get("solution")):
-            exec(cell.source, namespace)
-    return namespace
+    return solution_namespace(SOLUTION, "checks import gpt")
 
 
 def test_solution_passes_every_check_cell_hidden_tests_included(sol, capsys):

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from course_utils.instructor.notebooks import nbgrader_meta, read_notebook
+from notebook_helpers import total
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = ROOT / "solutions" / "07_lora_qlora.ipynb"
@@ -45,9 +46,6 @@ def gradebook(grade_notebooks):
     }
     return grade_notebooks(SOLUTION, wrong_versions)
 
-
-def total(rows):
-    return sum(r.points for r in rows.values()), sum(r.max_points for r in rows.values())
 
 
 def test_solution_gets_full_marks(gradebook):
