@@ -125,11 +125,21 @@ def run_graded(nb, checks: dict, trusted: dict, workdir: Path, timeout: float, p
 
     Returns ({grade_id: (passed, message)} for the checks reached, notes on rules the submission broke).
     """
+    from jupyter_core.utils import run_sync
+
+    km = _kernel_manager(workdir, sandbox.sandbox_prefix(workdir, hide))
+    client = _client_class()(nb, km=km, timeout=max(1, int(timeout)), kernel_name="python3", allow_errors=True)
+    try:
+        return _run_cells(client, nb, checks, trusted, workdir, timeout, profile)
+    finally:  # nbclient leaves a kernel it did not create running: kill it, and with it the whole sandbox
+        if run_sync(km.is_alive)():
+            run_sync(km.shutdown_kernel)(now=True)
+
+
+def _run_cells(client, nb, checks: dict, trusted: dict, workdir: Path, timeout: float,
+               profile: str) -> tuple[dict[str, tuple[bool, str]], list[str]]:
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
-    prefix = sandbox.sandbox_prefix(workdir, hide)
-    client = _client_class()(nb, km=_kernel_manager(workdir, prefix), timeout=max(1, int(timeout)),
-                             kernel_name="python3", allow_errors=True, shutdown_kernel="immediate")
     verdicts: dict[str, tuple[bool, str]] = {}
     notes: list[str] = []
     env = kernel_env(profile)
@@ -241,8 +251,9 @@ def grade_submission(submission_path: str | Path, solution_path: str | Path, tim
             results.append(row(grade_id, False, f"check cell {grade_id} missing from the submission"))
             continue
         passed, message = verdicts.get(grade_id, (False, "not run"))
-        if not passed and notes:
-            message = f"{message} [rules broken: {'; '.join(dict.fromkeys(notes))}]"
+        broken = notes + [rule for needle, rule in RULES if needle in message]
+        if not passed and broken:
+            message = f"{message} [rules broken: {'; '.join(dict.fromkeys(broken))}]"
         results.append(row(grade_id, passed, message))
     return results
 
