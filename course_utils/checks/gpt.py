@@ -229,7 +229,7 @@ def check_gpt(cls, seed: int = 0, sizes=((2, 2, 32, 50, 16), (3, 4, 24, 37, 12))
         hf = random_gpt2(n_layer, n_head, n_embd, vocab_size, block_size, seed=seed + i)
         mine = _build(cls, vocab_size, block_size, n_layer, n_head, n_embd)
         copy_gpt2_weights(mine, hf, prefix="transformer.")
-        if mine.lm_head.weight is not mine.wte.weight:
+        if "lm_head.weight" in dict(mine.named_parameters()):  # tied: listed once, as wte.weight
             raise CheckError("keep the weight tying given in __init__: lm_head.weight is wte.weight")
         for T in (1, 6, block_size):
             idx = torch.randint(vocab_size, (2, T), generator=gen)

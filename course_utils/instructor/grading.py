@@ -143,7 +143,7 @@ def _run_cells(client, nb, checks: dict, trusted: dict, workdir: Path, timeout: 
     verdicts: dict[str, tuple[bool, str]] = {}
     notes: list[str] = []
     env = kernel_env(profile)
-    with client.setup_kernel(cwd=str(workdir), env=env, stderr=subprocess.DEVNULL):
+    with client.setup_kernel(cwd=str(workdir), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):
         link = remote.Link(client, workdir, timeout)
         # The kernel side of remote checks (it imports torch) loads before any student code, untimed.
         client.timeout = max(120, int(timeout))
