@@ -83,6 +83,8 @@ try:
     socket.create_connection(("127.0.0.1", {port}), timeout=2).sendall(b"stolen")
 except OSError as exc:
     print("network refused:", exc)
+for name in ("request.pkl", "answer.pt"):  # the grader's files in this folder: links to the victim
+    os.symlink({str(targets['write'][0])!r}, name)
 subprocess.Popen([sys.executable, "-c", "import time; time.sleep({MARKER})"], start_new_session=True)
 print("x" * 30_000_000)
 open("/etc/hostname", "a").write("owned")  # refused: the rule shows in the gradebook if points are lost

@@ -15,7 +15,9 @@ import builtins
 import contextlib
 import importlib
 import io
+import os
 import pickle
+import stat
 import time
 from pathlib import Path
 
@@ -63,7 +65,7 @@ class Link:
         buffer = io.BytesIO()
         _Pickler(buffer).dump({"op": op, "target": target, "args": args, "generators": generators,
                                "forbid": FORBIDDEN_OPS.get()})
-        request_path.write_bytes(buffer.getvalue())
+        _write_new(request_path, buffer.getvalue())
         with contextlib.suppress(FileNotFoundError):
             answer_path.unlink()
         code = (f"__import__('course_utils.instructor.agent', fromlist=['handle'])"
@@ -76,13 +78,12 @@ class Link:
             if "Timeout" in type(exc).__name__:
                 raise CheckTimeout(f"timed out after {int(self.timeout)} s") from None
             raise
-        if not answer_path.is_file():
+        data = _read_regular(answer_path)
+        if data is None:
             errors = [o for o in cell.outputs if o.output_type == "error"]
             why = f"{errors[-1].ename}: {errors[-1].evalue}" if errors else "no answer"
             raise RemoteError(f"the kernel could not run the student's code ({why})")
-        if answer_path.stat().st_size > MAX_ANSWER_BYTES:
-            raise RemoteError(f"the student's code returned more than {MAX_ANSWER_BYTES >> 20} MiB")
-        answer = torch.load(answer_path, weights_only=True)
+        answer = torch.load(io.BytesIO(data), weights_only=True)
         if not isinstance(answer, dict):
             raise RemoteError("malformed answer from the kernel")
         for generator, state in zip(generators, answer.get("generators", [])):
@@ -113,6 +114,30 @@ class Link:
         if torch.is_tensor(value) and type(value) not in (torch.Tensor, torch.nn.Parameter):
             raise RemoteError(f"unexpected tensor type {type(value).__name__}")
         return value
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """Write a fresh file in the sandbox's folder, never through a link the submission planted there."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _read_regular(path: Path) -> bytes | None:
+    """The bytes of a regular file the kernel wrote (no links, FIFOs or devices; bounded), or None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        if info.st_size > MAX_ANSWER_BYTES:
+            raise RemoteError(f"the student's code returned more than {MAX_ANSWER_BYTES >> 20} MiB")
+        return f.read(MAX_ANSWER_BYTES + 1)
 
 
 def _walk(x, depth: int = 0):
