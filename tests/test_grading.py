@@ -37,12 +37,14 @@ def exercise(name, body, check, hidden):
 
 
 def solution_notebook():
+    kernel_facts = new_code_cell("import os\nKERNEL_PROFILE, KERNEL_CWD = os.environ.get('COURSE_PROFILE'), os.getcwd()")
     profile_check = new_code_cell(  # worth 0 points: it tells whether the kernel got COURSE_PROFILE and its cwd
-        "import os\nassert os.environ.get('COURSE_PROFILE') == 'cpu', os.environ.get('COURSE_PROFILE')\n"
-        "assert os.path.basename(os.getcwd()).startswith('course-grade-'), os.getcwd()",
+        "import os\nassert KERNEL_PROFILE == 'cpu', KERNEL_PROFILE\n"
+        "assert os.path.basename(KERNEL_CWD).startswith('course-grade-'), KERNEL_CWD",
         **grader("profile_check", grade=True, points=0))
     return new_notebook(cells=[
         new_markdown_cell("# Lab 99\n\n" + colab_badge("solutions", "99_demo")),
+        kernel_facts,
         profile_check,
         *exercise("add(a, b)", "return a + b", "assert add(2, 3) == 5", "assert add(-1, 1) == 0"),
         *exercise("mul(a, b)", "return a * b", "assert mul(2, 3) == 6", "assert mul(0, 5) == 0"),
@@ -54,11 +56,11 @@ def solution_notebook():
 def submissions(sol):
     """name -> notebook (or raw text for files that are not notebooks), in grading order."""
     early = replace_solution(sol, "add_impl", "return a + b")
-    early.cells[2].source = "raise RuntimeError('stray raise at top level')"  # add is never defined
-    early.cells.insert(2, new_code_cell("1 / 0"))
+    early.cells[3].source = "raise RuntimeError('stray raise at top level')"  # add is never defined
+    early.cells.insert(3, new_code_cell("1 / 0"))
     edited = replace_solution(sol, "neg_impl", "return a")
     edited.cells[-1].source = "pass  # the student 'fixed' the check"
-    del edited.cells[5]  # mul_check deleted
+    del edited.cells[6]  # mul_check deleted
     return {
         "lab.ipynb": release_notebook(sol),
         "hang.ipynb": replace_solution(sol, "mul_impl", "while True:\n    pass"),
@@ -134,17 +136,17 @@ def test_top_level_errors_do_not_stop_later_exercises(graded):
 
 def test_hanging_submission_times_out_and_the_next_one_is_graded(graded):
     assert points(graded, "hang.ipynb") == [0, 2, 0, 0]
-    assert message(graded, "hang.ipynb", "mul_check") == f"timed out after {TIMEOUT} s in this check (cell 6)"
+    assert message(graded, "hang.ipynb", "mul_check") == f"timed out after {TIMEOUT} s in this check (cell 7)"
     assert message(graded, "hang.ipynb", "neg_check") == \
-        f"not run: the notebook stopped in cell 6 (timed out after {TIMEOUT} s)"
+        f"not run: the notebook stopped in cell 7 (timed out after {TIMEOUT} s)"
     names = [os.path.basename(r.submission) for r in graded["results"]]
     assert names.index("solution.ipynb") > names.index("hang.ipynb")  # graded after it, with full marks
 
 
 def test_dead_kernel_is_reported_and_grading_goes_on(graded):
     assert points(graded, "exit.ipynb") == [0, 0, 0, 0]
-    assert message(graded, "exit.ipynb", "add_check") == "the kernel died in this check (cell 4)"
-    assert message(graded, "exit.ipynb", "neg_check") == "not run: the notebook stopped in cell 4 (the kernel died)"
+    assert message(graded, "exit.ipynb", "add_check") == "the kernel died in this check (cell 5)"
+    assert message(graded, "exit.ipynb", "neg_check") == "not run: the notebook stopped in cell 5 (the kernel died)"
     assert message(graded, "exit.ipynb", "profile_check") == "passed"
 
 
@@ -181,9 +183,9 @@ def test_graded_copy_uses_the_solution_checks_with_hidden_tests():
     sol = solution_notebook()
     lab = release_notebook(sol)
     copy, where = grading.graded_copy(lab, grading.check_cells(sol))
-    assert where == {"profile_check": [1], "add_check": [3], "mul_check": [5], "neg_check": [7]}
-    assert "### BEGIN HIDDEN TESTS" in copy.cells[3].source and "HIDDEN" not in lab.cells[3].source
-    assert nbgrader_meta(copy.cells[2])["grade_id"] == "add_impl" and "NotImplementedError" in copy.cells[2].source
+    assert where == {"profile_check": [2], "add_check": [4], "mul_check": [6], "neg_check": [8]}
+    assert "### BEGIN HIDDEN TESTS" in copy.cells[4].source and "HIDDEN" not in lab.cells[4].source
+    assert nbgrader_meta(copy.cells[3])["grade_id"] == "add_impl" and "NotImplementedError" in copy.cells[3].source
 
 
 def test_find_solution(tmp_path):

@@ -49,6 +49,12 @@ MORE_WRONG = {
                               {"random": "should be drawn uniformly from all 248 real tokens"}),
     "ignores_generator": ([("torch.rand(input_ids.shape, generator=generator)", "torch.rand(input_ids.shape)")],
                           {"reproducible": "two calls with torch.Generator().manual_seed(seed) gave different"}),
+    "reseeds_global_state": ([("input_ids = input_ids.clone()\n", "input_ids = input_ids.clone()\ntorch.manual_seed(0)\n")],
+                             {"reproducible": "generator=None: two calls gave the same mask"}),
+    "fixed_seed_without_generator": ([("input_ids = input_ids.clone()\n",
+                                       "input_ids = input_ids.clone()\n"
+                                       "generator = generator or torch.Generator().manual_seed(0)\n")],
+                                     {"reproducible": "generator=None: two calls gave the same mask"}),
     "changes_input_in_place": ([("input_ids = input_ids.clone()\n", "")],
                                {name: "changed the input_ids passed to it" for name in CHECKS}),
     "mask_rate_ignored": ([("torch.full(input_ids.shape, mlm_probability)", "torch.full(input_ids.shape, 0.15)")],
@@ -234,3 +240,26 @@ def test_unigram_baseline():
     assert result["cross_entropy"] == pytest.approx(-(torch.tensor([p_the, p_cat]).log().mean().item()))
     with pytest.raises(ValueError, match="non-special"):
         unigram_baseline([[tok.cls_token_id]], labels, tok)
+
+
+def exactly_15_percent(input_ids, tokenizer, mlm_probability=0.15, generator=None):
+    """BERT's original data script: exactly round(rate * n) of each row's n ordinary tokens (accepted)."""
+    input_ids, labels = input_ids.clone(), input_ids.clone()
+    special = special_mask(input_ids, tokenizer)
+    selected = torch.zeros_like(special)
+    for row in range(input_ids.shape[0]):
+        candidates = (~special[row]).nonzero().flatten()
+        order = torch.randperm(len(candidates), generator=generator)
+        selected[row, candidates[order[:round(mlm_probability * len(candidates))]]] = True
+    labels[~selected] = -100
+    fate = torch.rand(input_ids.shape, generator=generator)
+    input_ids[selected & (fate < 0.8)] = tokenizer.mask_token_id
+    real = torch.tensor(sorted(set(range(len(tokenizer))) - set(tokenizer.all_special_ids)))
+    to_random = selected & (fate >= 0.8) & (fate < 0.9)
+    input_ids[to_random] = real[torch.randint(len(real), (int(to_random.sum()),), generator=generator)]
+    return input_ids, labels
+
+
+def test_exactly_15_percent_per_sequence_is_accepted():
+    assert failures(exactly_15_percent) == {}
+    checks.check_mask_selection(exactly_15_percent, mlm_probability=0.3, seed=1, pairs=False)

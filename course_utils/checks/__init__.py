@@ -5,7 +5,13 @@ look for it, and prints one line when everything passed. One module per topic.
 """
 from __future__ import annotations
 
+import contextvars
+import functools
+
 import torch
+
+# Torch operations the student's code may not run during the current check (see ``forbids``).
+FORBIDDEN_OPS: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("forbidden_ops", default=())
 
 
 class CheckError(AssertionError):
@@ -28,3 +34,25 @@ def assert_close(actual, expected, what: str, atol: float = 1e-5, rtol: float = 
     if not torch.allclose(actual.double(), expected.double(), atol=atol, rtol=rtol):
         err = (actual.double() - expected.double()).abs().max().item()
         raise CheckError(f"{what}: values differ from the reference (max abs error {err:.3g}). {hint}".strip())
+
+
+def forbids(*ops: str):
+    """Decorate a check: while it runs, the student's code may not call a torch op whose name contains one of ``ops``.
+
+    ``course grade`` enforces it: it traces every call into the student's code (torch functions and aten ops,
+    however they were reached) and fails the check when one of these ops ran.
+    """
+    if not ops or not all(isinstance(op, str) and op for op in ops):
+        raise ValueError("forbids() needs one or more non-empty op name fragments, e.g. 'scaled_dot_product'")
+
+    def decorate(check):
+        @functools.wraps(check)
+        def wrapper(*args, **kwargs):
+            token = FORBIDDEN_OPS.set(tuple(FORBIDDEN_OPS.get()) + ops)
+            try:
+                return check(*args, **kwargs)
+            finally:
+                FORBIDDEN_OPS.reset(token)
+        wrapper.forbidden_ops = ops
+        return wrapper
+    return decorate

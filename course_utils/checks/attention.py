@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import CheckError, assert_close, passed
+from . import CheckError, assert_close, forbids, passed
 
 
 def _random_qkv(gen: torch.Generator, batch=(2, 3), lq=5, lk=7, dk=8, dv=6, scale=1.0):
@@ -52,6 +52,7 @@ def _compare_attention(fn, q, k, v, mask, what: str) -> None:
     assert_close(weights @ v, out, f"{what}: output should equal weights @ V", atol=1e-6)
 
 
+@forbids("scaled_dot_product", "multi_head_attention")
 def check_attention(fn, n_random: int = 20, seed: int = 0) -> None:
     """Exercise 1: compare ``fn(q, k, v, mask=None) -> (output, weights)`` with torch's SDPA."""
     gen = torch.Generator().manual_seed(seed)
@@ -118,6 +119,7 @@ def copy_into_torch_mha(mha) -> torch.nn.MultiheadAttention:
     return ref.eval()
 
 
+@forbids("scaled_dot_product", "multi_head_attention")
 def check_multi_head_attention(mha_class, seed: int = 0, sizes=((16, 4), (12, 3), (8, 1))) -> None:
     """Exercise 3: ``mha_class(d_model, n_heads)`` against nn.MultiheadAttention with the same weights."""
     gen = torch.Generator().manual_seed(seed)

@@ -21,7 +21,7 @@ from transformers import (GPT2Config, GPT2LMHeadModel, GenerationConfig, Tempera
                           TopKLogitsWarper, TopPLogitsWarper)
 from transformers.pytorch_utils import Conv1D
 
-from . import CheckError, assert_close, passed
+from . import CheckError, assert_close, forbids, passed
 
 ATOL = 1e-5
 
@@ -52,6 +52,7 @@ def copy_gpt2_weights(module: torch.nn.Module, hf_module: torch.nn.Module, prefi
     theirs = dict(hf_module.named_parameters())
     mine = dict(module.named_parameters())
     conv1d = {f"{name}.weight" for name, m in hf_module.named_modules() if isinstance(m, Conv1D)}
+    updates = {}
     for name, p in mine.items():
         source = theirs.get(prefix + name)
         if source is None:
@@ -61,11 +62,11 @@ def copy_gpt2_weights(module: torch.nn.Module, hf_module: torch.nn.Module, prefi
         if value.shape != p.shape:
             raise CheckError(f"parameter {name!r} has shape {tuple(p.shape)} but GPT-2's has {tuple(value.shape)}: "
                              "keep the layers given in __init__")
-        with torch.no_grad():
-            p.copy_(value)
+        updates[name] = value.detach().to(p.dtype)
     missing = [n[len(prefix):] for n in theirs if n.startswith(prefix) and n[len(prefix):] not in mine]
     if missing:
         raise CheckError(f"your module lacks GPT-2's parameters {missing}: keep the layers given in __init__")
+    module.load_state_dict(updates, strict=False)  # one call, so it also works on a module graded remotely
 
 
 def _build(cls, *args) -> torch.nn.Module:
@@ -163,6 +164,7 @@ def _attention_variants(x: torch.Tensor, attn, n_head: int) -> dict[str, torch.T
     }
 
 
+@forbids("scaled_dot_product")
 def check_causal_self_attention(cls, seed: int = 0, sizes=((32, 2), (48, 4)), lengths=(1, 5, 9)) -> None:
     """Exercise 1: ``cls(n_embd, n_head)`` against GPT-2's attention with the same weights."""
     gen = torch.Generator().manual_seed(seed)
@@ -185,6 +187,7 @@ def check_causal_self_attention(cls, seed: int = 0, sizes=((32, 2), (48, 4)), le
     passed("CausalSelfAttention")
 
 
+@forbids("scaled_dot_product")
 def check_block(cls, seed: int = 0, sizes=((32, 2), (24, 3))) -> None:
     """Exercise 2a: ``cls(n_embd, n_head)`` (one transformer block) against GPT-2's block."""
     gen = torch.Generator().manual_seed(seed)
@@ -218,6 +221,7 @@ def check_block(cls, seed: int = 0, sizes=((32, 2), (24, 3))) -> None:
     passed("Block")
 
 
+@forbids("scaled_dot_product")
 def check_gpt(cls, seed: int = 0, sizes=((2, 2, 32, 50, 16), (3, 4, 24, 37, 12))) -> None:
     """Exercise 2b: ``cls(vocab_size, block_size, n_layer, n_head, n_embd)`` logits against GPT2LMHeadModel."""
     gen = torch.Generator().manual_seed(seed)
@@ -225,7 +229,7 @@ def check_gpt(cls, seed: int = 0, sizes=((2, 2, 32, 50, 16), (3, 4, 24, 37, 12))
         hf = random_gpt2(n_layer, n_head, n_embd, vocab_size, block_size, seed=seed + i)
         mine = _build(cls, vocab_size, block_size, n_layer, n_head, n_embd)
         copy_gpt2_weights(mine, hf, prefix="transformer.")
-        if mine.lm_head.weight is not mine.wte.weight:
+        if "lm_head.weight" in dict(mine.named_parameters()):  # tied: listed once, as wte.weight
             raise CheckError("keep the weight tying given in __init__: lm_head.weight is wte.weight")
         for T in (1, 6, block_size):
             idx = torch.randint(vocab_size, (2, T), generator=gen)
@@ -291,12 +295,20 @@ def check_lm_loss(fn: Callable, seed: int = 0) -> None:
     passed("lm_loss")
 
 
+class NextLogits:
+    """``ids (B, T) -> logits (B, vocab)`` of the next token (picklable, so a grader can send it)."""
+
+    def __init__(self, model: GPT2LMHeadModel):
+        self.model = model
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model(ids).logits[:, -1, :]
+
+
 def next_logits_fn(model: GPT2LMHeadModel) -> Callable[[torch.Tensor], torch.Tensor]:
     """``ids (B, T) -> logits (B, vocab)`` of the next token: what the decoding exercises receive."""
-    def next_logits(ids: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return model(ids).logits[:, -1, :]
-    return next_logits
+    return NextLogits(model)
 
 
 def _generate(model: GPT2LMHeadModel, ids: torch.Tensor, n: int, num_beams: int = 1) -> torch.Tensor:

@@ -236,7 +236,7 @@ def check_random_tokens(mask_tokens: Callable, tokenizer=None, seed: int = 0) ->
 
 
 def check_reproducible(mask_tokens: Callable, tokenizer=None, seed: int = 0) -> None:
-    """Rule 4: the same seeded generator gives the same result; a new seed or the next call a new mask."""
+    """Rule 4: the same seeded generator gives the same result; a new seed, the next call or None a new mask."""
     tokenizer = tokenizer or course_tokenizer()
     batch = make_batch(tokenizer, n_candidates=2000, seed=seed)
 
@@ -259,8 +259,11 @@ def check_reproducible(mask_tokens: Callable, tokenizer=None, seed: int = 0) -> 
     if same(call(generator), call(generator)):
         raise CheckError("dynamic masking: two calls with the same generator gave the same mask; let the "
                          "generator advance (do not re-seed it inside mask_tokens)")
-    call(None)  # the default: torch's global random state
-    passed("reproducible with a generator")
+    if same(call(None), call(None)):
+        raise CheckError("generator=None: two calls gave the same mask; without a generator draw from torch's "
+                         "global random state and never re-seed it (no torch.manual_seed, no fixed-seed "
+                         "torch.Generator inside mask_tokens)")
+    passed("reproducible with a generator, random without one")
 
 
 def check_mask_tokens(mask_tokens: Callable, tokenizer=None) -> None:

@@ -1,26 +1,42 @@
 """`course grade`: grade lab submissions into a gradebook CSV.
 
-Each submission is read (never written), and an in-memory copy gets the solution's version of every
-check cell (nbgrader ``grade: true``, hidden tests included), matched by ``grade_id``. The copy runs
-in a fresh kernel in a temporary folder with a per-cell timeout; a check cell earns its points
-when it runs without an error. A broken, crashing or hanging submission gets zeros with a message
-and never stops the others. Manually graded cells (``grade`` and ``solution`` both true) are skipped.
+Each submission is read (never written) and runs in a fresh kernel, in its own temporary folder,
+inside a sandbox (``sandbox.py``: no network, read-only filesystem, bounded memory, processes and
+output, every process killed at the end) with a per-cell timeout. The submission's own cells run in
+that kernel; each check cell (nbgrader ``grade: true``, matched by ``grade_id``) is replaced by the
+solution's version (hidden tests included) and run in the GRADER's process on proxies of the
+student's objects (``remote.py``), so the verdict is out of the submission's reach. A broken,
+crashing, hanging or misbehaving submission gets zeros with a message saying why and never stops
+or changes the others. Manually graded cells (``grade`` and ``solution`` both true) are skipped.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import csv
+import shutil
+import subprocess
 import tempfile
+import time
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import nbformat
 from tqdm.auto import tqdm
 
+from . import remote, sandbox
 from .notebooks import nbgrader_meta, read_notebook, strip_outputs
 from ..settings import PROFILES
-from .runner import error_line, execute
+from .runner import error_line, kernel_env
+
+# Error text in a cell that means the submission hit the sandbox, and the rule the gradebook names.
+RULES = (("Read-only file system", "sandbox violation (wrote outside its temporary folder)"),
+         ("Network is unreachable", "sandbox violation (network access)"),
+         ("Temporary failure in name resolution", "sandbox violation (network access)"),
+         ("No such file or directory: '/", "sandbox violation (read outside its temporary folder)"),
+         ("MemoryError", "memory limit"), ("can't allocate memory", "memory limit"),
+         ("Resource temporarily unavailable", "process limit"), ("File too large", "file size limit"))
 
 
 @dataclass
@@ -55,20 +71,6 @@ def graded_copy(submission: nbformat.NotebookNode, checks: dict) -> tuple[nbform
     return strip_outputs(nb), where
 
 
-def _score(nb, indices: list[int], stop: int | None, reason: str | None) -> tuple[bool, str]:
-    """(passed, message) for a check found at ``indices`` after a run that stopped at ``stop``."""
-    for index in indices:
-        if reason is not None and (stop is None or index > stop):
-            where = f" in cell {stop + 1}" if stop is not None else ""
-            return False, f"not run: the notebook stopped{where} ({reason})"
-        if index == stop:
-            return False, f"{reason} in this check (cell {index + 1})"
-        errors = [o for o in nb.cells[index].outputs if o.output_type == "error"]
-        if errors:
-            return False, error_line(errors[-1].ename, errors[-1].evalue)
-    return True, "passed"
-
-
 def _check_args(timeout: float, profile: str) -> None:
     if not isinstance(timeout, (int, float)) or timeout <= 0:
         raise ValueError(f"timeout must be a positive number of seconds per cell, got {timeout!r}")
@@ -76,13 +78,154 @@ def _check_args(timeout: float, profile: str) -> None:
         raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
 
 
+def _client_class():
+    """nbclient's client with the output of each cell capped (a flood of prints cannot fill the grader)."""
+    from nbclient import NotebookClient
+
+    class CappedClient(NotebookClient):
+        def output(self, outs, msg, display_id, cell_index):
+            used = getattr(self, "_used", {})
+            self._used = used
+            used[id(outs)] = used.get(id(outs), 0) + len(str(msg.get("content", "")))
+            if used[id(outs)] > sandbox.Limits().output_bytes:
+                if used[id(outs)] - len(str(msg.get("content", ""))) <= sandbox.Limits().output_bytes:
+                    outs.append(nbformat.v4.new_output("stream", name="stderr", text="[output limit reached]\n"))
+                return None
+            return super().output(outs, msg, display_id, cell_index)
+
+    return CappedClient
+
+
+def _kernel_manager(workdir: Path, prefix: list[str] | None):
+    """A kernel manager whose kernel runs behind ``prefix`` (the sandbox), talking over files in ``workdir``."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class SandboxedKernelManager(AsyncKernelManager):
+        def format_kernel_cmd(self, extra_arguments=None):
+            return list(prefix or []) + super().format_kernel_cmd(extra_arguments)
+
+    if prefix is None:
+        return SandboxedKernelManager(kernel_name="python3")
+    # No network inside the sandbox: the kernel's ZeroMQ sockets are Unix sockets in its folder.
+    return SandboxedKernelManager(kernel_name="python3", transport="ipc", ip=str(workdir / "kernel"),
+                                  connection_file=str(workdir / "kernel.json"))
+
+
+def _rules_broken(cell) -> list[str]:
+    found = []
+    for out in cell.get("outputs", []):
+        text = f"{out.get('ename', '')}: {out.get('evalue', '')}" if out.get("output_type") == "error" else ""
+        found += [rule for needle, rule in RULES if needle in text]
+    return found
+
+
+def run_graded(nb, checks: dict, trusted: dict, workdir: Path, timeout: float, profile: str,
+               hide: list) -> tuple[dict[str, tuple[bool, str]], list[str]]:
+    """Run the submission's cells in its sandboxed kernel and each check in this process.
+
+    Returns ({grade_id: (passed, message)} for the checks reached, notes on rules the submission broke).
+    """
+    from jupyter_core.utils import run_sync
+
+    km = _kernel_manager(workdir, sandbox.sandbox_prefix(workdir, hide))
+    client = _client_class()(nb, km=km, timeout=max(1, int(timeout)), kernel_name="python3", allow_errors=True)
+    try:
+        return _run_cells(client, nb, checks, trusted, workdir, timeout, profile)
+    finally:  # nbclient leaves a kernel it did not create running: kill it, and with it the whole sandbox
+        if run_sync(km.is_alive)():
+            run_sync(km.shutdown_kernel)(now=True)
+
+
+def _run_cells(client, nb, checks: dict, trusted: dict, workdir: Path, timeout: float,
+               profile: str) -> tuple[dict[str, tuple[bool, str]], list[str]]:
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+
+    verdicts: dict[str, tuple[bool, str]] = {}
+    notes: list[str] = []
+    env = kernel_env(profile)
+    with client.setup_kernel(cwd=str(workdir), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):
+        link = remote.Link(client, workdir, timeout)
+        # The kernel side of remote checks (it imports torch) loads before any student code, untimed.
+        client.timeout = max(120, int(timeout))
+        client.execute_cell(nbformat.v4.new_code_cell("import course_utils.instructor.agent"), 0, store_history=False)
+        for index, cell in enumerate(nb.cells):
+            if cell.cell_type != "code":
+                continue
+            grade_id = nbgrader_meta(cell).get("grade_id")
+            if grade_id in checks:
+                if grade_id not in verdicts:
+                    passed, message, stop = _verdict(checks[grade_id].source, trusted, link, index)
+                    verdicts[grade_id] = passed, message
+                    if stop:
+                        return _stopped(verdicts, checks, index, stop), notes
+                continue
+            try:
+                client.timeout = max(1, int(timeout))
+                client.execute_cell(cell, index)
+            except CellTimeoutError:
+                return _stopped(verdicts, checks, index, f"timed out after {int(timeout)} s"), notes
+            except DeadKernelError:
+                reason = "the kernel died (killed at the memory or process limit, or it exited)"
+                return _stopped(verdicts, checks, index, reason), notes
+            notes += [f"{rule} in cell {index + 1}" for rule in _rules_broken(cell)]
+    return verdicts, notes
+
+
+def _verdict(source: str, trusted: dict, link, index: int) -> tuple[bool, str, str | None]:
+    """(passed, message, why the run must stop or None) of one check cell run here on the student's objects."""
+    from nbclient.exceptions import DeadKernelError
+
+    try:
+        remote.run_check(source, trusted, link)
+    except remote.CheckTimeout as exc:
+        return False, f"{exc} in this check (cell {index + 1})", str(exc)
+    except DeadKernelError:
+        return False, f"the kernel died in this check (cell {index + 1})", "the kernel died"
+    except Exception as exc:
+        return False, error_line(type(exc).__name__, str(exc)), None
+    return True, "passed", None
+
+
+def _stopped(verdicts: dict, checks: dict, index: int, reason: str) -> dict:
+    for grade_id in checks:
+        verdicts.setdefault(grade_id, (False, f"not run: the notebook stopped in cell {index + 1} ({reason})"))
+    return verdicts
+
+
+def _remove(folder: Path, tries: int = 50) -> None:
+    """Delete the submission's folder, waiting for its kernel's last files (sockets) to go."""
+    for _ in range(tries):
+        shutil.rmtree(folder, ignore_errors=True)
+        if not folder.exists():
+            return
+        time.sleep(0.1)
+
+
+_warned = False
+
+
+def _warn_unsandboxed() -> None:
+    global _warned
+    reason = sandbox.unavailable_reason()
+    if reason is not None and not _warned:
+        _warned = True
+        warnings.warn(f"grading is NOT sandboxed: {reason}. Submissions run with your permissions "
+                      "(network, files); checks still run in the grader's process.", stacklevel=3)
+
+
 def grade_submission(submission_path: str | Path, solution_path: str | Path, timeout: float = 120,
-                     profile: str = "ci") -> list[ExerciseResult]:
-    """Grade one submission against its solution notebook; one result per check cell."""
+                     profile: str = "ci", hide: list | None = None) -> list[ExerciseResult]:
+    """Grade one submission against its solution notebook; one result per check cell.
+
+    ``hide``: folders the submission's sandbox must not see (the submission's and the solution's
+    folders are always hidden).
+    """
     _check_args(timeout, profile)
-    checks = check_cells(read_notebook(solution_path))
+    solution = read_notebook(solution_path)
+    checks = check_cells(solution)
     if not checks:
         raise ValueError(f"{solution_path} has no check cells (code cells with nbgrader grade: true)")
+    _warn_unsandboxed()
     name = str(submission_path)
 
     def row(grade_id: str, passed: bool, message: str) -> ExerciseResult:
@@ -94,14 +237,24 @@ def grade_submission(submission_path: str | Path, solution_path: str | Path, tim
         graded, where = graded_copy(submission, checks)
     except Exception as exc:  # unreadable, not JSON, not a notebook: zeros, never a crash
         return [row(g, False, error_line("could not read the submission", str(exc))) for g in checks]
-    with tempfile.TemporaryDirectory(prefix="course-grade-", ignore_cleanup_errors=True) as tmp:
-        stop, reason = execute(graded, cwd=tmp, timeout=timeout, profile=profile, allow_errors=True, quiet=True)
+    trusted = remote.trusted_namespace(solution, Path(solution_path).stem, profile)
+    hide = [Path(submission_path).resolve().parent, Path(solution_path).resolve().parent,
+            Path(tempfile.gettempdir()), *(hide or [])]
+    tmp = Path(tempfile.mkdtemp(prefix="course-grade-")).resolve()
+    try:
+        verdicts, notes = run_graded(graded, checks, trusted, tmp, timeout, profile, hide)
+    finally:
+        _remove(tmp)
     results = []
     for grade_id in checks:
         if grade_id not in where:
             results.append(row(grade_id, False, f"check cell {grade_id} missing from the submission"))
-        else:
-            results.append(row(grade_id, *_score(graded, where[grade_id], stop, reason)))
+            continue
+        passed, message = verdicts.get(grade_id, (False, "not run"))
+        broken = notes + [rule for needle, rule in RULES if needle in message]
+        if not passed and broken:
+            message = f"{message} [rules broken: {'; '.join(dict.fromkeys(broken))}]"
+        results.append(row(grade_id, passed, message))
     return results
 
 
@@ -136,9 +289,11 @@ def grade(solution_path: str | Path, submissions: list, out_csv: str | Path, tim
     if not checks:
         raise ValueError(f"{solution_path} has no check cells (code cells with nbgrader grade: true)")
     results: list[ExerciseResult] = []
-    for submission in tqdm(list(submissions), desc="grading", unit="submission"):
+    submissions = list(submissions)
+    hide = [Path(out_csv).resolve().parent, *{Path(p).resolve().parent for p in submissions}]
+    for submission in tqdm(submissions, desc="grading", unit="submission"):
         try:
-            results += grade_submission(submission, solution_path, timeout, profile)
+            results += grade_submission(submission, solution_path, timeout, profile, hide)
         except Exception as exc:  # belt and braces: one submission never stops the others
             message = f"grading failed: {error_line(type(exc).__name__, str(exc))}"
             results += [ExerciseResult(str(submission), g, 0.0, float(nbgrader_meta(c).get("points", 0)), message)

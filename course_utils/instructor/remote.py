@@ -1,0 +1,259 @@
+"""Remote checks: the grader runs each check cell in its own process, on proxies of the student's objects.
+
+A name the check cell uses that the solution does not import (``scaled_dot_product_attention``,
+``MultiHeadAttention``) becomes a ``Remote``: every attribute, call or item on it is done by the
+student's kernel (``agent.handle``) and answered with plain data by value (read with
+``torch.load(weights_only=True)``, so no code of the student's runs here) or with a new ``Remote``.
+Inputs, oracles, comparisons and the verdict stay in the grader's process. Trusted objects sent as
+arguments (tensors, generators, tokenizers, models) are pickled to the kernel; a ``torch.Generator``
+argument gets back the state the student's code left it in.
+"""
+from __future__ import annotations
+
+import ast
+import builtins
+import contextlib
+import importlib
+import io
+import os
+import pickle
+import stat
+import time
+from pathlib import Path
+
+import torch
+
+from ..checks import FORBIDDEN_OPS, CheckError
+
+MAX_ANSWER_BYTES = 256 * 1024 ** 2
+TRUSTED_CLASS_ROOTS = ("torch.", "transformers.")
+
+
+class RemoteError(Exception):
+    """The student's code raised an exception that is not one of Python's built-in ones."""
+
+
+class ForbiddenCall(CheckError):
+    """The student's code ran an operation the exercise forbids (the checker's oracle)."""
+
+
+class CheckTimeout(Exception):
+    """A check took longer than the per-cell time limit."""
+
+
+class Link:
+    """Requests to one student's kernel through its nbclient client; answers pass through files."""
+
+    def __init__(self, client, workdir: str | Path, timeout: float):
+        self.client, self.workdir, self.timeout = client, Path(workdir), timeout
+        self.deadline = time.monotonic() + timeout
+        self.requests = 0
+
+    def start_check(self) -> None:
+        """Restart the clock: every check may take up to ``timeout`` seconds."""
+        self.deadline = time.monotonic() + self.timeout
+
+    def request(self, op: str, target, *args):
+        from nbformat.v4 import new_code_cell
+
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise CheckTimeout(f"timed out after {int(self.timeout)} s")
+        self.requests += 1
+        request_path, answer_path = self.workdir / "request.pkl", self.workdir / "answer.pt"
+        generators = [a for a in _walk((args, target)) if isinstance(a, torch.Generator)]
+        buffer = io.BytesIO()
+        _Pickler(buffer).dump({"op": op, "target": target, "args": args, "generators": generators,
+                               "forbid": FORBIDDEN_OPS.get()})
+        _write_new(request_path, buffer.getvalue())
+        with contextlib.suppress(FileNotFoundError):
+            answer_path.unlink()
+        code = (f"__import__('course_utils.instructor.agent', fromlist=['handle'])"
+                f".handle({str(request_path)!r}, {str(answer_path)!r})")
+        self.client.timeout = max(1, int(left))
+        cell = new_code_cell(code)
+        try:
+            self.client.execute_cell(cell, 0, store_history=False)
+        except Exception as exc:
+            if "Timeout" in type(exc).__name__:
+                raise CheckTimeout(f"timed out after {int(self.timeout)} s") from None
+            raise
+        data = _read_regular(answer_path)
+        if data is None:
+            errors = [o for o in cell.outputs if o.output_type == "error"]
+            why = f"{errors[-1].ename}: {errors[-1].evalue}" if errors else "no answer"
+            raise RemoteError(f"the kernel could not run the student's code ({why})")
+        answer = torch.load(io.BytesIO(data), weights_only=True)
+        if not isinstance(answer, dict):
+            raise RemoteError("malformed answer from the kernel")
+        for generator, state in zip(generators, answer.get("generators", [])):
+            if torch.is_tensor(state) and state.dtype == torch.uint8:
+                generator.set_state(state)
+        if "forbidden" in answer:
+            raise ForbiddenCall(f"forbidden call: the exercise may not use {answer['forbidden']} "
+                                "(it is what the check compares with); write it yourself")
+        if "error" in answer:
+            name, message = str(answer["error"]), str(answer.get("message", ""))
+            cls = getattr(builtins, name, None)
+            if answer.get("builtin") and isinstance(cls, type) and issubclass(cls, Exception) \
+                    and cls not in (StopIteration, StopAsyncIteration):
+                raise cls(message)
+            raise RemoteError(f"{name}: {message}")
+        return self.decode(answer.get("value"))
+
+    def decode(self, value, depth: int = 0):
+        """Plain data as it is, references as ``Remote`` proxies."""
+        if depth > 16:
+            raise RemoteError("answer nested too deeply")
+        if isinstance(value, dict):
+            if set(value) == {"__ref__", "cls", "name"} and isinstance(value["__ref__"], int):
+                return Remote(self, value["__ref__"], str(value["cls"]), str(value["name"]))
+            return {k: self.decode(v, depth + 1) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(self.decode(v, depth + 1) for v in value)
+        if torch.is_tensor(value) and type(value) not in (torch.Tensor, torch.nn.Parameter):
+            raise RemoteError(f"unexpected tensor type {type(value).__name__}")
+        return value
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """Write a fresh file in the sandbox's folder, never through a link the submission planted there."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _read_regular(path: Path) -> bytes | None:
+    """The bytes of a regular file the kernel wrote (no links, FIFOs or devices; bounded), or None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        if info.st_size > MAX_ANSWER_BYTES:
+            raise RemoteError(f"the student's code returned more than {MAX_ANSWER_BYTES >> 20} MiB")
+        return f.read(MAX_ANSWER_BYTES + 1)
+
+
+def _walk(x, depth: int = 0):
+    yield x
+    if depth < 4 and isinstance(x, (tuple, list)):
+        for item in x:
+            yield from _walk(item, depth + 1)
+    elif depth < 4 and isinstance(x, dict):
+        for item in x.values():
+            yield from _walk(item, depth + 1)
+
+
+class _Pickler(pickle.Pickler):
+    def persistent_id(self, obj):
+        return object.__getattribute__(obj, "_ref") if type(obj) is Remote else None
+
+
+def _trusted_class(qualified: str):
+    """The trusted nn.Module class named ``qualified`` (torch's, transformers'), or None."""
+    if not qualified.startswith(TRUSTED_CLASS_ROOTS):
+        return None
+    module, _, name = qualified.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name, None)
+    except Exception:
+        return None
+    return cls if isinstance(cls, type) and issubclass(cls, torch.nn.Module) else None
+
+
+class Remote:
+    """A student's object living in the kernel; every use of it is a request to the kernel."""
+
+    __slots__ = ("_link", "_ref", "_cls", "_name")
+    _NAMES = ("__name__", "__qualname__", "__doc__")
+
+    def __init__(self, link: Link, ref: int, cls: str, name: str):
+        for key, value in (("_link", link), ("_ref", ref), ("_cls", cls), ("_name", name)):
+            object.__setattr__(self, key, value)
+
+    def _ask(self, op, *args):
+        return object.__getattribute__(self, "_link").request(op, self, *args)
+
+    def __getattr__(self, name):
+        if name.startswith("__") and name.endswith("__") and name not in Remote._NAMES:
+            raise AttributeError(name)
+        return self._ask("getattr", name)
+
+    def __setattr__(self, name, value):
+        self._ask("setattr", name, value)
+
+    def __call__(self, *args, **kwargs):
+        return self._ask("call", args, kwargs)
+
+    def __getitem__(self, key):
+        return self._ask("getitem", key)
+
+    def __len__(self):
+        return self._ask("len")
+
+    def __iter__(self):
+        return iter(self._ask("list"))
+
+    @property
+    def __class__(self):  # isinstance(module.q_proj, nn.Linear) works for torch's own classes
+        return _trusted_class(object.__getattribute__(self, "_cls")) or Remote
+
+    def __repr__(self):
+        return f"<student's {object.__getattribute__(self, '_cls')} {object.__getattribute__(self, '_name')}>"
+
+
+class Namespace(dict):
+    """Check-cell globals: trusted names first, then the student's objects as proxies."""
+
+    def __init__(self, trusted: dict, link: Link):
+        super().__init__(trusted)
+        self.link = link
+
+    def __missing__(self, name):
+        if hasattr(builtins, name):
+            return getattr(builtins, name)
+        value = self.link.request("global", None, name)
+        self[name] = value
+        return value
+
+
+def trusted_imports(cells) -> str:
+    """The import statements of ``cells`` (top level only), to run in the grader for the check cells."""
+    lines = []
+    for cell in cells:
+        if cell.cell_type != "code":
+            continue
+        try:
+            tree = ast.parse("\n".join(l for l in cell.source.splitlines() if not l.lstrip().startswith(("%", "!"))))
+        except SyntaxError:
+            continue
+        lines += [ast.unparse(node) for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
+    return "\n".join(dict.fromkeys(lines))
+
+
+def run_check(source: str, trusted: dict, link: Link) -> None:
+    """Execute a check cell's code in the grader; raises what the check raises."""
+    link.start_check()
+    namespace = Namespace(trusted, link)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        exec(compile(source, "<check cell>", "exec"), {"__builtins__": builtins}, namespace)
+
+
+def trusted_namespace(solution, notebook: str, profile: str) -> dict:
+    """The grader's names for check cells: the solution's imports and ``profile`` for the grading profile."""
+    from .. import setup
+
+    namespace: dict = {"__name__": "__course_check__"}
+    exec(compile(trusted_imports(solution.cells), "<solution imports>", "exec"), namespace)
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            namespace["profile"] = setup(notebook, profile=profile, verbose=False)
+        except ValueError:  # a notebook without settings of its own
+            namespace["profile"] = setup(None, profile=profile, verbose=False)
+    return namespace

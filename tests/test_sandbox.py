@@ -1,0 +1,34 @@
+"""The grader's sandbox command: what it hides and keeps, and the fallback where bwrap is missing."""
+import subprocess
+import warnings
+
+import pytest
+
+from course_utils.instructor import grading, sandbox
+from course_utils.instructor.runner import PACKAGE_ROOT
+
+
+def test_without_bwrap_there_is_no_prefix_and_one_warning(monkeypatch, tmp_path):
+    monkeypatch.setattr(sandbox, "unavailable_reason", lambda: "bwrap is not installed")
+    monkeypatch.setattr(grading, "_warned", False)
+    assert sandbox.sandbox_prefix(tmp_path, []) is None
+    with pytest.warns(UserWarning, match="grading is NOT sandboxed: bwrap is not installed"):
+        grading._warn_unsandboxed()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        grading._warn_unsandboxed()  # once is enough
+
+
+@pytest.mark.skipif(sandbox.unavailable_reason() is not None, reason="no sandbox here")
+def test_sandbox_hides_folders_keeps_the_course_and_writes_only_its_own(tmp_path):
+    work, secret = tmp_path / "work", PACKAGE_ROOT / "solutions"
+    work.mkdir()
+    prefix = sandbox.sandbox_prefix(work, [secret, PACKAGE_ROOT])
+    script = (f"import os, course_utils; print(sorted(os.listdir({str(secret)!r})), course_utils.__file__)\n"
+              f"open({str(work / 'ok.txt')!r}, 'w').write('ok')\n"
+              f"try:\n    open({str(PACKAGE_ROOT / 'owned.txt')!r}, 'w')\nexcept OSError as e:\n    print('refused')")
+    done = subprocess.run(prefix + ["python3", "-c", script], capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(PACKAGE_ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("[] ") and "course_utils" in done.stdout, done.stdout
+    assert (work / "ok.txt").read_text() == "ok" and not (PACKAGE_ROOT / "owned.txt").exists()
