@@ -87,12 +87,13 @@ def graded(tmp_path_factory):
         paths.append(path)
     paths.append(root / "submitted" / "missing.ipynb")
     before = {p: (p.read_bytes(), os.stat(p).st_mtime_ns) for p in paths if p.exists()}
-    workdirs = set(Path(tempfile.gettempdir()).glob("course-grade-*"))
+    private_tmp = tmp_path_factory.mktemp("grader-tmp")  # only this grading's folders appear here
     with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tempfile, "tempdir", str(private_tmp))
         mp.setenv("COURSE_PROFILE", "gpu")  # the grader must override ours
         results = grading.grade(root / "99_demo.ipynb", paths, root / "out" / "grades.csv", TIMEOUT, "cpu")
     after = {p: (p.read_bytes(), os.stat(p).st_mtime_ns) for p in before}
-    leftover = set(Path(tempfile.gettempdir()).glob("course-grade-*")) - workdirs
+    leftover = set(private_tmp.glob("course-grade-*"))
     rows = {(os.path.basename(r.submission), r.exercise): r for r in results}
     return {"results": results, "rows": rows, "before": before, "after": after, "root": root, "paths": paths,
             "leftover": leftover}
