@@ -32,3 +32,28 @@ def test_sandbox_hides_folders_keeps_the_course_and_writes_only_its_own(tmp_path
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("[] ") and "course_utils" in done.stdout, done.stdout
     assert (work / "ok.txt").read_text() == "ok" and not (PACKAGE_ROOT / "owned.txt").exists()
+
+
+@pytest.mark.skipif(sandbox.unavailable_reason() is not None, reason="no sandbox here")
+def test_the_model_cache_stays_readable_even_under_the_private_tmp(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"  # pytest's tmp_path lives under /tmp, which the sandbox replaces
+    (cache / "zoo").mkdir(parents=True)
+    (cache / "zoo" / "model.txt").write_text("weights")
+    monkeypatch.setenv("COURSE_CACHE_DIR", str(cache))
+    work = tmp_path / "work"
+    work.mkdir()
+    script = (f"print(open({str(cache / 'zoo' / 'model.txt')!r}).read())\n"
+              f"try:\n    open({str(cache / 'zoo' / 'new.txt')!r}, 'w')\nexcept OSError:\n    print('read-only')")
+    done = subprocess.run(sandbox.sandbox_prefix(work, []) + ["python3", "-c", script], capture_output=True, text=True,
+                          timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["weights", "read-only"], done.stdout
+
+
+def test_grading_prepares_the_course_models_first(monkeypatch):
+    from course_utils.world import zoo
+
+    asked = []
+    monkeypatch.setattr(zoo, "load_pretrained", lambda name, progress=True: asked.append(name))
+    grading.warm_zoo()
+    assert asked == list(zoo.RECIPES)

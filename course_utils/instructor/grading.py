@@ -319,6 +319,7 @@ def grade(solution_path: str | Path, submissions: list, out_csv: str | Path, tim
     results: list[ExerciseResult] = []
     submissions = list(submissions)
     hide = [Path(out_csv).resolve().parent, *{Path(p).resolve().parent for p in submissions}]
+    warm_zoo()
     for submission in tqdm(submissions, desc="grading", unit="submission"):
         try:
             results += grade_submission(submission, solution_path, timeout, profile, hide)
@@ -329,6 +330,17 @@ def grade(solution_path: str | Path, submissions: list, out_csv: str | Path, tim
     write_csv(results, out_csv)
     print(summary(results))
     return results
+
+
+def warm_zoo() -> None:
+    """Train and cache the course's own models now, in the grader: sandboxed kernels can read the cache, not write it."""
+    from ..world.zoo import RECIPES, load_pretrained
+
+    for name in RECIPES:
+        try:
+            load_pretrained(name, progress=False)
+        except Exception as exc:  # grading goes on; a lab that needs the model will report it
+            warnings.warn(f"could not prepare the course model {name!r} before grading: {exc}", stacklevel=2)
 
 
 def find_solution(lab: str, solutions_dir: str | Path = "solutions") -> Path:

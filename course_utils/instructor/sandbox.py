@@ -81,6 +81,9 @@ def sandbox_prefix(workdir: str | Path, hide: list, limits: Limits = Limits()) -
     for path in needed:
         if _inside(path, hidden):
             args += ["--ro-bind", str(path), str(path)]
+    cache = _cache_root().resolve()  # the course's cached models, read-only, even under the private /tmp
+    if cache.is_dir() and (_inside(cache, hidden) or _inside(cache, [Path("/tmp")])):
+        args += ["--ro-bind", str(cache), str(cache)]
     args += ["--bind", str(workdir), str(workdir), "--chdir", str(workdir), "--setenv", "HOME", str(workdir),
              "--setenv", "TMPDIR", str(workdir), "--setenv", "MPLCONFIGDIR", str(workdir),
              "--setenv", "COURSE_CACHE_DIR", str(_cache_root()),  # cached tiny models: readable, not writable
