@@ -7,12 +7,17 @@ import logging
 # harmless (bitsandbytes falls back to its own kernel) and must not look like an error in every cell.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
+# The package version (pyproject.toml reads it from here), the course's public home and the git ref
+# that Colab opens and installs, each defined once: notebooks' badges and setup cells are generated from
+# them (course_utils.instructor.notebooks), tests/test_notebooks_format.py checks every notebook, and
+# tests/test_packaging.py checks that REF resolves in this repository. The badges open the notebooks at
+# REF, so the setup cell installs the package from the same REF: notebook and library always match.
+# When a release is tagged, set REF to the tag (e.g. "v0.2.0"), then run `course release --headers`.
 __version__ = "0.1.0"
-# The course's public home, defined once: notebooks' Colab badges and setup cells are generated
-# from it (course_utils.instructor.notebooks) and tests/test_notebooks_format.py checks every notebook.
 REPO_URL = "https://github.com/llm-course/llm-course"
+REF = "main"
 
-__all__ = ["Profile", "setup", "REPO_URL", "__version__"]
+__all__ = ["Profile", "setup", "REPO_URL", "REF", "__version__"]
 
 
 def __getattr__(name: str):

@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+import transformers
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
@@ -182,18 +183,22 @@ def pretrain(text: str, tokenizer_kind: str = "char", vocab_size: int = 512, n_l
              dropout: float = 0.0, eval_interval: int = 250, eval_blocks: int = 200, device: str = "auto",
              seed: int = 0, out_dir: str | Path | None = None, progress: bool = True, verbose: bool = True,
              tokenizer: PreTrainedTokenizerFast | None = None,
-             callback: Callable[[int, History], None] | None = None) -> Pretrained:
-    """Train a GPT-2 on ``text`` and return ``(model, tokenizer, history, val_loss)``; save it to ``out_dir`` if given."""
+             callback: Callable[[int, History], None] | None = None, val_text: str | None = None) -> Pretrained:
+    """Train a GPT-2 on ``text`` and return ``(model, tokenizer, history, val_loss)``; save it to ``out_dir`` if given.
+
+    Validation uses ``val_text`` when given (all of ``text`` is then trained on), else the last 10% of ``text``.
+    """
     device = resolve_device(device)
     for name, value in dict(max_iters=max_iters, batch_size=batch_size, eval_interval=eval_interval).items():
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     seed_everything(seed)
     tokenizer, ids = encode_text(text, tokenizer_kind, vocab_size, tokenizer)
-    train_ids, val_ids = split_ids(ids)
+    train_ids, val_ids = (ids, encode_text(val_text, tokenizer=tokenizer)[1]) if val_text is not None else split_ids(ids)
     if len(val_ids) <= block_size:
+        where = "val_text" if val_text is not None else f"the last 10% of {len(ids)}"
         raise ValueError(f"block_size={block_size} is larger than the validation data ({len(val_ids)} tokens, "
-                         f"the last 10% of {len(ids)}): use a smaller block size or a longer text")
+                         f"{where}): use a smaller block size or a longer text")
     model = build_gpt2(len(tokenizer), n_layer, n_head, n_embd, block_size, dropout, tokenizer.eos_token_id)
     generator = torch.Generator().manual_seed(seed)
     say = tqdm.write if verbose else (lambda *a, **k: None)
@@ -249,6 +254,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run `course pretrain`; returns the exit code (2 with a message on bad input)."""
+    transformers.utils.logging.disable_progress_bar()  # our own bar reports training; no "Writing model shards"
     try:
         text = read_text_file(args.text, min_chars=MIN_CHARS)
         model, tokenizer, _, _ = pretrain(

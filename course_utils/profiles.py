@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import transformers
 
 from .settings import PROFILES, settings_for
 
@@ -61,12 +62,17 @@ def seed_everything(seed: int = 0) -> None:
 
 
 def setup(notebook: str | None = None, seed: int = 0, profile: str | None = None, verbose: bool = True) -> Profile:
-    """Pick the profile, seed everything, choose the device and print the notebook's settings."""
+    """Pick the profile, seed everything, choose the device and print the notebook's settings.
+
+    It also turns off transformers' own progress bars ("Loading weights", "Writing model shards"): for
+    the course's tiny models they flash by as noise beside the course's bars (hub downloads keep theirs).
+    """
     name = profile.lower() if profile else detect_profile()
     if name not in PROFILES:
         raise ValueError(f"profile {name!r} is unknown; use one of {PROFILES}")
     settings = settings_for(notebook, name) if notebook is not None else {}
     seed_everything(seed)
+    transformers.utils.logging.disable_progress_bar()
     prof = Profile(name=name, device=pick_device(name), settings=settings)
     if verbose:
         print(f"profile: {prof.name}  device: {prof.device}  torch {torch.__version__}  seed: {seed}")

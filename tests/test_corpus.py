@@ -50,3 +50,19 @@ def test_read_text_file_errors(tmp_path):
     ok = tmp_path / "ok.txt"
     ok.write_text("some words " * 20)
     assert read_text_file(ok).startswith("some words")
+
+
+def test_plurals_are_english():
+    from course_utils.world.corpus import plural
+
+    assert [plural(w) for w in ("box", "cup", "bus", "dish")] == ["boxes", "cups", "buses", "dishes"]
+    texts = " ".join(make_corpus(2000, seed=5))
+    assert " boxes " in texts and "boxs" not in texts
+
+
+def test_the_zoo_cache_key_follows_the_world_version(monkeypatch):
+    from course_utils.world import zoo
+
+    before = zoo._recipe_path("tiny-bert")
+    monkeypatch.setattr(zoo, "WORLD_VERSION", zoo.WORLD_VERSION + 1)
+    assert zoo._recipe_path("tiny-bert") != before, "a changed world must not reuse models trained on the old one"

@@ -64,3 +64,29 @@ def test_every_dependency_has_a_tested_lower_bound_and_a_cap():
         lower = next(s.version for s in req.specifier if s.operator == ">=")
         cap = next(s.version for s in req.specifier if s.operator == "<")
         assert cap == str(int(lower.split(".")[0]) + 1), f"{line}: cap at the next major release ({lower} -> <{cap}?)"
+
+
+def test_the_ref_colab_installs_exists_in_this_repository():
+    """Setup cells install llm-course at course_utils.REF; a ref that does not exist breaks every Colab run."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    from course_utils import REF
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    found = [ref for ref in (REF, f"origin/{REF}", f"refs/tags/{REF}")
+             if subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], cwd=ROOT,
+                               capture_output=True).returncode == 0]
+    assert found, f"course_utils.REF = {REF!r} is neither a branch nor a tag of this repository: create it or fix REF"
+
+
+def test_the_package_version_is_defined_once():
+    import course_utils
+
+    project = _pyproject()["project"]
+    assert "version" not in project and "version" in project["dynamic"], "pyproject must read the version"
+    assert _pyproject()["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "course_utils.__version__"}
+    assert re.fullmatch(r"\d+\.\d+\.\d+", course_utils.__version__)

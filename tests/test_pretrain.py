@@ -150,3 +150,14 @@ def test_cli_unavailable_device(tmp_path):
     (tmp_path / "t.txt").write_text(TEXT, encoding="utf-8")
     code, err = _main(["pretrain", "--text", str(tmp_path / "t.txt"), "--device", "cuda", "--max-iters", "1"])
     assert code == 2 and "use 'cpu' or 'auto'" in err
+
+
+def test_pretrain_validates_on_val_text_when_given():
+    from course_utils.world.corpus import make_split_stories
+
+    train_text = "\n".join(s.text for s in make_split_stories(300, "train"))
+    val_text = "\n".join(s.text for s in make_split_stories(40, "eval"))
+    run = pt.pretrain(train_text, "char", n_layer=1, n_head=2, n_embd=16, block_size=16, batch_size=4, max_iters=3,
+                      eval_interval=3, progress=False, verbose=False, val_text=val_text)
+    tokenizer, val_ids = pt.encode_text(val_text, tokenizer=run.tokenizer)
+    assert run.val_loss == pytest.approx(pt.estimate_loss(run.model, val_ids, 16, 200), rel=1e-5)

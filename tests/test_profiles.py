@@ -74,3 +74,11 @@ def test_bad_arguments_raise():
     prof = setup(settings.notebooks()[0], profile="ci", verbose=False)
     with pytest.raises(KeyError, match="known"):
         prof["no_such_setting"]
+
+
+def test_setup_turns_off_transformers_progress_bars():
+    import transformers
+
+    transformers.utils.logging.enable_progress_bar()
+    setup(settings.notebooks()[0], profile="ci", verbose=False)
+    assert not transformers.utils.logging.is_progress_bar_enabled(), "'Loading weights' bars would show in notebooks"

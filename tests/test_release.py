@@ -157,7 +157,7 @@ def test_check_detects_stale_missing_and_orphan_labs(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "01_a.ipynb: stale" in out and "02_b.ipynb: missing" in out and "03_orphan.ipynb: no " in out
     assert {p.name: p.read_bytes() for p in labs.iterdir()} == before  # --check writes nothing
-    args = argparse.Namespace(check=True, solutions=str(sol), labs=str(labs))
+    args = argparse.Namespace(check=True, solutions=str(sol), labs=str(labs), headers=False)
     assert rel.main(args) == 1
     assert "run `course release`" in capsys.readouterr().out
 
@@ -165,4 +165,20 @@ def test_check_detects_stale_missing_and_orphan_labs(tmp_path, capsys):
 def test_missing_solutions_folder_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(ValueError, match="--solutions"):
         rel.release(tmp_path / "nope", tmp_path / "labs")
-    assert rel.main(argparse.Namespace(check=False, solutions=str(tmp_path / "nope"), labs="labs")) == 2
+    assert rel.main(argparse.Namespace(check=False, solutions=str(tmp_path / "nope"), labs="labs", headers=False)) == 2
+
+
+def test_set_header_rewrites_an_old_badge_and_setup_cell():
+    from course_utils.instructor.notebooks import colab_badge, set_header, setup_cell
+
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("# T\n\n[![Open In Colab](https://x/badge.svg)](https://colab.research.google.com/"
+                                      "github/o/r/blob/v0.0.1/lectures/05_x.ipynb)\n\ntext"),
+        nbformat.v4.new_code_cell('%pip install "llm-course @ git+https://github.com/o/r@v0.0.1"')])
+    assert set_header(nb, "lectures", "05_x")
+    assert colab_badge("lectures", "05_x") in nb.cells[0].source and nb.cells[0].source.endswith("\n\ntext")
+    assert nb.cells[1].source == setup_cell("05_x")
+    assert not set_header(nb, "lectures", "05_x"), "a second run changes nothing"
+    with pytest.raises(ValueError, match="Colab badge"):
+        set_header(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# no badge"),
+                                                   nbformat.v4.new_code_cell("x = 1")]), "labs", "x")

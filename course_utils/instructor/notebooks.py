@@ -1,16 +1,17 @@
 """Notebook plumbing shared by the release, runner, grader and format tests.
 
-The Colab badge and the setup cell are generated here from ``REPO_URL`` so the repository's
-address is written once; tests check every notebook against these functions.
+The Colab badge and the setup cell are generated here from ``REPO_URL`` and ``REF`` so the
+repository's address and the installed ref are written once; tests check every notebook against these functions.
 """
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import nbformat
 
-from .. import REPO_URL, __version__
+from .. import REF, REPO_URL
 
 FOLDERS = ("lectures", "labs", "solutions")
 
@@ -21,7 +22,7 @@ def colab_badge(folder: str, name: str) -> str:
         raise ValueError(f"folder must be one of {FOLDERS}, got {folder!r}")
     path = REPO_URL.removeprefix("https://github.com/")
     return (f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
-            f"(https://colab.research.google.com/github/{path}/blob/main/{folder}/{name}.ipynb)")
+            f"(https://colab.research.google.com/github/{path}/blob/{REF}/{folder}/{name}.ipynb)")
 
 
 def setup_cell(name: str) -> str:
@@ -30,10 +31,23 @@ def setup_cell(name: str) -> str:
         "# Setup: on Colab this installs the course package; locally `make start` already did.\n"
         "import sys\n"
         "if \"google.colab\" in sys.modules:\n"
-        f"    %pip install -q \"llm-course @ git+{REPO_URL}@v{__version__}\"\n"
+        f"    %pip install -q \"llm-course @ git+{REPO_URL}@{REF}\"\n"
         "from course_utils import setup\n"
         f"profile = setup(\"{name}\")"
     )
+
+
+_ANY_BADGE = re.compile(r"\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)")
+
+
+def set_header(nb: nbformat.NotebookNode, folder: str, name: str) -> bool:
+    """Rewrite ``nb``'s Colab badge and setup cell from REPO_URL and REF; True if anything changed."""
+    if len(nb.cells) < 2 or not _ANY_BADGE.search(nb.cells[0].source):
+        raise ValueError(f"{folder}/{name}: the first cell needs a Colab badge and the second the setup cell")
+    before = (nb.cells[0].source, nb.cells[1].source)
+    nb.cells[0].source = _ANY_BADGE.sub(lambda _: colab_badge(folder, name), nb.cells[0].source, count=1)
+    nb.cells[1].source = setup_cell(name)
+    return before != (nb.cells[0].source, nb.cells[1].source)
 
 
 def read_notebook(path: str | Path) -> nbformat.NotebookNode:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import nbformat
 
-from .notebooks import nbgrader_meta, read_notebook, strip_outputs
+from .notebooks import nbgrader_meta, read_notebook, set_header, strip_outputs
 
 SOLUTION = ("### BEGIN SOLUTION", "### END SOLUTION")
 HIDDEN = ("### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS")
@@ -123,10 +123,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if labs/ is out of date")
     parser.add_argument("--solutions", default="solutions", help="folder of solution notebooks (default: solutions)")
     parser.add_argument("--labs", default="labs", help="folder of generated labs (default: labs)")
+    parser.add_argument("--headers", action="store_true",
+                        help="first rewrite the Colab badge and setup cell of every lecture and solution from "
+                             "course_utils.REPO_URL and REF (run it after changing REF for a release)")
 
 
 def main(args: argparse.Namespace) -> int:
     """Run `course release`; returns the exit code."""
+    if args.headers:
+        for folder in ("lectures", args.solutions):
+            for path in sorted(Path(folder).glob("*.ipynb")):
+                nb = read_notebook(path)
+                if set_header(nb, Path(folder).name, path.stem):
+                    nbformat.write(nb, path)
+                    print(f"updated the header of {path}")
     try:
         changed = release(args.solutions, args.labs, check=args.check)
     except ValueError as exc:

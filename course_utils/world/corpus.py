@@ -22,6 +22,13 @@ ACTIONS = ["chased", "found", "saw", "followed", "helped", "watched"]
 POSITIVE = ["happy", "glad", "excited", "proud"]
 NEGATIVE = ["sad", "angry", "scared", "upset"]
 NUMBERS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+# Bumped whenever the generated text changes, so models the zoo cached on the old text are retrained.
+WORLD_VERSION = 2  # 2: "boxes", not "boxs"
+
+
+def plural(noun: str) -> str:
+    """The plural of one of the world's nouns: 'boxes', 'cups'."""
+    return noun + ("es" if noun.endswith(("s", "x", "ch", "sh")) else "s")
 
 
 @dataclass(frozen=True)
@@ -41,7 +48,7 @@ def _chase(rng: random.Random) -> tuple[str, dict]:
 
 def _count(rng: random.Random) -> tuple[str, dict]:
     name, obj, n = rng.choice(NAMES), rng.choice(OBJECTS), rng.randint(1, 9)
-    noun = obj if n == 1 else obj + "s"
+    noun = obj if n == 1 else plural(obj)
     text = f"{name} has {NUMBERS[n - 1]} {noun} ."
     return text, {"kind": "count", "subject": name, "object": obj, "count": n}
 
@@ -128,7 +135,7 @@ def vocabulary() -> list[str]:
     for group in (NAMES, ANIMALS, PLACES, COLORS, ACTIONS, POSITIVE, NEGATIVE, NUMBERS):
         words.update(group)
     words.update(OBJECTS)
-    words.update(o + "s" for o in OBJECTS)
+    words.update(plural(o) for o in OBJECTS)
     return sorted(words)
 
 

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from collections.abc import Callable, Sequence
 
-from .corpus import COLORS, NAMES, NEGATIVE, NUMBERS, PLACES, POSITIVE, Story, make_split_stories
+from .corpus import COLORS, NAMES, NEGATIVE, NUMBERS, PLACES, POSITIVE, Story, make_split_stories, plural
 
 SENTIMENTS = ("positive", "negative")
 BASE_FORM = {"chased": "chase", "found": "find", "saw": "see", "followed": "follow", "helped": "help",
@@ -79,7 +79,7 @@ def _where(story: Story) -> list[dict]:
 
 
 def _how_many(story: Story) -> list[dict]:
-    return [{"story": story.text, "subject": f["subject"], "objects": f["object"] + "s",
+    return [{"story": story.text, "subject": f["subject"], "objects": plural(f["object"]),
              "answer": NUMBERS[f["count"] - 1]} for f in _facts(story, "count")]
 
 

@@ -24,7 +24,7 @@ from platformdirs import user_cache_dir
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer, BertConfig,
                           BertForMaskedLM, DataCollatorForLanguageModeling, GPT2LMHeadModel)
 
-from .corpus import make_corpus, make_split_stories
+from .corpus import WORLD_VERSION, make_corpus, make_split_stories
 from .instructions import FAMILIES, TEMPLATES_DIGEST, make_tasks
 from ..profiles import seed_everything
 from .tokenization import CHAT_TEMPLATE, END, train_chat_bpe, train_wordpiece
@@ -56,7 +56,8 @@ def cache_dir() -> Path:
 
 
 def _recipe_path(name: str) -> Path:
-    key = hashlib.sha256(json.dumps(RECIPES[name], sort_keys=True).encode()).hexdigest()[:10]
+    keyed = {"recipe": RECIPES[name], "world": WORLD_VERSION}  # a change to either retrains the model
+    key = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:10]
     return cache_dir() / f"{name}-{key}"
 
 
