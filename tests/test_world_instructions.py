@@ -6,8 +6,8 @@ import pytest
 from scipy.stats import binomtest
 
 from course_utils.world.corpus import make_split_stories, sentence_split, sentences
-from course_utils.world.instructions import (FAMILIES, HELD_OUT_FAMILIES, SEEN_FAMILIES, Task, Template, accuracy,
-                                             make_tasks, score, task_split)
+from course_utils.world.instructions import (FAMILIES, HELD_OUT_FAMILIES, SEEN_FAMILIES, SENTIMENTS, Task, Template,
+                                             accuracy, make_tasks, score, task_split)
 from course_utils.world.preferences import (CORRECT, STYLE, candidate_responses, label_noise_rate, sample_pairs,
                                             true_reward)
 from course_utils.world.tokenization import END, train_chat_bpe
@@ -26,6 +26,15 @@ def test_every_family_makes_tasks_and_held_out_families_are_apart(tasks):
         assert len(fam.templates) >= 2, f"{name} needs several phrasings"
         phrasings = {t.instruction.replace(t.story, "") for t in tasks if t.family == name}
         assert len(phrasings) >= 2
+
+
+def test_held_out_families_are_new_questions_with_answers_of_a_seen_kind():
+    seen_templates = {t.instruction for name in SEEN_FAMILIES for t in FAMILIES[name].templates}
+    for name in HELD_OUT_FAMILIES:
+        fam = FAMILIES[name]
+        assert not {t.instruction for t in fam.templates} & seen_templates, f"{name} reuses a seen template"
+        assert any(set(fam.choices) <= set(FAMILIES[s].choices) for s in SEEN_FAMILIES), (
+            f"{name}'s answers must be of a kind some seen family answers, so generalisation is possible")
 
 
 def test_tasks_are_deterministic_and_seeded():
@@ -48,7 +57,7 @@ def test_reference_outputs_score_right_and_other_answers_wrong(tasks):
 def test_answers_are_ground_truth_of_the_story(tasks):
     for task in tasks:
         for word in task.answer.replace(",", " ").split():
-            if task.family != "sentiment":
+            if FAMILIES[task.family].choices != SENTIMENTS:  # sentiment labels are not words of the story
                 assert word in task.story.split(), task
 
 

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from collections.abc import Callable, Sequence
 
-from .corpus import COLORS, NAMES, NEGATIVE, NUMBERS, PLACES, POSITIVE, Story, make_split_stories, plural
+from .corpus import NAMES, NEGATIVE, NUMBERS, PLACES, POSITIVE, Story, make_split_stories, plural
 
 SENTIMENTS = ("positive", "negative")
 BASE_FORM = {"chased": "chase", "found": "find", "saw": "see", "followed": "follow", "helped": "help",
@@ -101,18 +101,18 @@ def _names(story: Story) -> list[dict]:
     return [{"story": story.text, "answer": " , ".join(unique)}] if unique else []
 
 
-def _color(story: Story) -> list[dict]:
-    return [{"story": story.text, "subject": f["subject"], "verb": f["verb"], "object": f["object"],
-             "answer": f["color"]} for f in _facts(story, "action")]
+def _give_place(story: Story) -> list[dict]:
+    return [{"story": story.text, "giver": f["subject"], "object": f["object"], "recipient": f["recipient"],
+             "answer": f["place"]} for f in _facts(story, "give")]
 
 
-def _recipient(story: Story) -> list[dict]:
-    return [{"story": story.text, "object": f["object"], "giver": f["subject"], "answer": f["recipient"]}
-            for f in _facts(story, "give")]
+def _person_sentiment(story: Story) -> list[dict]:
+    return [{"story": story.text, "subject": f["subject"], "answer": SENTIMENTS[1 - f["sentiment"]]}
+            for f in _facts(story, "feeling")]
 
 
-def _feeling(story: Story) -> list[dict]:
-    return [{"story": story.text, "subject": f["subject"], "answer": f["feeling"]} for f in _facts(story, "feeling")]
+def _who_felt(story: Story) -> list[dict]:
+    return [{"story": story.text, "feeling": f["feeling"], "answer": f["subject"]} for f in _facts(story, "feeling")]
 
 
 T = Template
@@ -137,23 +137,25 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
                              T("{story}\nwho is in this story ?"),
                              T("write every name that appears in the story .\n{story}")),
            tuple(NAMES), is_list=True),
-    # held-out families: never used for SFT
-    Family("color", _color, (T("{story}\nwhat color was the {subject} that {verb} the {object} ?"),
-                             T("{story}\nwhich color did the {subject} have ?")),
-           tuple(COLORS)),
-    Family("recipient", _recipient, (T("{story}\nwho got the {object} from {giver} ?"),
-                                     T("{story}\nto whom did {giver} give the {object} ?")),
+    # held-out families: never used for SFT. Each asks a NEW question (an unseen template on a different kind of
+    # sentence) whose answer is of a kind a seen family answers: a place, a sentiment, a name (T0/FLAN-style
+    # held-out tasks), so a model can only get them right by generalising what SFT taught it.
+    Family("give_place", _give_place, (T("{story}\nat which place did {giver} give the {object} to {recipient} ?"),
+                                       T("{story}\nwhere did {recipient} get the {object} from {giver} ?")),
+           tuple(PLACES)),
+    Family("person_sentiment", _person_sentiment, (T("{story}\nwas {subject} feeling positive or negative ?"),
+                                                   T("{story}\ndescribe the mood of {subject} : positive or negative ?")),
+           SENTIMENTS),
+    Family("who_felt", _who_felt, (T("{story}\nwho was {feeling} ?"),
+                                   T("{story}\nname the person who felt {feeling} .")),
            tuple(NAMES)),
-    Family("feeling", _feeling, (T("{story}\nhow did {subject} feel ?"),
-                                 T("{story}\nwhat was the feeling of {subject} ?")),
-           tuple(POSITIVE + NEGATIVE)),
 ]}
 SEEN_FAMILIES = ("where", "how_many", "sentiment", "who_gave", "names")
 # A digest of every family's wording: the zoo's tiny-gpt tokenizer is fitted on these texts, so its cache
 # key must change whenever a template or family changes.
 TEMPLATES_DIGEST = hashlib.sha256(repr([(f.name, f.templates, f.choices) for f in FAMILIES.values()]).encode()
                                   ).hexdigest()[:12]
-HELD_OUT_FAMILIES = ("color", "recipient", "feeling")
+HELD_OUT_FAMILIES = ("give_place", "person_sentiment", "who_felt")
 
 
 def _family(name: str) -> Family:
