@@ -57,3 +57,12 @@ def test_grading_prepares_the_course_models_first(monkeypatch):
     monkeypatch.setattr(zoo, "load_pretrained", lambda name, progress=True: asked.append(name))
     grading.warm_zoo()
     assert asked == list(zoo.RECIPES)
+
+
+@pytest.mark.skipif(sandbox.unavailable_reason() is not None, reason="no sandbox here")
+def test_a_virtual_environment_under_tmp_stays_visible(tmp_path, monkeypatch):
+    venv = tmp_path / "venv"  # under /tmp, which the sandbox replaces with its own
+    venv.mkdir()
+    monkeypatch.setattr(sandbox.sys, "prefix", str(venv))
+    args = sandbox.sandbox_prefix(tmp_path / "work", [])
+    assert ["--ro-bind", str(venv.resolve()), str(venv.resolve())] in [args[i:i + 3] for i in range(len(args))]

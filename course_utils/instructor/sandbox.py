@@ -78,8 +78,8 @@ def sandbox_prefix(workdir: str | Path, hide: list, limits: Limits = Limits()) -
             args += ["--tmpfs", str(folder)]
     # Bring back what the kernel needs if a hidden folder covered it (e.g. the course in the same checkout).
     needed = [PACKAGE_ROOT / "course_utils", Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()]
-    for path in needed:
-        if _inside(path, hidden):
+    for path in needed:  # (a checkout or virtual environment under /tmp would vanish with the private /tmp)
+        if _inside(path, hidden) or _inside(path, [Path("/tmp")]):
             args += ["--ro-bind", str(path), str(path)]
     cache = _cache_root().resolve()  # the course's cached models, read-only, even under the private /tmp
     if cache.is_dir() and (_inside(cache, hidden) or _inside(cache, [Path("/tmp")])):
