@@ -2,7 +2,9 @@
 
 Both train at nanoGPT's documented CPU setting (n_layer 4, n_head 4, n_embd 128, block 64, batch 12,
 dropout 0, AdamW lr 1e-3 with betas (0.9, 0.99), weight decay 0.1, 100 warm-up steps, cosine to
-1e-4, clipping at 1.0) on the same character-level text, with the same batches, on this machine.
+1e-4, clipping at 1.0) on the same character-level text, on this machine. Both draw random windows of the
+text: nanoGPT with replacement (its get_batch), the course without (a shuffled DataLoader, which shards
+over processes).
 
 - "course": ``course_utils.pretrain.pretrain`` (a transformers GPT2LMHeadModel with sdpa attention
   and the course's training loop), exactly what `course pretrain` and lecture 03 run.

@@ -6,6 +6,10 @@ One code path serves `course pretrain --text FILE` and lecture 03: ``pretrain`` 
 gradient clipping) on random windows of the token stream, prints tokens/s and validation loss, and
 saves a checkpoint that ``AutoModelForCausalLM.from_pretrained`` and ``AutoTokenizer.from_pretrained``
 load. The defaults are nanoGPT's CPU setting for character-level Shakespeare.
+
+Under ``accelerate launch`` the same command trains data-parallel: every global batch of windows is
+split between the processes (so the loss curve matches one process at the same batch size), gradients
+are averaged, and only the main process prints and saves.
 """
 from __future__ import annotations
 
@@ -75,6 +79,34 @@ def get_batch(data: torch.Tensor, block_size: int, batch_size: int,
     start = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
     windows = data.unfold(0, block_size + 1, 1)[start]  # (batch_size, block_size + 1), one copy
     return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
+
+
+class Windows(torch.utils.data.Dataset):
+    """Every window of the token stream: item ``i`` is ``(x, y)``, ``block_size`` tokens from ``i`` and the next ones."""
+
+    def __init__(self, data: torch.Tensor, block_size: int):
+        if len(data) <= block_size:
+            raise ValueError(f"the data has {len(data)} tokens, not more than block_size={block_size}: "
+                             "use a smaller block size or more text")
+        self.data, self.block_size = data, block_size
+
+    def __len__(self) -> int:
+        return len(self.data) - self.block_size
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        window = self.data[i : i + self.block_size + 1]
+        return window[:-1], window[1:]
+
+
+def window_loader(data: torch.Tensor, block_size: int, batch_size: int, seed: int = 0) -> torch.utils.data.DataLoader:
+    """Random windows in batches, each start position once per epoch (like ``get_batch``, without replacement).
+
+    A seeded ``DataLoader``: ``accelerate`` can split its batches between processes, and every process
+    draws the same order, so no window is seen twice in an epoch.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(Windows(data, block_size), batch_size=batch_size, shuffle=True,
+                                       drop_last=True, generator=generator)
 
 
 def make_blocks(data: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,12 +215,19 @@ def pretrain(text: str, tokenizer_kind: str = "char", vocab_size: int = 512, n_l
              dropout: float = 0.0, eval_interval: int = 250, eval_blocks: int = 200, device: str = "auto",
              seed: int = 0, out_dir: str | Path | None = None, progress: bool = True, verbose: bool = True,
              tokenizer: PreTrainedTokenizerFast | None = None,
-             callback: Callable[[int, History], None] | None = None, val_text: str | None = None) -> Pretrained:
+             callback: Callable[[int, History], None] | None = None, val_text: str | None = None,
+             accelerator=None) -> Pretrained:
     """Train a GPT-2 on ``text`` and return ``(model, tokenizer, history, val_loss)``; save it to ``out_dir`` if given.
 
     Validation uses ``val_text`` when given (all of ``text`` is then trained on), else the last 10% of ``text``.
+    With an ``accelerate.Accelerator`` it trains on the accelerator's processes and device (``device`` is
+    then ignored); ``batch_size`` is the global batch, split between the processes.
     """
-    device = resolve_device(device)
+    main_process = accelerator is None or accelerator.is_main_process
+    if accelerator is not None and batch_size % accelerator.num_processes:
+        raise ValueError(f"batch_size={batch_size} cannot be split between {accelerator.num_processes} processes: "
+                         "use a multiple of the number of processes")
+    device = accelerator.device if accelerator is not None else resolve_device(device)
     for name, value in dict(max_iters=max_iters, batch_size=batch_size, eval_interval=eval_interval).items():
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -200,8 +239,7 @@ def pretrain(text: str, tokenizer_kind: str = "char", vocab_size: int = 512, n_l
         raise ValueError(f"block_size={block_size} is larger than the validation data ({len(val_ids)} tokens, "
                          f"{where}): use a smaller block size or a longer text")
     model = build_gpt2(len(tokenizer), n_layer, n_head, n_embd, block_size, dropout, tokenizer.eos_token_id)
-    generator = torch.Generator().manual_seed(seed)
-    say = tqdm.write if verbose else (lambda *a, **k: None)
+    say = tqdm.write if verbose and main_process else (lambda *a, **k: None)
     say(f"{len(ids):,} tokens ({tokenizer_kind}, vocab {len(tokenizer)}): {len(train_ids):,} train, "
         f"{len(val_ids):,} val | model {count_parameters(model):,} parameters | device {device}")
 
@@ -213,20 +251,24 @@ def pretrain(text: str, tokenizer_kind: str = "char", vocab_size: int = 512, n_l
         if callback is not None:
             callback(step, history)
 
-    history = train(model, lambda: get_batch(train_ids, block_size, batch_size, generator), steps=max_iters,
+    history = train(model, window_loader(train_ids, block_size, batch_size, seed), steps=max_iters,
                     lr=lr, warmup=min(warmup, max_iters - 1), weight_decay=weight_decay, clip=1.0, device=device,
                     loss_fn=lm_loss, eval_fn=lambda: estimate_loss(model, val_ids, block_size, eval_blocks),
-                    eval_every=eval_interval, progress=progress, desc="pretraining", betas=(0.9, 0.99),
-                    min_lr_ratio=min_lr_ratio, callback=report)
+                    eval_every=eval_interval, progress=progress and main_process, desc="pretraining",
+                    betas=(0.9, 0.99), min_lr_ratio=min_lr_ratio, callback=report, accelerator=accelerator)
     val_loss = history.evals[-1][1]
     say(f"done: val loss {val_loss:.4f} (perplexity {math.exp(val_loss):.2f}), "
         f"{history.tokens_per_s:,.0f} tokens/s over {max_iters * batch_size * block_size:,} training tokens")
-    if out_dir is not None:
+    if out_dir is not None and main_process:
         info = dict(tokenizer=tokenizer_kind, n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
                     batch_size=batch_size, max_iters=max_iters, lr=lr, val_loss=val_loss,
-                    tokens_per_s=history.tokens_per_s, parameters=count_parameters(model))
+                    tokens_per_s=history.tokens_per_s, parameters=count_parameters(model),
+                    processes=accelerator.num_processes if accelerator is not None else 1,
+                    train_losses=history.losses)
         save_checkpoint(model, tokenizer, out_dir, info)
         say(f"saved to {out_dir}: load it with AutoModelForCausalLM.from_pretrained({str(out_dir)!r})")
+    if accelerator is not None:
+        accelerator.wait_for_everyone()  # no process exits before the checkpoint is written
     return Pretrained(model.eval(), tokenizer, history, val_loss)
 
 
@@ -239,7 +281,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-head", type=int, default=4)
     parser.add_argument("--n-embd", type=int, default=128)
     parser.add_argument("--block-size", type=int, default=64, help="context length in tokens (default: 64)")
-    parser.add_argument("--batch-size", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=12,
+                        help="windows per step over all processes (default: 12); split between processes")
+    parser.add_argument("--grad-accum", type=int, default=1,
+                        help="batches accumulated per optimizer step (default: 1): a larger batch in the same memory")
+    parser.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default=None,
+                        help="autocast on GPU (default: what `accelerate config`/`accelerate launch` set, else no)")
     parser.add_argument("--max-iters", type=int, default=2000)
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: 1e-3)")
     parser.add_argument("--warmup", type=int, default=100, help="warm-up steps (default: 100)")
@@ -252,20 +299,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
 
 
+def make_accelerator(device: str = "auto", grad_accum: int = 1, mixed_precision: str | None = None):
+    """The ``accelerate.Accelerator`` of `course pretrain`: one process, or the ones `accelerate launch` started."""
+    from accelerate import Accelerator, DataLoaderConfiguration
+
+    if not isinstance(grad_accum, int) or grad_accum < 1:
+        raise ValueError(f"grad_accum must be a positive int, got {grad_accum!r}")
+    on_cpu = resolve_device(device).type == "cpu"  # also a clear error for a device this machine lacks
+    # cpu=True makes processes started by `accelerate launch` (torchrun) on a CPU machine join with gloo
+    return Accelerator(cpu=on_cpu, gradient_accumulation_steps=grad_accum, mixed_precision=mixed_precision,
+                       dataloader_config=DataLoaderConfiguration(split_batches=True))
+
+
 def main(args: argparse.Namespace) -> int:
     """Run `course pretrain`; returns the exit code (2 with a message on bad input)."""
     transformers.utils.logging.disable_progress_bar()  # our own bar reports training; no "Writing model shards"
     try:
         text = read_text_file(args.text, min_chars=MIN_CHARS)
+        accelerator = make_accelerator(args.device, args.grad_accum, args.mixed_precision)
         model, tokenizer, _, _ = pretrain(
             text, args.tokenizer, vocab_size=args.vocab_size, n_layer=args.n_layer, n_head=args.n_head,
             n_embd=args.n_embd, block_size=args.block_size, batch_size=args.batch_size, max_iters=args.max_iters,
             lr=args.lr, warmup=args.warmup, dropout=args.dropout, eval_interval=args.eval_interval,
-            device=args.device, seed=args.seed, out_dir=args.out, progress=not args.no_progress)
+            seed=args.seed, out_dir=args.out, progress=not args.no_progress, accelerator=accelerator)
     except (ValueError, FloatingPointError) as exc:  # bad input, or a diverging run (lower --lr)
         print(f"course pretrain: {exc}", file=sys.stderr)
         return 2
-    if args.sample > 0:  # one sample from a newline, as long as the context allows
+    if args.sample > 0 and accelerator.is_main_process:  # one sample from a newline, as long as the context allows
         prompt = tokenizer.backend_tokenizer.encode("\n").ids[:1] or [tokenizer.eos_token_id]
         out = model.generate(torch.tensor([prompt], device=model.device), do_sample=True, top_k=50,
                              max_new_tokens=min(args.sample, model.config.n_positions - 1))

@@ -2,14 +2,16 @@
 
 ``train`` works for any model whose loss comes from ``loss_fn(model, batch)``; by default that is
 ``model(**batch).loss``, which every `transformers` model with labels returns. Batches come from a
-function (called once per step, like nanoGPT's ``get_batch``) or from any iterable (cycled).
+function (called once per step, like nanoGPT's ``get_batch``) or from any iterable (re-iterated, so a
+shuffling ``DataLoader`` reshuffles every epoch). Given an ``accelerate.Accelerator``, the same loop runs
+data-parallel over processes (``accelerate launch``), with its gradient accumulation and mixed precision.
 """
 from __future__ import annotations
 
-import itertools
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -36,10 +38,23 @@ def default_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
 def _batch_source(batches: Callable[[], dict] | Iterable[dict]) -> Callable[[], dict]:
     if callable(batches):
         return batches
+    if isinstance(batches, Iterator):  # a generator runs once: keep its batches and cycle through them
+        batches = list(batches)
     if isinstance(batches, Iterable):
-        cycle = itertools.cycle(batches)
-        return lambda: next(cycle)
+        stream = _epochs(batches)
+        return lambda: next(stream)
     raise TypeError("batches must be a function returning a batch, or an iterable of batches")
+
+
+def _epochs(batches: Iterable) -> Iterator:
+    """The batches of ``batches``, epoch after epoch (each epoch a fresh pass, so loaders reshuffle)."""
+    while True:
+        empty = True
+        for batch in batches:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("batches is empty: give at least one batch")
 
 
 def _to(batch, device):
@@ -60,12 +75,16 @@ def train(model: torch.nn.Module, batches, steps: int, lr: float = 1e-3, warmup:
           loss_fn: Callable = default_loss, eval_fn: Callable[[], float] | None = None,
           eval_every: int = 0, progress: bool = True, desc: str = "training",
           betas: tuple[float, float] = (0.9, 0.999), min_lr_ratio: float = 0.0,
-          callback: Callable[[int, History], None] | None = None, fused: bool | None = None) -> History:
+          callback: Callable[[int, History], None] | None = None, fused: bool | None = None,
+          accelerator=None) -> History:
     """Train ``model`` for ``steps`` optimizer steps and return the loss history.
 
     The learning rate warms up linearly for ``warmup`` steps, then follows a cosine down to
     ``min_lr_ratio * lr``. ``callback(step, history)`` runs after every step (live plots, logging).
     ``fused=None`` uses PyTorch's fused AdamW on CPU and CUDA (faster; same update rule).
+    With an ``accelerate.Accelerator`` (see ``course_utils.pretrain``), model, optimizer and a
+    ``DataLoader`` of batches are prepared by it: each step then takes ``gradient_accumulation_steps``
+    batches, gradients are averaged over processes, and the logged loss is the mean over processes.
     """
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
@@ -73,9 +92,10 @@ def train(model: torch.nn.Module, batches, steps: int, lr: float = 1e-3, warmup:
         raise ValueError(f"lr must be positive, got {lr}")
     if not 0.0 <= min_lr_ratio <= 1.0:
         raise ValueError(f"min_lr_ratio must be between 0 and 1, got {min_lr_ratio}")
+    if accelerator is not None:
+        device = accelerator.device
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device).train()
-    next_batch = _batch_source(batches)
     warmup = max(1, steps // 10) if warmup is None else warmup
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -87,22 +107,37 @@ def train(model: torch.nn.Module, batches, steps: int, lr: float = 1e-3, warmup:
                                    {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=betas,
                                   **({"fused": True} if fused else {}))
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(optimizer, warmup, steps, min_lr_rate=min_lr_ratio)
+    micro, processes, wrapped = 1, 1, model
+    if accelerator is not None:
+        micro, processes = accelerator.gradient_accumulation_steps, accelerator.num_processes
+        wrapped, optimizer = accelerator.prepare(model, optimizer)  # the scheduler is stepped once per step below
+        if isinstance(batches, torch.utils.data.DataLoader):
+            batches = accelerator.prepare(batches)  # each process gets its own part of every batch
+    next_batch = _batch_source(batches)
+    backward = accelerator.backward if accelerator is not None else torch.Tensor.backward
+    clip_norm = accelerator.clip_grad_norm_ if accelerator is not None else torch.nn.utils.clip_grad_norm_
+    optimizer.zero_grad(set_to_none=True)  # gradients left by earlier code must not leak into step 1
     history, n_tokens, overhead = History(), 0, 0.0  # overhead: time in evaluations and callbacks
     start = time.perf_counter()
     bar = tqdm(range(1, steps + 1), desc=desc, disable=not progress, mininterval=0.5)
     for step in bar:
-        batch = _to(next_batch(), device)
-        n_tokens += _count_tokens(batch)
-        loss = loss_fn(model, batch)
-        loss_value = loss.item()  # the one host sync per step
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"loss became {loss_value} at step {step}: lower lr (now {lr}) or check the data")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        history.lrs.append(scheduler.get_last_lr()[0])
-        optimizer.step()
+        loss_value = 0.0
+        for _ in range(micro):  # gradient accumulation: several batches, one optimizer step
+            batch = _to(next_batch(), device)
+            n_tokens += _count_tokens(batch) * processes
+            with accelerator.accumulate(wrapped) if accelerator is not None else nullcontext():
+                loss = loss_fn(wrapped, batch)
+                mean_loss = accelerator.reduce(loss.detach(), "mean") if processes > 1 else loss
+                loss_value += mean_loss.item() / micro  # the one host sync per batch
+                if not math.isfinite(loss_value):
+                    raise FloatingPointError(f"loss became {loss_value} at step {step}: lower lr (now {lr}) or check the data")
+                backward(loss)
+                if clip and (accelerator is None or accelerator.sync_gradients):
+                    clip_norm(model.parameters(), clip)
+                if accelerator is None or accelerator.sync_gradients:
+                    history.lrs.append(scheduler.get_last_lr()[0])
+                optimizer.step()  # a prepared optimizer steps only when the accumulated gradients are synced
+                optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         history.steps.append(step)
         history.losses.append(loss_value)
