@@ -104,3 +104,48 @@ def test_train_stops_on_a_diverging_loss():
 
 def test_smooth():
     assert smooth([1.0, 3.0, 5.0], window=2) == [1.0, 2.0, 4.0]
+
+
+CONCURRENT_LOAD = """
+import sys, time
+from pathlib import Path
+from course_utils.pretrain import build_gpt2
+from course_utils.world import zoo
+from course_utils.world.tokenization import train_char
+
+def note(line):
+    with open(sys.argv[1], "a") as log:
+        log.write(line + "\\n")
+
+def toy(recipe, progress=True):
+    note("trained")
+    deadline = time.time() + 120
+    while Path(sys.argv[1]).read_text().count("arrived") < 2 and time.time() < deadline:
+        time.sleep(0.1)  # keep training until the other process has asked for the model too
+    tokenizer = train_char("abc " * 100)
+    return build_gpt2(len(tokenizer), 1, 1, 8, 8), tokenizer
+
+zoo.RECIPES["toy"], zoo.PRETRAINERS["toy"] = {"n": 1}, toy
+note("arrived")
+model, _ = zoo.load_pretrained("toy", progress=False)
+assert model.config.n_embd == 8
+"""
+
+
+def test_concurrent_first_use_trains_a_course_model_once(tmp_path):
+    """Two processes asking for an uncached course model: one trains it, the other waits and loads it."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "COURSE_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    log = tmp_path / "log.txt"
+    runs = [subprocess.Popen([sys.executable, "-c", CONCURRENT_LOAD, str(log)], env=env, stderr=subprocess.PIPE,
+                             text=True) for _ in range(2)]
+    for run in runs:
+        assert run.wait(timeout=300) == 0, run.stderr.read()[-2000:]
+    assert log.read_text().count("arrived") == 2
+    assert log.read_text().count("trained") == 1, "both processes trained the model"
+    assert len([p for p in (tmp_path / "cache" / "zoo").iterdir() if p.is_dir()]) == 1

@@ -10,6 +10,7 @@ Masked or causal LM is read from the config's ``architectures``.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -127,6 +128,22 @@ def _auto_class(name: str, local: bool):
     return AutoModelForMaskedLM
 
 
+@contextlib.contextmanager
+def _training_lock(path: Path):
+    """An exclusive lock on ``path``'s model while it is trained (POSIX; elsewhere a concurrent run trains it too)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path.parent / f".{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def load_pretrained(name: str = "tiny-bert", attn_implementation: str | None = None, progress: bool = True):
     """Return ``(model, tokenizer)`` for a course model name, a hub id or a local folder.
 
@@ -150,15 +167,17 @@ def _load(name: str, attn_implementation: str | None, progress: bool):
     if name in RECIPES:
         path = _recipe_path(name)
         if not (path / "config.json").is_file():
-            model, tokenizer = PRETRAINERS[name](RECIPES[name], progress=progress)
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{name}-"))
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            try:
-                tmp.rename(path)  # atomic: a concurrent run that finished first wins
-            except OSError:
-                shutil.rmtree(tmp, ignore_errors=True)
+            with _training_lock(path):  # another process training the same model: wait for it, then load
+                if not (path / "config.json").is_file():
+                    model, tokenizer = PRETRAINERS[name](RECIPES[name], progress=progress)
+                    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{name}-"))
+                    model.save_pretrained(tmp)
+                    tokenizer.save_pretrained(tmp)
+                    try:
+                        tmp.rename(path)  # atomic: readers never see a half-written folder
+                    except OSError:
+                        shutil.rmtree(tmp, ignore_errors=True)
         name = str(path)
     elif Path(name).exists() and not (Path(name) / "config.json").is_file():
         raise ValueError(f"{name} is a folder without config.json: save a model there with save_pretrained")
