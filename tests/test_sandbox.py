@@ -66,3 +66,15 @@ def test_a_virtual_environment_under_tmp_stays_visible(tmp_path, monkeypatch):
     monkeypatch.setattr(sandbox.sys, "prefix", str(venv))
     args = sandbox.sandbox_prefix(tmp_path / "work", [])
     assert ["--ro-bind", str(venv.resolve()), str(venv.resolve())] in [args[i:i + 3] for i in range(len(args))]
+
+
+@pytest.mark.skipif(sandbox.unavailable_reason() is not None, reason="no sandbox here")
+def test_a_linked_virtual_environment_under_tmp_is_bound_where_the_link_is(tmp_path, monkeypatch):
+    real = tmp_path / "elsewhere" / "venv"
+    real.mkdir(parents=True)
+    link = tmp_path / "checkout" / ".venv"  # a checkout under /tmp whose .venv links to a venv elsewhere
+    link.parent.mkdir()
+    link.symlink_to(real)
+    monkeypatch.setattr(sandbox.sys, "prefix", str(link))
+    args = sandbox.sandbox_prefix(tmp_path / "work", [])
+    assert ["--ro-bind", str(real.resolve()), str(link)] in [args[i:i + 3] for i in range(len(args))]

@@ -77,10 +77,13 @@ def sandbox_prefix(workdir: str | Path, hide: list, limits: Limits = Limits()) -
         if folder.is_dir() and not _inside(workdir, [folder]):
             args += ["--tmpfs", str(folder)]
     # Bring back what the kernel needs if a hidden folder covered it (e.g. the course in the same checkout).
-    needed = [PACKAGE_ROOT / "course_utils", Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()]
-    for path in needed:  # (a checkout or virtual environment under /tmp would vanish with the private /tmp)
+    # (a checkout or virtual environment under /tmp would vanish with the private /tmp). A path is bound both
+    # where it really is and where a symbolic link puts it (e.g. /tmp/checkout/.venv -> /work/.venv), since
+    # the kernel is started through the link.
+    needed = [PACKAGE_ROOT / "course_utils", Path(sys.prefix), Path(sys.base_prefix)]
+    for path in sorted({q for p in needed for q in (p.absolute(), p.resolve())}):
         if _inside(path, hidden) or _inside(path, [Path("/tmp")]):
-            args += ["--ro-bind", str(path), str(path)]
+            args += ["--ro-bind", str(path.resolve()), str(path)]
     cache = _cache_root().resolve()  # the course's cached models, read-only, even under the private /tmp
     if cache.is_dir() and (_inside(cache, hidden) or _inside(cache, [Path("/tmp")])):
         args += ["--ro-bind", str(cache), str(cache)]
