@@ -10,7 +10,7 @@ from notebook_helpers import total
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = ROOT / "solutions" / "03_gpt_pretraining.ipynb"
-TOTAL = 24
+TOTAL = 31
 
 NO_CAUSAL_MASK = """
 B, T, C = x.shape
@@ -45,6 +45,18 @@ for name, p in params.items():
     new_params[name] = p - lr * m_hat / (v_hat.sqrt() + eps)
 return new_params, {"step": t, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
 """
+ROPE_ON_VALUES_TOO = """
+B, T, D = x.shape
+d_head = D // n_heads
+h = rms_norm(x, w["input_layernorm"], eps)
+q, k, v = ((h @ w[n].T).view(B, T, n_heads, d_head).transpose(1, 2) for n in ("q_proj", "k_proj", "v_proj"))
+q, k, v = apply_rotary(q, theta), apply_rotary(k, theta), apply_rotary(v, theta)
+scores = q @ k.transpose(-2, -1) / math.sqrt(d_head)
+causal = torch.ones(T, T, dtype=torch.bool).tril()
+weights = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
+x = x + (weights @ v).transpose(1, 2).reshape(B, T, D) @ w["o_proj"].T
+return x + swiglu_mlp(rms_norm(x, w["post_attention_layernorm"], eps), w["gate_proj"], w["up_proj"], w["down_proj"])
+"""
 BEAM_ON_RAW_LOGITS = """
 beams, scores = input_ids, torch.zeros(1)
 for _ in range(max_new_tokens):
@@ -71,14 +83,24 @@ def replaced(nb, **codes):
     return nb
 
 
+def ties_as_found(nb):
+    """A BPE trainer that breaks ties by whichever pair was counted first (one line of the bpe cell)."""
+    cell = next(c for c in nb.cells if nbgrader_meta(c).get("grade_id") == "bpe_impl")
+    line = "best = min(pairs, key=lambda pair: (-pairs[pair], tie_key(pair)))"
+    assert line in cell.source
+    cell.source = cell.source.replace(line, "best = max(pairs, key=pairs.get)")
+    return nb
+
+
 @pytest.fixture(scope="module")
 def gradebook(grade_notebooks):
     solution = read_notebook(SOLUTION)
     wrong_versions = {
-        "model_and_loss_mistakes": replaced(solution, attention_impl=NO_CAUSAL_MASK, loss_impl=LOSS_WITHOUT_SHIFT,
-                                            schedule_impl=WARMUP_OFF_BY_ONE, clip_impl=CLIP_PER_TENSOR),
+        "model_and_loss_mistakes": ties_as_found(replaced(
+            solution, attention_impl=NO_CAUSAL_MASK, loss_impl=LOSS_WITHOUT_SHIFT, schedule_impl=WARMUP_OFF_BY_ONE,
+            clip_impl=CLIP_PER_TENSOR)),
         "decoding_mistakes": drop_crossing_token(replaced(solution, beam_impl=BEAM_ON_RAW_LOGITS,
-                                                          adamw_impl=ADAM_WITH_L2)),
+                                                          adamw_impl=ADAM_WITH_L2, llama_block_impl=ROPE_ON_VALUES_TOO)),
     }
     return grade_notebooks(SOLUTION, wrong_versions)
 
@@ -97,9 +119,10 @@ def test_untouched_lab_gets_zero(gradebook):
 @pytest.mark.parametrize("name, lost", [  # exercise -> words its message must contain
     ("model_and_loss_mistakes", {"attention_check": "no causal mask", "block_check": "attention check",
                                  "gpt_check": "", "loss_check": "no shift", "schedule_check": "off by one",
-                                 "clip_check": "OWN norm"}),
+                                 "clip_check": "OWN norm", "bpe_check": "first one found"}),
     ("decoding_mistakes", {"beam_check": "LOG-probabilities", "top_p_check": "crosses top_p",
-                           "sampling_check": "chi-square", "adamw_check": "L2"}),
+                           "sampling_check": "chi-square", "adamw_check": "L2",
+                           "llama_block_check": "values too"}),
 ])
 def test_plausible_mistakes_lose_the_points_they_break(gradebook, name, lost):
     rows = gradebook[name]
