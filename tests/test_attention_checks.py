@@ -1,12 +1,17 @@
 """The lab 01 checks accept correct code and reject plausible mistakes with a useful message."""
 import math
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 
 from course_utils.checks import CheckError
-from course_utils.checks.attention import check_attention, check_masks, check_multi_head_attention
+from course_utils.checks.attention import (check_attention, check_decode_step, check_fused_attention, check_masks,
+                                           check_multi_head_attention)
+from notebook_helpers import solution_namespace
+
+SOLUTION = Path(__file__).resolve().parents[1] / "solutions" / "01_attention.ipynb"
 
 
 def attention(q, k, v, mask=None):
@@ -124,13 +129,6 @@ def test_mha_without_expected_attributes_gets_told_what_is_missing():
 
 # --- Exercises 4 and 5: fused causal + padding attention, one KV-cached step ------------------------
 
-from pathlib import Path  # noqa: E402
-
-from course_utils.checks.attention import check_decode_step, check_fused_attention  # noqa: E402
-from notebook_helpers import solution_namespace  # noqa: E402
-
-SOLUTION = Path(__file__).resolve().parents[1] / "solutions" / "01_attention.ipynb"
-
 
 @pytest.fixture(scope="module")
 def sol():
@@ -188,8 +186,7 @@ def _cached(sol, append=True, attend_past_only=False, whole=False, mutate=False)
         keys, values = (past_k, past_v) if attend_past_only and past_k.shape[2] else (new_k, new_v)
         out, _ = sol["scaled_dot_product_attention"](q, keys, values)
         if mutate:
-            past_k.mul_(1.0)  # touches nothing but is still an in-place write: caught only if values change
-            past_k.add_(1.0)
+            past_k.add_(1.0)  # writes into the cache it was given
         y = self.out_proj(self.merge_heads(out))
         if whole:
             y = torch.cat([torch.zeros(y.shape[0], past_k.shape[2], y.shape[2], dtype=y.dtype), y], dim=1)
