@@ -1,12 +1,17 @@
 """The lab 01 checks accept correct code and reject plausible mistakes with a useful message."""
 import math
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 
 from course_utils.checks import CheckError
-from course_utils.checks.attention import check_attention, check_masks, check_multi_head_attention
+from course_utils.checks.attention import (check_attention, check_decode_step, check_fused_attention, check_masks,
+                                           check_multi_head_attention)
+from notebook_helpers import solution_namespace
+
+SOLUTION = Path(__file__).resolve().parents[1] / "solutions" / "01_attention.ipynb"
 
 
 def attention(q, k, v, mask=None):
@@ -120,3 +125,89 @@ def test_mha_without_expected_attributes_gets_told_what_is_missing():
 
     with pytest.raises(CheckError, match="q_proj"):
         check_multi_head_attention(NoProj)
+
+
+# --- Exercises 4 and 5: fused causal + padding attention, one KV-cached step ------------------------
+
+
+@pytest.fixture(scope="module")
+def sol():
+    return solution_namespace(SOLUTION, "checks import attention")
+
+
+def test_solution_passes_exercises_4_and_5(sol):
+    check_fused_attention(sol["FusedSelfAttention"])
+    check_decode_step(sol["CachedSelfAttention"])
+
+
+def _fused(sol, combine=lambda causal, pad: causal & pad, layout="qkv", causal_on=True):
+    def forward(self, x, attention_mask=None):
+        B, L, D = x.shape
+        fused = self.qkv(x)
+        if layout == "heads":
+            q, k, v = fused.view(B, L, self.n_heads, 3 * self.d_head).transpose(1, 2).chunk(3, dim=-1)
+        else:
+            q, k, v = (self.split_heads(t) for t in fused.chunk(3, dim=-1))
+        mask = sol["causal_mask"](L) if causal_on else torch.ones(L, L, dtype=torch.bool)
+        if attention_mask is not None:
+            mask = combine(mask, sol["padding_mask"](attention_mask))
+        out, _ = sol["scaled_dot_product_attention"](q, k, v, mask)
+        return self.out_proj(self.merge_heads(out))
+    return type("Wrong", (sol["FusedSelfAttention"],), {"forward": forward})
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(causal_on=False), "no causal mask"),
+    (dict(combine=lambda causal, pad: causal), "padding mask is missing"),
+    (dict(combine=lambda causal, pad: causal | pad), "combined with OR"),
+    (dict(layout="heads"), "wrong split of the fused projection"),
+])
+def test_fused_mistakes_are_named(sol, kwargs, words):
+    with pytest.raises(CheckError, match=words):
+        check_fused_attention(_fused(sol, **kwargs))
+
+
+def test_fused_with_unscaled_attention_fails(sol):
+    def forward(self, x, attention_mask=None):
+        q, k, v = (self.split_heads(t) for t in self.qkv(x).chunk(3, dim=-1))
+        mask = sol["causal_mask"](x.shape[1])
+        if attention_mask is not None:
+            mask = mask & sol["padding_mask"](attention_mask)
+        out, _ = attention_no_scale(q, k, v, mask)
+        return self.out_proj(self.merge_heads(out))
+    with pytest.raises(CheckError, match="output at real tokens"):
+        check_fused_attention(type("Wrong", (sol["FusedSelfAttention"],), {"forward": forward}))
+
+
+def _cached(sol, append=True, attend_past_only=False, whole=False, mutate=False):
+    def decode_step(self, x_new, past_k, past_v):
+        q, k, v = (self.split_heads(t) for t in self.qkv(x_new).chunk(3, dim=-1))
+        new_k, new_v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
+        keys, values = (past_k, past_v) if attend_past_only and past_k.shape[2] else (new_k, new_v)
+        out, _ = sol["scaled_dot_product_attention"](q, keys, values)
+        if mutate:
+            past_k.add_(1.0)  # writes into the cache it was given
+        y = self.out_proj(self.merge_heads(out))
+        if whole:
+            y = torch.cat([torch.zeros(y.shape[0], past_k.shape[2], y.shape[2], dtype=y.dtype), y], dim=1)
+        return (y, new_k, new_v) if append else (y, past_k, past_v)
+    return type("Wrong", (sol["FusedSelfAttention"],), {"decode_step": decode_step})
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(append=False), "append the new token"),
+    (dict(attend_past_only=True), "ALL cached keys"),
+    (dict(whole=True), "NEW position only"),
+    (dict(mutate=True), "in place"),
+])
+def test_decode_step_mistakes_are_named(sol, kwargs, words):
+    with pytest.raises(CheckError, match=words):
+        check_decode_step(_cached(sol, **kwargs))
+
+
+def test_untouched_decode_step_raises_not_implemented(sol):
+    class Stub(sol["FusedSelfAttention"]):
+        def decode_step(self, x_new, past_k, past_v):
+            raise NotImplementedError
+    with pytest.raises(NotImplementedError):
+        check_decode_step(Stub)

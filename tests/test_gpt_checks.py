@@ -24,10 +24,10 @@ def sol():
 
 def test_solution_passes_every_check_cell_hidden_tests_included(sol, capsys):
     cells = [c for c in read_notebook(SOLUTION).cells if nbgrader_meta(c).get("grade")]
-    assert len(cells) == 10 and sum(nbgrader_meta(c)["points"] for c in cells) == 20
+    assert len(cells) == 18 and sum(nbgrader_meta(c)["points"] for c in cells) == 31
     for cell in cells:
         exec(cell.source, dict(sol))
-    assert capsys.readouterr().out.count("all checks passed") == 20  # visible + hidden
+    assert capsys.readouterr().out.count("all checks passed") == 36  # visible + hidden
 
 
 # --- Exercise 1: attention ---------------------------------------------------------------------

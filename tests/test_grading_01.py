@@ -33,6 +33,28 @@ v = self.v_proj(value).reshape(B, self.n_heads, Lk, self.d_head)
 out, _ = scaled_dot_product_attention(q, k, v, mask)
 return self.out_proj(out.reshape(B, Lq, D))
 """
+FUSED_OR_MASKS = """
+q, k, v = (self.split_heads(t) for t in self.qkv(x).chunk(3, dim=-1))
+mask = causal_mask(x.shape[1])
+if attention_mask is not None:
+    mask = mask | padding_mask(attention_mask)
+out, _ = scaled_dot_product_attention(q, k, v, mask)
+return self.out_proj(self.merge_heads(out))
+"""
+CACHE_NOT_EXTENDED = """
+q, k, v = (self.split_heads(t) for t in self.qkv(x_new).chunk(3, dim=-1))
+keys, values = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
+out, _ = scaled_dot_product_attention(q, keys, values)
+return self.out_proj(self.merge_heads(out)), past_k, past_v
+"""
+TOTAL = 14
+
+
+def replaced(nb, **codes):
+    """``nb`` with the solution region of each grade_id replaced by the given code."""
+    for grade_id, code in codes.items():
+        nb = replace_solution(nb, grade_id, code)
+    return nb
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +63,8 @@ def gradebook(grade_notebooks):
     wrong_versions = {
         "no_scale": replace_solution(solution, "attention_impl", NO_SCALE),
         "mask_after_softmax": replace_solution(solution, "attention_impl", MASK_AFTER_SOFTMAX),
-        "heads_not_transposed": replace_solution(solution, "mha_impl", HEADS_NOT_TRANSPOSED),
+        "head_and_decoder_mistakes": replaced(solution, mha_impl=HEADS_NOT_TRANSPOSED, fused_impl=FUSED_OR_MASKS,
+                                              cache_impl=CACHE_NOT_EXTENDED),
     }
     return grade_notebooks(SOLUTION, wrong_versions)
 
@@ -49,23 +72,26 @@ def gradebook(grade_notebooks):
 
 def test_solution_gets_full_marks(gradebook):
     points, max_points = total(gradebook["solution"])
-    assert max_points == 8 and points == 8, {k: r.message for k, r in gradebook["solution"].items()}
+    assert max_points == TOTAL and points == TOTAL, {k: r.message for k, r in gradebook["solution"].items()}
 
 
 def test_untouched_lab_gets_zero(gradebook):
     rows = gradebook["untouched_lab"]
-    assert total(rows) == (0, 8)
+    assert total(rows) == (0, TOTAL)
     assert all("NotImplementedError" in r.message for r in rows.values() if r.exercise != "masks_check")
 
 
-@pytest.mark.parametrize("name, lost, words", [
-    ("no_scale", {"attention_check", "mha_check"}, "sqrt"),
-    ("mask_after_softmax", {"attention_check", "mha_check"}, "before the softmax"),  # MHA uses masks too
-    ("heads_not_transposed", {"mha_check"}, "Split the last dimension"),
+@pytest.mark.parametrize("name, lost", [  # exercise -> words its message must contain ("" for any)
+    ("no_scale", {"attention_check": "sqrt", "mha_check": "", "fused_check": "", "cache_check": ""}),
+    # MHA and the fused attention use masks too; the KV-cached step needs no mask, so it still passes
+    ("mask_after_softmax", {"attention_check": "before the softmax", "mha_check": "", "fused_check": ""}),
+    ("head_and_decoder_mistakes", {"mha_check": "Split the last dimension", "fused_check": "combined with OR",
+                                   "cache_check": "append the new token"}),
 ])
-def test_plausible_mistakes_lose_the_points_they_break(gradebook, name, lost, words):
+def test_plausible_mistakes_lose_the_points_they_break(gradebook, name, lost):
     rows = gradebook[name]
     failed = {ex for ex, r in rows.items() if r.points < r.max_points}
-    assert failed == lost, {ex: r.message for ex, r in rows.items()}
-    assert 0 < total(rows)[0] < 8
-    assert any(words in rows[ex].message for ex in lost), {ex: rows[ex].message for ex in lost}
+    assert failed == set(lost), {ex: r.message for ex, r in rows.items()}
+    assert 0 < total(rows)[0] < TOTAL
+    for exercise, words in lost.items():
+        assert words in rows[exercise].message, (exercise, rows[exercise].message)

@@ -10,7 +10,7 @@ from notebook_helpers import total
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = ROOT / "solutions" / "03_gpt_pretraining.ipynb"
-TOTAL = 20
+TOTAL = 31
 
 NO_CAUSAL_MASK = """
 B, T, C = x.shape
@@ -22,6 +22,40 @@ return self.c_proj((weights @ v).transpose(1, 2).reshape(B, T, C))
 """
 LOSS_WITHOUT_SHIFT = """
 return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100)
+"""
+WARMUP_OFF_BY_ONE = """
+if step < warmup_steps:
+    return max_lr * (step + 1) / warmup_steps
+progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+return min_lr + (max_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+"""
+CLIP_PER_TENSOR = """
+total_norm = torch.sqrt(sum((g ** 2).sum() for g in grads))
+return [g * torch.clamp(max_norm / (g.norm() + 1e-6), max=1.0) for g in grads], total_norm
+"""
+ADAM_WITH_L2 = """
+beta1, beta2 = betas
+t = state["step"] + 1
+new_params, exp_avg, exp_avg_sq = {}, {}, {}
+for name, p in params.items():
+    g = grads[name] + (weight_decay * p if p.dim() >= 2 else 0.0)  # L2 through the gradient
+    exp_avg[name] = beta1 * state["exp_avg"][name] + (1 - beta1) * g
+    exp_avg_sq[name] = beta2 * state["exp_avg_sq"][name] + (1 - beta2) * g * g
+    m_hat, v_hat = exp_avg[name] / (1 - beta1 ** t), exp_avg_sq[name] / (1 - beta2 ** t)
+    new_params[name] = p - lr * m_hat / (v_hat.sqrt() + eps)
+return new_params, {"step": t, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+"""
+ROPE_ON_VALUES_TOO = """
+B, T, D = x.shape
+d_head = D // n_heads
+h = rms_norm(x, w["input_layernorm"], eps)
+q, k, v = ((h @ w[n].T).view(B, T, n_heads, d_head).transpose(1, 2) for n in ("q_proj", "k_proj", "v_proj"))
+q, k, v = apply_rotary(q, theta), apply_rotary(k, theta), apply_rotary(v, theta)
+scores = q @ k.transpose(-2, -1) / math.sqrt(d_head)
+causal = torch.ones(T, T, dtype=torch.bool).tril()
+weights = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
+x = x + (weights @ v).transpose(1, 2).reshape(B, T, D) @ w["o_proj"].T
+return x + swiglu_mlp(rms_norm(x, w["post_attention_layernorm"], eps), w["gate_proj"], w["up_proj"], w["down_proj"])
 """
 BEAM_ON_RAW_LOGITS = """
 beams, scores = input_ids, torch.zeros(1)
@@ -42,13 +76,31 @@ def drop_crossing_token(nb):
     return nb
 
 
+def replaced(nb, **codes):
+    """``nb`` with the solution region of each grade_id replaced by the given code."""
+    for grade_id, code in codes.items():
+        nb = replace_solution(nb, grade_id, code)
+    return nb
+
+
+def ties_as_found(nb):
+    """A BPE trainer that breaks ties by whichever pair was counted first (one line of the bpe cell)."""
+    cell = next(c for c in nb.cells if nbgrader_meta(c).get("grade_id") == "bpe_impl")
+    line = "best = min(pairs, key=lambda pair: (-pairs[pair], tie_key(pair)))"
+    assert line in cell.source
+    cell.source = cell.source.replace(line, "best = max(pairs, key=pairs.get)")
+    return nb
+
+
 @pytest.fixture(scope="module")
 def gradebook(grade_notebooks):
     solution = read_notebook(SOLUTION)
     wrong_versions = {
-        "model_and_loss_mistakes": replace_solution(replace_solution(solution, "attention_impl", NO_CAUSAL_MASK),
-                                                    "loss_impl", LOSS_WITHOUT_SHIFT),
-        "decoding_mistakes": drop_crossing_token(replace_solution(solution, "beam_impl", BEAM_ON_RAW_LOGITS)),
+        "model_and_loss_mistakes": ties_as_found(replaced(
+            solution, attention_impl=NO_CAUSAL_MASK, loss_impl=LOSS_WITHOUT_SHIFT, schedule_impl=WARMUP_OFF_BY_ONE,
+            clip_impl=CLIP_PER_TENSOR)),
+        "decoding_mistakes": drop_crossing_token(replaced(solution, beam_impl=BEAM_ON_RAW_LOGITS,
+                                                          adamw_impl=ADAM_WITH_L2, llama_block_impl=ROPE_ON_VALUES_TOO)),
     }
     return grade_notebooks(SOLUTION, wrong_versions)
 
@@ -66,9 +118,11 @@ def test_untouched_lab_gets_zero(gradebook):
 
 @pytest.mark.parametrize("name, lost", [  # exercise -> words its message must contain
     ("model_and_loss_mistakes", {"attention_check": "no causal mask", "block_check": "attention check",
-                                 "gpt_check": "", "loss_check": "no shift"}),
+                                 "gpt_check": "", "loss_check": "no shift", "schedule_check": "off by one",
+                                 "clip_check": "OWN norm", "bpe_check": "first one found"}),
     ("decoding_mistakes", {"beam_check": "LOG-probabilities", "top_p_check": "crosses top_p",
-                           "sampling_check": "chi-square"}),
+                           "sampling_check": "chi-square", "adamw_check": "L2",
+                           "llama_block_check": "values too"}),
 ])
 def test_plausible_mistakes_lose_the_points_they_break(gradebook, name, lost):
     rows = gradebook[name]
