@@ -10,6 +10,10 @@ the better response (under r*) is chosen with probability sigmoid(beta * (r_bett
 labels are noisy in a known way; each pair records the chance its label is wrong and
 ``label_noise_rate`` averages it. ``blind_spot="sure"`` plants a spurious feature (a word that r*
 does not reward) mostly on the chosen side, for module 05's reward-hacking experiment.
+
+For RLHF (modules 05 and 06): ``human_demonstrations`` are the imperfect replies people write for SFT
+(often wordy, sometimes opening with "sure ,"), ``rlhf_split`` gives disjoint task sets for the pairs,
+the policy's prompts and the evaluation, and ``win_rate`` compares two models' replies under r*.
 """
 from __future__ import annotations
 
@@ -18,11 +22,13 @@ import random
 from dataclasses import dataclass
 from collections.abc import Sequence
 
-from .instructions import FAMILIES, Task, score, words
+from .corpus import make_split_stories
+from .instructions import FAMILIES, SEEN_FAMILIES, Task, make_tasks, score, words
 
 CORRECT = 1.0
 STYLE = 0.5
 EXTRA_WORD_COST = 0.125
+SURE = "sure"  # the opening word of some human replies; r* does not reward it (module 05's blind spot)
 VERBOSE = ("the answer is {a}", "i think it is {a}", "well , let me see , it is {a}", "{a} , i am quite certain of it")
 
 
@@ -115,3 +121,43 @@ def label_noise_rate(pairs: Sequence[Pair]) -> float:
     if not pairs:
         raise ValueError("pairs is empty")
     return sum(p.p_wrong_label for p in pairs) / len(pairs)
+
+
+def human_demonstrations(tasks: Sequence[Task], wordy_rate: float = 0.6, sure_rate: float = 0.15,
+                         seed: int = 0) -> list[str]:
+    """Right but imperfect replies as people write them: a share wordy ("the answer is X"), some opening "sure ,"."""
+    for name, rate in (("wordy_rate", wordy_rate), ("sure_rate", sure_rate)):
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {rate}")
+    rng = random.Random(seed)
+    out = []
+    for task in tasks:
+        reply = rng.choice(VERBOSE).format(a=task.answer) if rng.random() < wordy_rate else task.answer
+        out.append(f"{SURE} , {reply}" if rng.random() < sure_rate else reply)
+    return out
+
+
+def rlhf_split(n_pair_stories: int, n_prompt_stories: int, n_eval_stories: int, seed: int = 0,
+               families: Sequence[str] = SEEN_FAMILIES) -> dict[str, list[Task]]:
+    """Tasks for RLHF: 'pairs' (reward-model data) and 'prompts' (the policy's) on disjoint training stories, 'eval' on eval stories."""
+    train = make_split_stories(n_pair_stories + n_prompt_stories, "train", seed=1000 + seed)
+    pair_stories, prompt_stories = train[:n_pair_stories], train[n_pair_stories:]
+    seen = {s.text for s in pair_stories}
+    prompt_stories = [s for s in prompt_stories if s.text not in seen]
+    return {"pairs": make_tasks(pair_stories, families, seed=seed),
+            "prompts": make_tasks(prompt_stories, families, seed=seed + 1),
+            "eval": make_tasks(make_split_stories(n_eval_stories, "eval", seed=1000 + seed), families, seed=seed + 2)}
+
+
+def win_rate(policy_replies: Sequence[str], reference_replies: Sequence[str], tasks: Sequence[Task]) -> float:
+    """Share of tasks where the policy's reply has the higher r* than the reference's; a tie counts half."""
+    if isinstance(policy_replies, str) or isinstance(reference_replies, str):
+        raise TypeError("pass lists of replies, one per task")
+    if not len(policy_replies) == len(reference_replies) == len(tasks) > 0:
+        raise ValueError(f"need one reply of each model per task; got {len(policy_replies)}, "
+                         f"{len(reference_replies)} replies for {len(tasks)} tasks")
+    total = 0.0
+    for task, mine, ref in zip(tasks, policy_replies, reference_replies):
+        a, b = true_reward(task, mine), true_reward(task, ref)
+        total += 0.5 if math.isclose(a, b) else float(a > b)
+    return total / len(tasks)

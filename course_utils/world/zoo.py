@@ -4,6 +4,8 @@
 the first time it is asked for and cached on disk (deterministic, about half a minute on 2 cores).
 ``load_pretrained("tiny-gpt")`` returns the course's tiny GPT base model (a causal LM with a chat
 tokenizer), pretrained on the training split of the story world, which modules 04-07 start from.
+``load_pretrained("tiny-gpt-sft")`` is that base model after supervised fine-tuning on imperfect human
+demonstrations (right answers, but often wordy): the shared starting point of RLHF (05) and DPO (06).
 Any other name is a hub id or a local folder and goes through ``from_pretrained``: that is the path
 the ``gpu`` profile uses for real checkpoints such as ``bert-base-uncased`` or an instruct model.
 Masked or causal LM is read from the config's ``architectures``.
@@ -25,7 +27,8 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
                           BertForMaskedLM, DataCollatorForLanguageModeling, GPT2LMHeadModel)
 
 from .corpus import WORLD_VERSION, make_corpus, make_split_stories
-from .instructions import FAMILIES, TEMPLATES_DIGEST, make_tasks
+from .instructions import FAMILIES, TEMPLATES_DIGEST, make_tasks, task_split
+from .preferences import SURE, VERBOSE, human_demonstrations
 from ..profiles import seed_everything
 from .tokenization import CHAT_TEMPLATE, END, train_chat_bpe, train_wordpiece
 from ..training import train
@@ -47,6 +50,14 @@ RECIPES = {
         "config": {"n_layer": 2, "n_head": 4, "n_embd": 64, "block_size": 128},
         "train": {"steps": 400, "batch_size": 16, "lr": 3e-3, "seed": 0},
     },
+}
+# The SFT model of modules 05-06. Its demonstrations are right but often wordy (as people write them), so its
+# replies sit well below the maximum of r* (correctness, then concision) and preference learning has room to help.
+RECIPES["tiny-gpt-sft"] = {
+    "base": "tiny-gpt",
+    "base_recipe": RECIPES["tiny-gpt"],  # a change to the base model retrains this one
+    "data": {"stories": 1000, "seed": 0, "wordy_rate": 0.6, "sure_rate": 0.08, "styles": list(VERBOSE) + [SURE]},
+    "train": {"steps": 400, "batch_size": 32, "lr": 6e-3, "seed": 0},
 }
 
 
@@ -116,7 +127,30 @@ def pretrain_tiny_gpt(recipe: dict, progress: bool = True) -> tuple[GPT2LMHeadMo
     return model, tokenizer
 
 
-PRETRAINERS = {"tiny-bert": pretrain_tiny_bert, "tiny-gpt": pretrain_tiny_gpt}
+def finetune_tiny_gpt_sft(recipe: dict, progress: bool = True) -> tuple[GPT2LMHeadModel, object]:
+    """SFT of the zoo's base model on human demonstrations of the seen task families; returns (model, tokenizer)."""
+    import random
+
+    from ..sft import collate, encode_chat, sft_loss
+
+    model, tokenizer = load_pretrained(recipe["base"], progress=progress)
+    data = recipe["data"]
+    tasks = task_split(data["stories"], "train", seed=data["seed"])
+    replies = human_demonstrations(tasks, data["wordy_rate"], data["sure_rate"], seed=data["seed"])
+    examples = [encode_chat(tokenizer, t.messages(r)) for t, r in zip(tasks, replies)]
+    cfg = recipe["train"]
+    seed_everything(cfg["seed"])
+    rng = random.Random(cfg["seed"])
+
+    def loss_fn(m, batch: dict) -> torch.Tensor:
+        return sft_loss(m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"])
+
+    train(model, lambda: collate(rng.sample(examples, cfg["batch_size"]), tokenizer.pad_token_id),
+          steps=cfg["steps"], lr=cfg["lr"], loss_fn=loss_fn, progress=progress, desc="SFT of tiny-gpt-sft")
+    return model, tokenizer
+
+
+PRETRAINERS = {"tiny-bert": pretrain_tiny_bert, "tiny-gpt": pretrain_tiny_gpt, "tiny-gpt-sft": finetune_tiny_gpt_sft}
 
 
 def _auto_class(name: str, local: bool):
@@ -130,7 +164,7 @@ def _auto_class(name: str, local: bool):
 def load_pretrained(name: str = "tiny-bert", attn_implementation: str | None = None, progress: bool = True):
     """Return ``(model, tokenizer)`` for a course model name, a hub id or a local folder.
 
-    Course models (``tiny-bert``, ``tiny-gpt``) are trained on first use and cached; hub ids and folders
+    Course models (``tiny-bert``, ``tiny-gpt``, ``tiny-gpt-sft``) are trained on first use and cached; hub ids and folders
     are loaded with ``AutoModelForCausalLM`` or ``AutoModelForMaskedLM`` (whichever the config's
     ``architectures`` names). Masked LMs default to eager attention so that ``output_attentions=True``
     returns the attention weights the course visualises; causal LMs default to PyTorch's sdpa.
