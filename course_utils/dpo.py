@@ -104,6 +104,15 @@ def pair_logps(model, examples: Sequence[dict], pad_token_id: int, batch_size: i
     return out
 
 
+@torch.no_grad()
+def response_logps(model, tokenizer, prompt: str, responses: Sequence[str]) -> torch.Tensor:
+    """log pi(y|x) of each response to one prompt: the sum over the response's tokens, its <|end|> included."""
+    if isinstance(responses, str):
+        raise TypeError("responses must be a list of strings: wrap one as [response]")
+    examples = [encode_pair(tokenizer, prompt, y, y) for y in responses]
+    return torch.tensor([c for c, _ in pair_logps(model, examples, tokenizer.pad_token_id)])
+
+
 def with_reference(examples: Sequence[dict], ref_model, pad_token_id: int) -> list[dict]:
     """The examples with ``ref_chosen_logps`` / ``ref_rejected_logps`` added (one pass of the reference model)."""
     logps = pair_logps(ref_model, examples, pad_token_id)
@@ -244,5 +253,5 @@ def bradley_terry(rewards: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = ["DPOObjective", "bradley_terry", "collate_pairs", "dpo_loss", "encode_pair", "fit_toy_dpo",
-           "implicit_reward_accuracy", "kl_objective", "optimal_policy", "pair_logps", "response_kl",
+           "implicit_reward_accuracy", "kl_objective", "optimal_policy", "pair_logps", "response_kl", "response_logps",
            "sequence_logps", "train_dpo", "with_reference"]
