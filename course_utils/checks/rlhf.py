@@ -1,0 +1,267 @@
+"""Checks for lab 05 (reward models and PPO); TRL's RewardTrainer and torchrl are the oracles.
+
+Oracles: the loss ``trl.RewardTrainer.compute_loss`` returns on a batch of pairs (exercise 1); a written-out
+reference of the per-token RLHF reward (exercise 2: InstructGPT's KL-shaped reward, as TRL's old
+``PPOTrainer.compute_rewards`` built it); ``torchrl.objectives.value.functional.generalized_advantage_estimate``
+(exercise 3); ``torchrl.objectives.ClipPPOLoss`` (exercise 4). Every student function takes and returns
+tensors. When a result is wrong, the checks compare it with typical mistakes and name the one that matches.
+"""
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+
+import torch
+
+from . import CheckError, assert_close, passed
+
+
+def _close(a, b, atol: float = 1e-5) -> bool:
+    return torch.is_tensor(a) and a.shape == b.shape and torch.allclose(a.double(), b.double(), atol=atol, rtol=1e-4)
+
+
+def _scalar(x, what: str) -> torch.Tensor:
+    if not torch.is_tensor(x) or x.numel() != 1:
+        raise CheckError(f"{what} must return a scalar tensor (a loss), got {type(x).__name__} "
+                         f"{tuple(x.shape) if torch.is_tensor(x) else ''}")
+    return x.reshape(())
+
+
+# --------------------------------------------------------------------------------------- 1. reward loss
+def trl_reward_losses(seed: int = 0) -> list[dict]:
+    """Rewards of a tiny reward model on a batch of pairs, with and without margins, and TRL's loss on each."""
+    from ..sft import quiet_hf
+
+    quiet_hf()
+    from datasets import Dataset
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+    from trl import RewardConfig, RewardTrainer
+
+    from ..world.zoo import load_pretrained
+
+    _, tok = load_pretrained("tiny-gpt", progress=False)
+    rows = [("mia has two cups .\nhow many cups does mia have ?", "two", "the answer is five"),
+            ("tom gave the hat to eva .\nwho gave the hat to eva ?", "tom", "eva"),
+            ("the fox saw the cat in the park .\nwhere did the fox see the cat ?", "park", "i think it is park"),
+            ("ana was happy .\nis this story positive or negative ?", "positive", "negative"),
+            ("leo has one kite .\ncount the kites of leo .", "well , let me see , it is one", "nine")]
+    out = []
+    for with_margin in (False, True):
+        g = torch.Generator().manual_seed(seed + with_margin)
+        records = []
+        for prompt, chosen, rejected in rows:
+            r = {"prompt": [{"role": "user", "content": prompt}], "chosen": [{"role": "assistant", "content": chosen}],
+                 "rejected": [{"role": "assistant", "content": rejected}]}
+            if with_margin:
+                r["margin"] = float(torch.rand((), generator=g) * 2 - 0.5)
+            records.append(r)
+        torch.manual_seed(seed + with_margin)
+        model = GPT2ForSequenceClassification(GPT2Config(
+            vocab_size=len(tok), n_positions=128, n_embd=32, n_layer=1, n_head=2, num_labels=1, resid_pdrop=0.0,
+            embd_pdrop=0.0, attn_pdrop=0.0, pad_token_id=tok.pad_token_id))
+        args = RewardConfig(output_dir=tempfile.mkdtemp(), bf16=False, activation_checkpointing=False, use_cpu=True,
+                            report_to="none", disable_tqdm=True, save_strategy="no", logging_strategy="no",
+                            dataloader_pin_memory=False, max_length=128, per_device_train_batch_size=len(rows),
+                            center_rewards_coefficient=None, seed=seed)
+        trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(records), processing_class=tok)
+        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(rows))])
+        trainer.model.eval()
+        with torch.no_grad():
+            loss = trainer.compute_loss(trainer.model, dict(batch))
+            rewards = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        chosen, rejected = rewards.squeeze(-1).chunk(2)
+        out.append({"chosen": chosen, "rejected": rejected, "margin": batch.get("margin"), "loss": loss.reshape(())})
+    return out
+
+
+def check_reward_loss(fn: Callable) -> None:
+    """``fn(chosen_rewards, rejected_rewards, margin=None)`` equals TRL's RewardTrainer loss (with and without margin)."""
+    for case in trl_reward_losses():
+        c, r, m, want = case["chosen"], case["rejected"], case["margin"], case["loss"]
+        got = _scalar(fn(c.clone(), r.clone(), None if m is None else m.clone()), "reward_loss")
+        if _close(got, want):
+            continue
+        d = c - r - (0 if m is None else m)
+        hints = [(-torch.nn.functional.logsigmoid(-d).mean(), "chosen and rejected are swapped: the loss should be "
+                  "small when the chosen response scores higher"),
+                 (-torch.nn.functional.logsigmoid(d).sum(), "you sum over pairs; take the mean"),
+                 (-torch.nn.functional.sigmoid(d).mean(), "use log sigmoid (the log-likelihood), not sigmoid")]
+        if m is not None:
+            hints += [(-torch.nn.functional.logsigmoid(c - r).mean(), "the margin is ignored: subtract it from "
+                       "r_chosen - r_rejected"),
+                      (-torch.nn.functional.logsigmoid(c - r + m).mean(), "the margin has the wrong sign: the chosen "
+                       "reward must beat the rejected one BY the margin, so subtract it")]
+        hint = next((h for value, h in hints if _close(got, value)), "")
+        raise CheckError(f"reward loss {got.item():.5f}, TRL's RewardTrainer gives {want.item():.5f}"
+                         f"{' with' if m is not None else ' without'} margins. {hint}".strip())
+    passed("Bradley-Terry reward loss (vs TRL's RewardTrainer)")
+
+
+# --------------------------------------------------------------------------------- 2. per-token rewards
+def ragged_batch(seed: int, batch: int = 6, width: int = 9) -> dict:
+    """Random log-probs, reference log-probs, scores and a ragged response mask (junk in the padding)."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, width + 1, (batch,), generator=g)
+    lengths[0], lengths[-1] = 1, width  # a one-token response and one that fills the row
+    mask = (torch.arange(width)[None] < lengths[:, None]).float()
+    return {"logprobs": -torch.rand(batch, width, generator=g) * 3, "ref_logprobs": -torch.rand(batch, width, generator=g) * 3,
+            "scores": torch.randn(batch, generator=g), "mask": mask,
+            "values": torch.randn(batch, width, generator=g), "rewards": torch.randn(batch, width, generator=g) * mask}
+
+
+def reference_rewards(logprobs, ref_logprobs, scores, mask, beta: float) -> torch.Tensor:
+    """The documented reference: r_t = -beta (log pi - log pi_ref) on response tokens, + score at the last one."""
+    out = torch.zeros_like(logprobs)
+    for i in range(len(mask)):
+        n = int(mask[i].sum())
+        for t in range(n):
+            out[i, t] = -beta * (logprobs[i, t] - ref_logprobs[i, t])
+        out[i, n - 1] += scores[i]
+    return out
+
+
+def check_per_token_rewards(fn: Callable) -> None:
+    """``fn(logprobs, ref_logprobs, scores, mask, beta)`` is the KL-shaped per-token reward on ragged batches."""
+    for seed, beta in [(0, 0.1), (1, 0.5), (2, 0.05)]:
+        b = ragged_batch(seed)
+        lp, ref, s, m = b["logprobs"], b["ref_logprobs"], b["scores"], b["mask"]
+        want = reference_rewards(lp, ref, s, m, beta)
+        got = fn(lp.clone(), ref.clone(), s.clone(), m.clone(), beta)
+        if _close(got, want):
+            continue
+        last = torch.zeros_like(m)
+        last[torch.arange(len(m)), -1] = 1.0
+        kl = -beta * (lp - ref)
+        hints = [(reference_rewards(lp, ref, s, m, -beta), "the KL penalty has the wrong sign: it is "
+                  "-beta * (log pi - log pi_ref), a cost for moving away from the reference"),
+                 (kl * m + s[:, None] * m, "the score is added to every token; it belongs to the last real token only"),
+                 (kl * m + s[:, None] * last, "the score is on the last column (padding for short responses); put it "
+                  "on each row's last real token (mask.sum(-1) - 1)"),
+                 (reference_rewards(lp, ref, s, torch.ones_like(m), beta), "the mask is ignored: padding tokens must "
+                  "get no reward and the score goes on the last real token"),
+                 (kl * m, "the reward model's score is missing")]
+        hint = next((h for value, h in hints if _close(got, value)), "")
+        assert_close(got, want, f"per-token rewards (beta={beta})", hint=hint)
+    passed("per-token rewards: KL penalty + score on the last real token")
+
+
+# -------------------------------------------------------------------------------------------------- 3. GAE
+def torchrl_gae(rewards, values, mask, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """torchrl's GAE on right-padded responses: each response terminates at its last real token."""
+    from torchrl.objectives.value.functional import generalized_advantage_estimate
+
+    alive_next = torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], 1)  # 1 where the episode goes on
+    done = (alive_next == 0)[..., None]
+    next_values = torch.cat([values[:, 1:], torch.zeros_like(values[:, :1])], 1)
+    adv, target = generalized_advantage_estimate(gamma, lam, values[..., None], next_values[..., None],
+                                                 (rewards * mask)[..., None], done, done.clone())
+    return adv.squeeze(-1) * mask, target.squeeze(-1) * mask
+
+
+def check_gae(fn: Callable) -> None:
+    """``fn(rewards, values, mask, gamma, lam)`` returns (advantages, returns) equal to torchrl's GAE on real tokens."""
+    for seed, gamma, lam in [(3, 0.9, 0.7), (4, 1.0, 0.95), (5, 0.8, 0.5)]:
+        b = ragged_batch(seed)
+        r, v, m = b["rewards"], b["values"], b["mask"]
+        want_adv, want_ret = torchrl_gae(r, v, m, gamma, lam)
+        got = fn(r.clone(), v.clone(), m.clone(), gamma, lam)
+        if not (isinstance(got, (tuple, list)) and len(got) == 2):
+            raise CheckError("gae must return a tuple (advantages, returns)")
+        adv, ret = got[0], got[1]
+        if torch.is_tensor(adv) and adv.shape == m.shape:
+            adv, ret = adv * m, ret * m if torch.is_tensor(ret) and ret.shape == m.shape else ret
+        if not _close(adv, want_adv):
+            ones = torch.ones_like(m)
+            hints = [(torchrl_gae(r, v, ones, gamma, lam)[0] * m, "the mask is ignored: the value after a response's "
+                      "last token must be 0 (the episode ended) and the recursion must not run through padding"),
+                     (torchrl_gae(r, v, m, lam, gamma)[0], "gamma and lambda are swapped: delta uses gamma, the "
+                      "recursion uses gamma * lambda")]
+            hint = next((h for value, h in hints if _close(adv, value)), "")
+            assert_close(adv, want_adv, f"advantages (gamma={gamma}, lambda={lam})", hint=hint)
+        assert_close(ret, want_ret, "returns", hint="returns are advantages + values (the value targets)")
+    passed("GAE (vs torchrl's generalized_advantage_estimate)")
+
+
+# --------------------------------------------------------------------------------------------- 4. PPO losses
+def torchrl_ppo_losses(logprobs, old_logprobs, advantages, values, old_values, returns, mask,
+                       clip: float, value_clip: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """torchrl's ClipPPOLoss (objective, l2 critic with value clipping) over the real tokens of a batch."""
+    from tensordict import TensorDict
+    from tensordict.nn import TensorDictModule
+    from torchrl.modules import ProbabilisticActor
+    from torchrl.objectives import ClipPPOLoss
+
+    keep = mask.bool()
+    lp, n = logprobs[keep], int(keep.sum())
+    actor = ProbabilisticActor(TensorDictModule(_TwoWay(), in_keys=["lp"], out_keys=["logits"]), in_keys=["logits"],
+                               distribution_class=torch.distributions.Categorical)
+    critic = TensorDictModule(torch.nn.Identity(), in_keys=["v"], out_keys=["state_value"])
+    loss = ClipPPOLoss(actor, critic, clip_epsilon=clip, entropy_bonus=False, critic_coeff=1.0,
+                       loss_critic_type="l2", normalize_advantage=False, clip_value=value_clip,
+                       log_explained_variance=False)
+    td = TensorDict({"lp": lp, "action": torch.zeros(n, dtype=torch.long), "action_log_prob": old_logprobs[keep],
+                     "advantage": advantages[keep][:, None], "v": values[keep][:, None],
+                     "state_value": old_values[keep][:, None], "value_target": returns[keep][:, None]}, batch_size=[n])
+    out = loss(td)
+    return out["loss_objective"].detach(), out["loss_critic"].detach()
+
+
+class _TwoWay(torch.nn.Module):
+    """Logits of a two-way categorical whose first outcome has log-probability ``lp`` (so log pi(a=0) = lp)."""
+
+    def forward(self, lp: torch.Tensor) -> torch.Tensor:
+        return torch.stack([lp, torch.log1p(-lp.exp().clamp(max=1 - 1e-6))], -1)
+
+
+def ppo_batch(seed: int) -> dict:
+    """A ragged batch with ratios far outside the clip range and values far from their old values."""
+    b = ragged_batch(seed)
+    g = torch.Generator().manual_seed(seed + 100)
+    shape = b["mask"].shape
+    b["old_logprobs"] = (b["logprobs"] + torch.randn(shape, generator=g) * 1.5).clamp(max=-1e-3)
+    b["advantages"] = torch.randn(shape, generator=g)
+    b["old_values"] = b["values"] + torch.randn(shape, generator=g)
+    b["returns"] = torch.randn(shape, generator=g) * 2
+    return b
+
+
+def check_ppo_losses(policy_loss: Callable, value_loss: Callable) -> None:
+    """``policy_loss(logprobs, old_logprobs, advantages, mask, clip)`` and ``value_loss(values, old_values, returns,
+    mask, clip)`` equal torchrl's ClipPPOLoss (token mean), and the policy loss sends no gradient into advantages."""
+    for seed, clip, vclip in [(6, 0.2, 0.2), (7, 0.1, 0.5)]:
+        b = ppo_batch(seed)
+        m = b["mask"]
+        want_pi, want_v = torchrl_ppo_losses(b["logprobs"], b["old_logprobs"], b["advantages"], b["values"],
+                                             b["old_values"], b["returns"], m, clip, vclip)
+        got = _scalar(policy_loss(b["logprobs"].clone(), b["old_logprobs"].clone(), b["advantages"].clone(), m.clone(),
+                                  clip), "ppo_policy_loss")
+        if not _close(got, want_pi):
+            ratio = (b["logprobs"] - b["old_logprobs"]).exp()
+            a = b["advantages"]
+            plain, clipped = -ratio * a, -ratio.clamp(1 - clip, 1 + clip) * a
+            k = m.sum()
+            hints = [(((torch.min(plain, clipped)) * m).sum() / k, "min instead of max: the pessimistic bound takes "
+                      "the LARGER of the two losses (the smaller of the two objectives)"),
+                     ((plain * m).sum() / k, "no clipping: clip the ratio to [1 - eps, 1 + eps]"),
+                     (torch.max(plain, clipped).mean(), "padding is averaged in: take the mean over real tokens only")]
+            hint = next((h for value, h in hints if _close(got, value)), "")
+            raise CheckError(f"policy loss {got.item():.5f}, torchrl's ClipPPOLoss gives {want_pi.item():.5f}. {hint}"
+                             .strip())
+        got_v = _scalar(value_loss(b["values"].clone(), b["old_values"].clone(), b["returns"].clone(), m.clone(), vclip),
+                        "ppo_value_loss")
+        if not _close(got_v, want_v):
+            k = m.sum()
+            err = (b["values"] - b["returns"]) ** 2
+            hints = [((err * m).sum() / k, "the value loss is not clipped: also compute it with V_old + clip(V - V_old) "
+                      "and take the larger of the two"),
+                     ((0.5 * err * m).sum() / k, "the value loss is not clipped (and has a 1/2 factor torchrl does not use)")]
+            hint = next((h for value, h in hints if _close(got_v, value)), "")
+            raise CheckError(f"value loss {got_v.item():.5f}, torchrl's ClipPPOLoss gives {want_v.item():.5f}. {hint}"
+                             .strip())
+    b = ppo_batch(8)
+    adv = b["advantages"].clone().requires_grad_()
+    loss = policy_loss(b["logprobs"].clone(), b["old_logprobs"].clone(), adv, b["mask"].clone(), 0.2)
+    if torch.is_tensor(loss) and loss.requires_grad:
+        raise CheckError("the policy loss carries gradients into the advantages: detach them (they are targets "
+                         "computed from old values, not something to optimise)")
+    passed("PPO clipped policy and value losses (vs torchrl's ClipPPOLoss)")

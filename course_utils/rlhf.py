@@ -1,0 +1,356 @@
+"""RLHF with PPO, written out: a reward model with a scalar head, per-token rewards, GAE, the PPO losses and loop.
+
+Shared by lecture 05 and its lab (and module 06, which compares DPO with this PPO). The PPO loop is four
+readable steps over tensors of shape [batch, response tokens] (responses aligned at column 0, padding after
+each response's <|end|>): ``rollout`` samples responses, ``score`` runs the policy, the frozen reference and
+the reward model on them, ``per_token_rewards`` + ``gae`` turn that into advantages, and ``ppo_update``
+takes a few clipped gradient epochs. ``ppo`` runs the whole loop and records RM score, r*, KL and length.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForSequenceClassification
+
+from .world.instructions import Task, words
+from .world.preferences import Pair, true_reward
+from .world.tokenization import END
+
+
+# ----------------------------------------------------------------------------------------------- reward model
+def no_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """Set every dropout probability to 0 (RL compares log-probs across passes: they must be deterministic)."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    return model
+
+
+def reward_model_from(model, tokenizer) -> torch.nn.Module:
+    """A reward model initialised from a causal LM's checkpoint folder: the same trunk and a new scalar head."""
+    path = getattr(model, "name_or_path", "") or model.config._name_or_path
+    if not path:
+        raise ValueError("the model has no checkpoint folder: save it with save_pretrained and load it back")
+    rm = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, pad_token_id=tokenizer.pad_token_id)
+    return no_dropout(rm)
+
+
+def reward_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | None = None) -> torch.Tensor:
+    """Bradley-Terry loss: mean of -log sigmoid(r_chosen - r_rejected - margin) (TRL's RewardTrainer loss)."""
+    diff = chosen - rejected
+    if margin is not None:
+        diff = diff - margin
+    return -F.logsigmoid(diff).mean()
+
+
+def chat_ids(tokenizer, prompt: str, response: str) -> list[int]:
+    """Token ids of a one-turn chat: the templated prompt, the response and its <|end|>."""
+    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+    return list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
+
+
+def pad_right(rows: Sequence[list[int]], pad_id: int) -> dict:
+    """Right-padded ``input_ids`` and ``attention_mask`` of ragged id lists."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)], mask[i, :len(r)] = torch.tensor(r), 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def pair_batch(tokenizer, pairs: Sequence[Pair]) -> dict:
+    """Chosen rows then rejected rows, right-padded (the layout of TRL's reward collator)."""
+    rows = [chat_ids(tokenizer, p.prompt, p.chosen) for p in pairs] + \
+        [chat_ids(tokenizer, p.prompt, p.rejected) for p in pairs]
+    return pad_right(rows, tokenizer.pad_token_id)
+
+
+def rm_loss_fn(rm, batch: dict) -> torch.Tensor:
+    """Reward loss of a pair batch (a ``loss_fn`` for ``training.train``)."""
+    r = rm(**batch).logits.squeeze(-1)
+    return reward_loss(*r.chunk(2))
+
+
+@torch.no_grad()
+def rm_scores(rm, tokenizer, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 128) -> torch.Tensor:
+    """The reward model's score of each (prompt, response)."""
+    rm.eval()
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        rows = [chat_ids(tokenizer, p, r) for p, r in zip(prompts[i:i + batch_size], responses[i:i + batch_size])]
+        out.append(rm(**pad_right(rows, tokenizer.pad_token_id)).logits.squeeze(-1))
+    return torch.cat(out)
+
+
+def pair_accuracy(rm, tokenizer, pairs: Sequence[Pair]) -> dict[str, float]:
+    """How often the RM prefers the labelled 'chosen' side; 'ceiling' is what r* itself scores on these noisy labels."""
+    chosen = rm_scores(rm, tokenizer, [p.prompt for p in pairs], [p.chosen for p in pairs])
+    rejected = rm_scores(rm, tokenizer, [p.prompt for p in pairs], [p.rejected for p in pairs])
+    agree = (chosen > rejected).float()
+    truth = torch.tensor([p.r_chosen > p.r_rejected for p in pairs]).float()
+    return {"labels": agree.mean().item(), "ceiling": truth.mean().item(),
+            "r*": (agree == truth).float().mean().item()}
+
+
+# ------------------------------------------------------------------------------------------- policy and value
+class PolicyWithValue(torch.nn.Module):
+    """A causal LM plus a value head on its last hidden state: logits and a value per position."""
+
+    def __init__(self, lm: torch.nn.Module):
+        super().__init__()
+        self.lm = no_dropout(lm)
+        self.v_head = torch.nn.Linear(lm.config.hidden_size, 1)
+        torch.nn.init.zeros_(self.v_head.weight)
+        torch.nn.init.zeros_(self.v_head.bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions(attention_mask),
+                      output_hidden_states=True)
+        return out.logits, self.v_head(out.hidden_states[-1]).squeeze(-1)
+
+
+def positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that skip left padding (0 at each row's first real token)."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+@dataclass
+class Rollout:
+    """Sampled responses: prompt ids (left-padded, width P), response ids [B, T] and the response mask."""
+
+    tasks: list[Task]
+    input_ids: torch.Tensor  # [B, P + T]: prompt then response
+    attention_mask: torch.Tensor
+    mask: torch.Tensor  # [B, T]: 1 on response tokens up to and including <|end|>
+    texts: list[str]
+
+    @property
+    def prompt_width(self) -> int:
+        return self.input_ids.shape[1] - self.mask.shape[1]
+
+
+@torch.no_grad()
+def rollout(policy: PolicyWithValue, tokenizer, tasks: Sequence[Task], max_new_tokens: int,
+            temperature: float = 1.0) -> Rollout:
+    """Sample one response per task from the policy (prompts left-padded, responses after them)."""
+    end_ids = [tokenizer.convert_tokens_to_ids(END), tokenizer.eos_token_id]
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": t.instruction}], tokenize=False,
+                                                 add_generation_prompt=True) for t in tasks]
+        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tokenizer.padding_side = side
+    policy.eval()
+    out = policy.lm.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_k=0,
+                             eos_token_id=end_ids, pad_token_id=tokenizer.pad_token_id)
+    response = out[:, enc["input_ids"].shape[1]:]
+    is_end = torch.isin(response, torch.tensor(end_ids))
+    ended_before = (is_end.cumsum(-1) - is_end.long()) > 0  # an end token came earlier in this row
+    mask = (~ended_before).long()
+    texts = tokenizer.batch_decode(response * mask + tokenizer.pad_token_id * (1 - mask), skip_special_tokens=True)
+    return Rollout(list(tasks), out, torch.cat([enc["attention_mask"], mask], 1), mask, [x.strip() for x in texts])
+
+
+def response_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, prompt_width: int) -> torch.Tensor:
+    """log pi(token) of each response token, from the logits of the whole sequence: [B, T]."""
+    logits = logits[:, prompt_width - 1:-1]
+    return torch.gather(logits.log_softmax(-1), 2, input_ids[:, prompt_width:, None]).squeeze(-1)
+
+
+@torch.no_grad()
+def score(policy: PolicyWithValue, reference, reward_fn: Callable, ro: Rollout) -> dict:
+    """Log-probs and values of the policy, log-probs of the reference, and the reward of each response."""
+    policy.eval()
+    logits, values = policy(ro.input_ids, ro.attention_mask)
+    P = ro.prompt_width
+    ref_logits = reference(input_ids=ro.input_ids, attention_mask=ro.attention_mask,
+                           position_ids=positions(ro.attention_mask)).logits
+    return {"logprobs": response_logprobs(logits, ro.input_ids, P) * ro.mask,
+            "ref_logprobs": response_logprobs(ref_logits, ro.input_ids, P) * ro.mask,
+            "values": values[:, P - 1:-1] * ro.mask, "scores": reward_fn(ro)}
+
+
+# ---------------------------------------------------------------------------------- rewards, GAE and losses
+def per_token_rewards(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, scores: torch.Tensor,
+                      mask: torch.Tensor, beta: float) -> torch.Tensor:
+    """-beta * (log pi - log pi_ref) at every response token, plus the score on each row's last real token."""
+    rewards = -beta * (logprobs - ref_logprobs) * mask
+    last = mask.sum(-1).long() - 1  # responses start at column 0, so the last real token is at length - 1
+    rows = torch.arange(len(mask))
+    return rewards.index_put((rows, last), rewards[rows, last] + scores)
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
+        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimates and returns (advantage + value), zero after each response ends."""
+    T = rewards.shape[1]
+    advantages = torch.zeros_like(rewards)
+    next_adv = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(T)):
+        alive = mask[:, t + 1] if t + 1 < T else torch.zeros_like(mask[:, 0])  # does the episode go on after t?
+        next_value = values[:, t + 1] * alive if t + 1 < T else torch.zeros_like(values[:, 0])
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        next_adv = (delta + gamma * lam * alive * next_adv) * mask[:, t]
+        advantages[:, t] = next_adv
+    return advantages, (advantages + values) * mask
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` over the positions where ``mask`` is 1 (token-level, over the whole batch)."""
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(x - mean) / std over the masked positions; zero elsewhere."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    return (x - mean) * torch.rsqrt(var + 1e-8) * mask
+
+
+def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                    mask: torch.Tensor, clip: float = 0.2) -> torch.Tensor:
+    """PPO's clipped surrogate: mean over tokens of max(-r A, -clip(r, 1-eps, 1+eps) A), r = pi / pi_old."""
+    advantages = advantages.detach()
+    ratio = torch.exp(logprobs - old_logprobs.detach())
+    losses = torch.max(-ratio * advantages, -ratio.clamp(1 - clip, 1 + clip) * advantages)
+    return masked_mean(losses, mask)
+
+
+def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+                   clip: float = 0.2) -> torch.Tensor:
+    """Clipped value loss: mean over tokens of max((V - R)^2, (V_old + clip(V - V_old) - R)^2)."""
+    returns, old_values = returns.detach(), old_values.detach()
+    clipped = old_values + (values - old_values).clamp(-clip, clip)
+    return masked_mean(torch.max((values - returns) ** 2, (clipped - returns) ** 2), mask)
+
+
+# ------------------------------------------------------------------------------------------------- the loop
+@dataclass
+class PPOConfig:
+    """PPO's knobs (defaults for the tiny model)."""
+
+    beta: float = 0.05  # KL penalty to the reference
+    batch_size: int = 64  # prompts per rollout
+    steps: int = 30  # rollouts
+    epochs: int = 2  # gradient epochs over each rollout
+    minibatches: int = 2
+    lr: float = 1e-4
+    clip: float = 0.2
+    value_clip: float = 0.2
+    vf_coef: float = 0.5
+    gamma: float = 1.0
+    lam: float = 0.95
+    max_new_tokens: int = 12
+    ptx_coef: float = 0.0  # PPO-ptx: weight of the pretraining LM loss
+    seed: int = 0
+
+
+@dataclass
+class PPOHistory:
+    """Per rollout: mean RM (or reward function) score, r*, KL to the reference (summed over tokens) and length."""
+
+    score: list[float] = field(default_factory=list)
+    true_reward: list[float] = field(default_factory=list)
+    kl: list[float] = field(default_factory=list)
+    length: list[float] = field(default_factory=list)
+
+
+def ppo_update(policy: PolicyWithValue, optimizer, ro: Rollout, data: dict, cfg: PPOConfig,
+               ptx_batch: Callable[[], dict] | None = None) -> None:
+    """Several epochs of clipped PPO steps over minibatches of one rollout."""
+    policy.train()
+    n = len(ro.tasks)
+    for _ in range(cfg.epochs):
+        for idx in torch.randperm(n).chunk(cfg.minibatches):
+            logits, values = policy(ro.input_ids[idx], ro.attention_mask[idx])
+            P, mask = ro.prompt_width, ro.mask[idx]
+            logprobs = response_logprobs(logits, ro.input_ids[idx], P)
+            loss = ppo_policy_loss(logprobs, data["logprobs"][idx], data["advantages"][idx], mask, cfg.clip) + \
+                cfg.vf_coef * ppo_value_loss(values[:, P - 1:-1], data["values"][idx], data["returns"][idx], mask,
+                                             cfg.value_clip)
+            if cfg.ptx_coef and ptx_batch is not None:
+                loss = loss + cfg.ptx_coef * policy.lm(**ptx_batch()).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+            optimizer.step()
+    policy.eval()
+
+
+def ppo(policy: PolicyWithValue, reference, reward_fn: Callable[[Rollout], torch.Tensor], tokenizer,
+        prompts: Sequence[Task], cfg: PPOConfig, ptx_batch: Callable[[], dict] | None = None,
+        callback: Callable[[int, PPOHistory], None] | None = None, progress: bool = True,
+        desc: str = "PPO") -> PPOHistory:
+    """The RLHF loop: rollout, score, per-token rewards and GAE, PPO update; returns the per-rollout history."""
+    from tqdm.auto import tqdm
+
+    rng = random.Random(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
+    history = PPOHistory()
+    for step in tqdm(range(1, cfg.steps + 1), desc=desc, disable=not progress, mininterval=0.5):
+        ro = rollout(policy, tokenizer, rng.sample(list(prompts), cfg.batch_size), cfg.max_new_tokens)
+        data = score(policy, reference, reward_fn, ro)
+        rewards = per_token_rewards(data["logprobs"], data["ref_logprobs"], data["scores"], ro.mask, cfg.beta)
+        advantages, data["returns"] = gae(rewards, data["values"], ro.mask, cfg.gamma, cfg.lam)
+        data["advantages"] = whiten(advantages, ro.mask)
+        ppo_update(policy, optimizer, ro, data, cfg, ptx_batch)
+        kl = ((data["logprobs"] - data["ref_logprobs"]) * ro.mask).sum(-1)
+        history.score.append(data["scores"].mean().item())
+        history.true_reward.append(sum(true_reward(t, x) for t, x in zip(ro.tasks, ro.texts)) / len(ro.tasks))
+        history.kl.append(kl.mean().item())
+        history.length.append(ro.mask.sum(-1).float().mean().item())
+        if callback is not None:
+            callback(step, history)
+    return history
+
+
+class RMReward:
+    """Reward function of a rollout: the reward model's score of each (prompt, response)."""
+
+    def __init__(self, rm, tokenizer):
+        self.rm, self.tokenizer = rm, tokenizer
+
+    def __call__(self, ro: Rollout) -> torch.Tensor:
+        return rm_scores(self.rm, self.tokenizer, [t.instruction for t in ro.tasks], ro.texts)
+
+
+class TrueReward:
+    """Reward function of a rollout: the world's r* (a perfect reward model, for controlled comparisons)."""
+
+    def __call__(self, ro: Rollout) -> torch.Tensor:
+        return torch.tensor([true_reward(t, x) for t, x in zip(ro.tasks, ro.texts)])
+
+
+def new_policy(sft_model) -> PolicyWithValue:
+    """A trainable copy of the SFT model with a fresh value head (the SFT model itself stays as the reference)."""
+    return PolicyWithValue(copy.deepcopy(sft_model))
+
+
+def kl_to_reference(policy: PolicyWithValue, reference, tokenizer, tasks: Sequence[Task], max_new_tokens: int,
+                    seed: int = 0) -> float:
+    """Mean over sampled responses of sum_t (log pi - log pi_ref): the sequence-level KL estimate."""
+    torch.manual_seed(seed)
+    ro = rollout(policy, tokenizer, tasks, max_new_tokens)
+    data = score(policy, reference, lambda r: torch.zeros(len(r.tasks)), ro)
+    return ((data["logprobs"] - data["ref_logprobs"]) * ro.mask).sum(-1).mean().item()
+
+
+def wordiness(tasks: Sequence[Task], replies: Sequence[str]) -> float:
+    """Share of replies longer than their answer."""
+    return sum(len(words(r)) > len(words(t.answer)) for t, r in zip(tasks, replies)) / max(1, len(tasks))
+
+
+__all__ = ["PPOConfig", "PPOHistory", "PolicyWithValue", "RMReward", "Rollout", "TrueReward", "chat_ids", "gae",
+           "kl_to_reference", "masked_mean", "new_policy", "no_dropout", "pair_accuracy", "pair_batch", "pad_right",
+           "per_token_rewards", "positions", "ppo", "ppo_policy_loss", "ppo_update", "ppo_value_loss",
+           "response_logprobs", "reward_loss", "reward_model_from", "rm_loss_fn", "rm_scores", "rollout", "score",
+           "whiten", "wordiness"]

@@ -1,0 +1,93 @@
+"""course_utils.rlhf: the lecture's reward loss, per-token rewards, GAE and PPO losses agree with TRL and torchrl."""
+import pytest
+import torch
+
+from course_utils.checks import rlhf as checks
+from course_utils import rlhf
+from course_utils.world.preferences import rlhf_split, sample_pairs
+from course_utils.world.zoo import load_pretrained
+
+
+def test_reward_loss_matches_trl_reward_trainer():
+    for case in checks.trl_reward_losses(seed=1):
+        got = rlhf.reward_loss(case["chosen"], case["rejected"], case["margin"])
+        torch.testing.assert_close(got, case["loss"], atol=1e-5, rtol=1e-4)
+
+
+def test_per_token_rewards_match_the_reference():
+    for seed in range(4):
+        b = checks.ragged_batch(seed)
+        got = rlhf.per_token_rewards(b["logprobs"], b["ref_logprobs"], b["scores"], b["mask"], 0.3)
+        torch.testing.assert_close(got, checks.reference_rewards(b["logprobs"], b["ref_logprobs"], b["scores"],
+                                                                 b["mask"], 0.3))
+        assert (got[b["mask"] == 0] == 0).all()
+
+
+@pytest.mark.parametrize("gamma,lam", [(1.0, 0.95), (0.9, 0.6), (0.99, 1.0)])
+def test_gae_matches_torchrl(gamma, lam):
+    for seed in range(3):
+        b = checks.ragged_batch(seed, batch=8, width=12)
+        adv, ret = rlhf.gae(b["rewards"], b["values"], b["mask"], gamma, lam)
+        want_adv, want_ret = checks.torchrl_gae(b["rewards"], b["values"], b["mask"], gamma, lam)
+        torch.testing.assert_close(adv, want_adv)
+        torch.testing.assert_close(ret, want_ret)
+
+
+def test_ppo_losses_match_torchrl_far_outside_the_clip_range():
+    for seed in range(3):
+        b = checks.ppo_batch(seed)
+        ratio = (b["logprobs"] - b["old_logprobs"]).exp()[b["mask"].bool()]
+        assert (ratio > 2).any() and (ratio < 0.5).any()
+        want_pi, want_v = checks.torchrl_ppo_losses(b["logprobs"], b["old_logprobs"], b["advantages"], b["values"],
+                                                    b["old_values"], b["returns"], b["mask"], 0.2, 0.3)
+        torch.testing.assert_close(rlhf.ppo_policy_loss(b["logprobs"], b["old_logprobs"], b["advantages"], b["mask"], 0.2),
+                                   want_pi)
+        torch.testing.assert_close(rlhf.ppo_value_loss(b["values"], b["old_values"], b["returns"], b["mask"], 0.3), want_v)
+
+
+def test_whiten_and_masked_mean():
+    x = torch.tensor([[1.0, 3.0, 100.0], [5.0, 100.0, 100.0]])
+    m = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    assert rlhf.masked_mean(x, m).item() == pytest.approx(3.0)
+    w = rlhf.whiten(x, m)
+    assert rlhf.masked_mean(w, m).abs().item() < 1e-6 and (w[m == 0] == 0).all()
+
+
+@pytest.fixture(scope="module")
+def sft():
+    return load_pretrained("tiny-gpt-sft", progress=False)
+
+
+def test_rollout_masks_and_logprobs_line_up(sft):
+    model, tok = sft
+    policy = rlhf.new_policy(model)
+    tasks = rlhf_split(5, 5, 5)["prompts"][:6]
+    torch.manual_seed(0)
+    ro = rlhf.rollout(policy, tok, tasks, max_new_tokens=10)
+    assert ro.mask.shape == (6, ro.input_ids.shape[1] - ro.prompt_width)
+    lengths = ro.mask.sum(-1)
+    assert ((ro.mask.cumsum(-1) <= lengths[:, None]) | (ro.mask == 0)).all()  # 1s then 0s
+    data = rlhf.score(policy, model, rlhf.TrueReward(), ro)
+    torch.testing.assert_close(data["logprobs"], data["ref_logprobs"])  # the new policy IS the reference
+    assert (data["values"] == 0).all()  # the value head starts at zero
+    row = 0
+    n = int(lengths[row])
+    ids = tok.apply_chat_template(tasks[row].messages(""), tokenize=False).split("<|assistant|>")[0]
+    alone = tok(ids + "<|assistant|>", add_special_tokens=False, return_tensors="pt")["input_ids"]
+    full = torch.cat([alone, ro.input_ids[row:row + 1, ro.prompt_width:ro.prompt_width + n]], 1)
+    with torch.no_grad():
+        lp = rlhf.response_logprobs(model(full).logits, full, alone.shape[1])
+    torch.testing.assert_close(lp[0], data["logprobs"][row, :n], atol=1e-4, rtol=1e-4)
+
+
+def test_reward_model_scores_pairs_and_learns(sft):
+    model, tok = sft
+    rm = rlhf.reward_model_from(model, tok)
+    pairs = sample_pairs(rlhf_split(40, 5, 5)["pairs"], 16, seed=0)
+    batch = rlhf.pair_batch(tok, pairs)
+    assert batch["input_ids"].shape[0] == 32
+    scores = rlhf.rm_scores(rm, tok, [p.prompt for p in pairs], [p.chosen for p in pairs])
+    with torch.no_grad():
+        torch.testing.assert_close(scores, rm(**batch).logits.squeeze(-1)[:16], atol=1e-5, rtol=1e-4)
+    acc = rlhf.pair_accuracy(rm, tok, pairs)
+    assert set(acc) == {"labels", "ceiling", "r*"} and 0 <= acc["labels"] <= 1
