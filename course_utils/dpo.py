@@ -170,7 +170,8 @@ def response_kl(policy, ref, tokenizer, instructions: Sequence[str], max_new_tok
     from .sft import END
 
     device = next(policy.parameters()).device
-    end_ids = [tokenizer.convert_tokens_to_ids(END), tokenizer.eos_token_id]
+    end = tokenizer.convert_tokens_to_ids(END)  # the course's end of turn; a hub model may not have it
+    end_ids = [i for i in {end if end != tokenizer.unk_token_id else None, tokenizer.eos_token_id} if i is not None]
     modes = policy.training, ref.training
     policy.eval(), ref.eval()
     generator_state = torch.random.get_rng_state()

@@ -98,6 +98,8 @@ def test_outcome_check():
         check_dpo_outcome(0.5, 2.0, min_win_rate=0.6, max_kl=5.0)
     with pytest.raises(CheckError, match="drifted"):
         check_dpo_outcome(0.9, 9.0, min_win_rate=0.6, max_kl=5.0)
+    with pytest.raises(CheckError, match="below.*; the KL .* drifted"):
+        check_dpo_outcome(0.3, 9.0, min_win_rate=0.6, max_kl=5.0)
     with pytest.raises(CheckError, match="number"):
         check_dpo_outcome("0.9", 1.0, min_win_rate=0.6, max_kl=5.0)
 

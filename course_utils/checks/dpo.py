@@ -226,12 +226,15 @@ def check_dpo_outcome(win_rate: float, kl: float, min_win_rate: float, max_kl: f
     for name, value in (("win_rate", win_rate), ("kl", kl)):
         if not isinstance(value, (int, float)):
             raise CheckError(f"{name} must be a number, got {type(value).__name__}")
-    if kl > max_kl:
-        raise CheckError(f"KL to the reference {kl:.2f} nats is above {max_kl}: the policy drifted far from SFT "
-                         "(is the reference's log-prob subtracted? is beta inside the log-sigmoid?)")
+    problems = []
     if win_rate < min_win_rate:
-        raise CheckError(f"win rate over SFT under r* is {win_rate:.2f}, below {min_win_rate}: check the log-probs "
-                         "(sum over response tokens) and the loss (chosen vs rejected, beta), or train longer")
+        problems.append(f"the win rate over SFT under r* is {win_rate:.2f}, below {min_win_rate}: check the log-probs "
+                        "(sum over response tokens) and the loss (chosen vs rejected, beta), or train longer")
+    if kl > max_kl:
+        problems.append(f"the KL to the reference is {kl:.2f} nats, above {max_kl}: the policy drifted far from SFT "
+                        "(is the reference's log-prob subtracted? is beta inside the log-sigmoid?)")
+    if problems:
+        raise CheckError("; ".join(problems))
     passed(f"DPO beats SFT under r* (win rate {win_rate:.2f}) at KL {kl:.2f} nats")
 
 
