@@ -9,7 +9,6 @@ takes a few clipped gradient epochs. ``ppo`` runs the whole loop and records RM 
 from __future__ import annotations
 
 import copy
-import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -85,7 +84,8 @@ def rm_scores(rm, tokenizer, prompts: Sequence[str], responses: Sequence[str], b
     out = []
     for i in range(0, len(prompts), batch_size):
         rows = [chat_ids(tokenizer, p, r) for p, r in zip(prompts[i:i + batch_size], responses[i:i + batch_size])]
-        out.append(rm(**pad_right(rows, tokenizer.pad_token_id)).logits.squeeze(-1))
+        batch = {k: v.to(rm.device) for k, v in pad_right(rows, tokenizer.pad_token_id).items()}
+        out.append(rm(**batch).logits.squeeze(-1).float())
     return torch.cat(out)
 
 
@@ -149,10 +149,11 @@ def rollout(policy: PolicyWithValue, tokenizer, tasks: Sequence[Task], max_new_t
     finally:
         tokenizer.padding_side = side
     policy.eval()
+    enc = enc.to(next(policy.parameters()).device)
     out = policy.lm.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_k=0,
                              eos_token_id=end_ids, pad_token_id=tokenizer.pad_token_id)
     response = out[:, enc["input_ids"].shape[1]:]
-    is_end = torch.isin(response, torch.tensor(end_ids))
+    is_end = torch.isin(response, torch.tensor(end_ids, device=response.device))
     ended_before = (is_end.cumsum(-1) - is_end.long()) > 0  # an end token came earlier in this row
     mask = (~ended_before).long()
     texts = tokenizer.batch_decode(response * mask + tokenizer.pad_token_id * (1 - mask), skip_special_tokens=True)
@@ -175,7 +176,7 @@ def score(policy: PolicyWithValue, reference, reward_fn: Callable, ro: Rollout) 
                            position_ids=positions(ro.attention_mask)).logits
     return {"logprobs": response_logprobs(logits, ro.input_ids, P) * ro.mask,
             "ref_logprobs": response_logprobs(ref_logits, ro.input_ids, P) * ro.mask,
-            "values": values[:, P - 1:-1] * ro.mask, "scores": reward_fn(ro)}
+            "values": values[:, P - 1:-1] * ro.mask, "scores": reward_fn(ro).to(ro.mask.device)}
 
 
 # ---------------------------------------------------------------------------------- rewards, GAE and losses
@@ -184,7 +185,7 @@ def per_token_rewards(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, scores
     """-beta * (log pi - log pi_ref) at every response token, plus the score on each row's last real token."""
     rewards = -beta * (logprobs - ref_logprobs) * mask
     last = mask.sum(-1).long() - 1  # responses start at column 0, so the last real token is at length - 1
-    rows = torch.arange(len(mask))
+    rows = torch.arange(len(mask), device=mask.device)
     return rewards.index_put((rows, last), rewards[rows, last] + scores)
 
 
@@ -233,6 +234,16 @@ def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torc
 
 
 # ------------------------------------------------------------------------------------------------- the loop
+PARTS = {"rewards": per_token_rewards, "gae": gae, "policy_loss": ppo_policy_loss, "value_loss": ppo_value_loss}
+
+
+def _parts(parts: dict | None, *names: str) -> list[Callable]:
+    unknown = set(parts or {}) - set(PARTS)
+    if unknown:
+        raise ValueError(f"unknown PPO parts {sorted(unknown)}; use {sorted(PARTS)}")
+    return [(parts or {}).get(n, PARTS[n]) for n in names]
+
+
 @dataclass
 class PPOConfig:
     """PPO's knobs (defaults for the tiny model)."""
@@ -264,8 +275,9 @@ class PPOHistory:
 
 
 def ppo_update(policy: PolicyWithValue, optimizer, ro: Rollout, data: dict, cfg: PPOConfig,
-               ptx_batch: Callable[[], dict] | None = None) -> None:
+               ptx_batch: Callable[[], dict] | None = None, parts: dict | None = None) -> None:
     """Several epochs of clipped PPO steps over minibatches of one rollout."""
+    ppo_policy_loss, ppo_value_loss = _parts(parts, "policy_loss", "value_loss")
     policy.train()
     n = len(ro.tasks)
     for _ in range(cfg.epochs):
@@ -277,7 +289,8 @@ def ppo_update(policy: PolicyWithValue, optimizer, ro: Rollout, data: dict, cfg:
                 cfg.vf_coef * ppo_value_loss(values[:, P - 1:-1], data["values"][idx], data["returns"][idx], mask,
                                              cfg.value_clip)
             if cfg.ptx_coef and ptx_batch is not None:
-                loss = loss + cfg.ptx_coef * policy.lm(**ptx_batch()).loss
+                batch = {k: v.to(ro.mask.device) for k, v in ptx_batch().items()}
+                loss = loss + cfg.ptx_coef * policy.lm(**batch).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
@@ -288,10 +301,14 @@ def ppo_update(policy: PolicyWithValue, optimizer, ro: Rollout, data: dict, cfg:
 def ppo(policy: PolicyWithValue, reference, reward_fn: Callable[[Rollout], torch.Tensor], tokenizer,
         prompts: Sequence[Task], cfg: PPOConfig, ptx_batch: Callable[[], dict] | None = None,
         callback: Callable[[int, PPOHistory], None] | None = None, progress: bool = True,
-        desc: str = "PPO") -> PPOHistory:
-    """The RLHF loop: rollout, score, per-token rewards and GAE, PPO update; returns the per-rollout history."""
+        desc: str = "PPO", parts: dict | None = None) -> PPOHistory:
+    """The RLHF loop: rollout, score, per-token rewards and GAE, PPO update; returns the per-rollout history.
+
+    ``parts`` may replace the pieces by your own: {"rewards", "gae", "policy_loss", "value_loss"} -> function.
+    """
     from tqdm.auto import tqdm
 
+    per_token_rewards, gae = _parts(parts, "rewards", "gae")
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
@@ -299,10 +316,15 @@ def ppo(policy: PolicyWithValue, reference, reward_fn: Callable[[Rollout], torch
     for step in tqdm(range(1, cfg.steps + 1), desc=desc, disable=not progress, mininterval=0.5):
         ro = rollout(policy, tokenizer, rng.sample(list(prompts), cfg.batch_size), cfg.max_new_tokens)
         data = score(policy, reference, reward_fn, ro)
-        rewards = per_token_rewards(data["logprobs"], data["ref_logprobs"], data["scores"], ro.mask, cfg.beta)
+        dense = data["scores"].dim() == 2  # a fine-grained reward: one value per response token
+        rewards = per_token_rewards(data["logprobs"], data["ref_logprobs"],
+                                    data["scores"][:, 0] * 0 if dense else data["scores"], ro.mask, cfg.beta)
+        if dense:
+            rewards = rewards + data["scores"] * ro.mask
+            data["scores"] = (data["scores"] * ro.mask).sum(-1)
         advantages, data["returns"] = gae(rewards, data["values"], ro.mask, cfg.gamma, cfg.lam)
         data["advantages"] = whiten(advantages, ro.mask)
-        ppo_update(policy, optimizer, ro, data, cfg, ptx_batch)
+        ppo_update(policy, optimizer, ro, data, cfg, ptx_batch, parts)
         kl = ((data["logprobs"] - data["ref_logprobs"]) * ro.mask).sum(-1)
         history.score.append(data["scores"].mean().item())
         history.true_reward.append(sum(true_reward(t, x) for t, x in zip(ro.tasks, ro.texts)) / len(ro.tasks))
@@ -330,6 +352,62 @@ class TrueReward:
         return torch.tensor([true_reward(t, x) for t, x in zip(ro.tasks, ro.texts)])
 
 
+class DenseTrueReward:
+    """Fine-grained reward of a rollout, one value per token: each word beyond the answer costs when it is written,
+    and correctness (plus the full concision bonus) comes on the last token. Summed, it is r* (up to r*'s floor)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, ro: Rollout) -> torch.Tensor:
+        from .world.instructions import score as is_right
+        from .world.preferences import CORRECT, EXTRA_WORD_COST, STYLE
+
+        out = torch.zeros(ro.mask.shape)
+        response = ro.input_ids[:, ro.prompt_width:]
+        for i, task in enumerate(ro.tasks):
+            n, allowed, before = int(ro.mask[i].sum()), len(words(task.answer)), 0
+            for t in range(n):
+                extra = max(0, len(words(self.tokenizer.decode(response[i, :t + 1], skip_special_tokens=True)))
+                            - allowed)
+                out[i, t] = -EXTRA_WORD_COST * (extra - before)
+                before = extra
+            out[i, n - 1] += CORRECT * is_right(task, ro.texts[i]) + STYLE
+        return out
+
+
+@torch.no_grad()
+def lm_loss(model, tokenizer, texts: Sequence[str], batch_size: int = 64) -> float:
+    """Mean next-token loss per token of a causal LM on plain texts (held-out pretraining text: the alignment tax)."""
+    lm = model.lm if isinstance(model, PolicyWithValue) else model
+    lm.eval()
+    total = count = 0.0
+    for i in range(0, len(texts), batch_size):
+        batch = {k: v.to(lm.device) for k, v in text_batch(tokenizer, texts[i:i + batch_size]).items()}
+        n = (batch["labels"][:, 1:] != -100).sum().item()
+        total += lm(**batch).loss.item() * n
+        count += n
+    return total / count
+
+
+def text_batch(tokenizer, texts: Sequence[str]) -> dict:
+    """Plain texts (each followed by <|endoftext|>) as an LM batch: right-padded, padding labelled -100."""
+    rows = [tokenizer(t + tokenizer.eos_token, add_special_tokens=False)["input_ids"] for t in texts]
+    batch = pad_right(rows, tokenizer.pad_token_id)
+    batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    return batch
+
+
+class PretrainBatches:
+    """PPO-ptx's pretraining batches: ``batch_size`` random texts per call."""
+
+    def __init__(self, tokenizer, texts: Sequence[str], batch_size: int = 16, seed: int = 0):
+        self.tokenizer, self.texts, self.batch_size, self.rng = tokenizer, list(texts), batch_size, random.Random(seed)
+
+    def __call__(self) -> dict:
+        return text_batch(self.tokenizer, self.rng.sample(self.texts, self.batch_size))
+
+
 def new_policy(sft_model) -> PolicyWithValue:
     """A trainable copy of the SFT model with a fresh value head (the SFT model itself stays as the reference)."""
     return PolicyWithValue(copy.deepcopy(sft_model))
@@ -349,8 +427,47 @@ def wordiness(tasks: Sequence[Task], replies: Sequence[str]) -> float:
     return sum(len(words(r)) > len(words(t.answer)) for t, r in zip(tasks, replies)) / max(1, len(tasks))
 
 
-__all__ = ["PPOConfig", "PPOHistory", "PolicyWithValue", "RMReward", "Rollout", "TrueReward", "chat_ids", "gae",
-           "kl_to_reference", "masked_mean", "new_policy", "no_dropout", "pair_accuracy", "pair_batch", "pad_right",
-           "per_token_rewards", "positions", "ppo", "ppo_policy_loss", "ppo_update", "ppo_value_loss",
+class LivePPOPlot:
+    """A ``ppo`` callback that redraws the curves (score, r*, KL, length) in place in a notebook."""
+
+    def __init__(self, title: str = "PPO (live)", every: int = 1):
+        import matplotlib.pyplot as plt
+        from IPython.display import display
+
+        self.title, self.every = title, every
+        self.fig, self.axes = plt.subplots(1, 4, figsize=(13, 2.8))
+        plt.close(self.fig)
+        self.handle = display(self.fig, display_id=True)
+
+    def __call__(self, step: int, history: PPOHistory) -> None:
+        if step % self.every:
+            return
+        plot_history(history, axes=self.axes, title=self.title)
+        self.handle.update(self.fig)
+
+
+def plot_history(history: PPOHistory, axes=None, title: str = "PPO", label: str | None = None):
+    """Four panels per rollout: reward-model score, true reward r*, KL to the reference, response length."""
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        _, axes = plt.subplots(1, 4, figsize=(13, 2.8))
+    panels = [("RM score", history.score), ("true reward r*", history.true_reward),
+              ("KL to reference (nats)", history.kl), ("response tokens", history.length)]
+    for ax, (name, values) in zip(axes, panels):
+        if label is None:
+            ax.clear()
+        ax.plot(range(1, len(values) + 1), values, label=label)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("rollout")
+    axes[0].figure.suptitle(title, fontsize=11)
+    axes[0].figure.tight_layout()
+    return axes
+
+
+__all__ = ["DenseTrueReward", "LivePPOPlot", "PPOConfig", "PPOHistory", "PolicyWithValue", "PretrainBatches",
+           "RMReward", "Rollout", "TrueReward", "chat_ids", "gae", "kl_to_reference", "lm_loss", "masked_mean",
+           "new_policy", "no_dropout", "pair_accuracy", "pair_batch", "pad_right", "per_token_rewards",
+           "plot_history", "positions", "ppo", "ppo_policy_loss", "ppo_update", "ppo_value_loss",
            "response_logprobs", "reward_loss", "reward_model_from", "rm_loss_fn", "rm_scores", "rollout", "score",
-           "whiten", "wordiness"]
+           "text_batch", "whiten", "wordiness"]

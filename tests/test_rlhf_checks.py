@@ -115,3 +115,16 @@ def test_checks_refuse_wrong_return_types():
         checks.check_reward_loss(lambda c, r, m=None: F.logsigmoid(c - r))
     with pytest.raises(CheckError, match="tuple"):
         checks.check_gae(lambda r, v, m, g, l: r)
+
+
+def test_outcome_check_needs_a_rise_in_r_star():
+    checks.check_ppo_outcome([0.3, 0.35, 0.4, 0.5, 0.6, 0.7], margin=0.1)
+    with pytest.raises(CheckError, match="should raise it"):
+        checks.check_ppo_outcome([0.5, 0.5, 0.5, 0.5, 0.52, 0.5], margin=0.1)
+    with pytest.raises(CheckError, match="at least 6"):
+        checks.check_ppo_outcome([0.1, 0.9], margin=0.1)
+
+
+def test_ppo_rejects_unknown_parts():
+    with pytest.raises(ValueError, match="unknown PPO parts"):
+        rlhf._parts({"reward": None}, "gae")

@@ -265,3 +265,16 @@ def check_ppo_losses(policy_loss: Callable, value_loss: Callable) -> None:
         raise CheckError("the policy loss carries gradients into the advantages: detach them (they are targets "
                          "computed from old values, not something to optimise)")
     passed("PPO clipped policy and value losses (vs torchrl's ClipPPOLoss)")
+
+
+# ------------------------------------------------------------------------------------------------ 5. outcome
+def check_ppo_outcome(true_rewards: list, margin: float) -> None:
+    """PPO with your pieces raised the true reward r* of its rollouts: the last 3 rollouts beat the first 3 by ``margin``."""
+    values = [float(x) for x in true_rewards]
+    if len(values) < 6:
+        raise CheckError(f"need at least 6 rollouts to compare, got {len(values)}")
+    first, last = sum(values[:3]) / 3, sum(values[-3:]) / 3
+    if last < first + margin:
+        raise CheckError(f"r* of the rollouts went from {first:.3f} to {last:.3f}; PPO should raise it by at least "
+                         f"{margin}. If the checks above pass, look at how the pieces are passed to rlhf.ppo")
+    passed(f"PPO with your pieces raised r* from {first:.3f} to {last:.3f}")
