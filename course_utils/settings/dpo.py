@@ -14,8 +14,8 @@ CI = {"sft_model": "tiny-gpt-sft", "pair_stories": 1000, "prompt_stories": 300, 
       "win_margin": 0.7, "max_kl": 4.0,  # asserted: win rate over SFT under r* >= 70% at KL <= 4 nats
       # lab: your pieces train DPO from the SFT model
       "lab_beta": 0.1, "lab_steps": 100, "lab_win_rate": 0.6, "lab_max_kl": 5.0}
-CPU = {**CI, "pair_stories": 2000, "pairs": 3000, "eval_stories": 150, "steps": 300, "batch_size": 32,
-       "betas": [0.01, 0.03, 0.1, 0.3, 1.0], "trl_steps": 100, "seeds": [0, 1, 2], "lab_steps": 300,
-       "rm_steps": 600, "rm_lr": 1e-3, "ppo_steps": 40, "ppo_batch_size": 64}
+CPU = {**CI, "pair_stories": 2000, "pairs": 3000, "eval_stories": 150, "steps": 200, "batch_size": 32,
+       "betas": [0.03, 0.1, 0.3, 1.0], "trl_steps": 60, "seeds": [0, 1], "lab_steps": 200,
+       "rm_steps": 300, "rm_lr": 1e-3, "ppo_steps": 30, "ppo_batch_size": 48}
 GPU = {**CPU, "sft_model": "Qwen/Qwen2.5-0.5B-Instruct", "lr": 5e-7, "batch_size": 8, "steps": 200,
        "trl_steps": 100, "lab_steps": 200, "max_new_tokens": 24}
