@@ -85,7 +85,7 @@ def rm_scores(rm, tokenizer, prompts: Sequence[str], responses: Sequence[str], b
     for i in range(0, len(prompts), batch_size):
         rows = [chat_ids(tokenizer, p, r) for p, r in zip(prompts[i:i + batch_size], responses[i:i + batch_size])]
         batch = {k: v.to(rm.device) for k, v in pad_right(rows, tokenizer.pad_token_id).items()}
-        out.append(rm(**batch).logits.squeeze(-1).float())
+        out.append(rm(**batch).logits.squeeze(-1).float().cpu())
     return torch.cat(out)
 
 

@@ -75,7 +75,7 @@ def trl_reward_losses(seed: int = 0) -> list[dict]:
 
 
 def check_reward_loss(fn: Callable) -> None:
-    """``fn(chosen_rewards, rejected_rewards, margin=None)`` equals TRL's RewardTrainer loss (with and without margin)."""
+    """``fn(chosen_rewards, rejected_rewards, margin=None)`` equals TRL's RewardTrainer loss (+/- margins)."""
     for case in trl_reward_losses():
         c, r, m, want = case["chosen"], case["rejected"], case["margin"], case["loss"]
         got = _scalar(fn(c.clone(), r.clone(), None if m is None else m.clone()), "reward_loss")
@@ -104,7 +104,8 @@ def ragged_batch(seed: int, batch: int = 6, width: int = 9) -> dict:
     lengths = torch.randint(1, width + 1, (batch,), generator=g)
     lengths[0], lengths[-1] = 1, width  # a one-token response and one that fills the row
     mask = (torch.arange(width)[None] < lengths[:, None]).float()
-    return {"logprobs": -torch.rand(batch, width, generator=g) * 3, "ref_logprobs": -torch.rand(batch, width, generator=g) * 3,
+    return {"logprobs": -torch.rand(batch, width, generator=g) * 3,
+            "ref_logprobs": -torch.rand(batch, width, generator=g) * 3,
             "scores": torch.randn(batch, generator=g), "mask": mask,
             "values": torch.randn(batch, width, generator=g), "rewards": torch.randn(batch, width, generator=g) * mask}
 
@@ -247,14 +248,15 @@ def check_ppo_losses(policy_loss: Callable, value_loss: Callable) -> None:
             hint = next((h for value, h in hints if _close(got, value)), "")
             raise CheckError(f"policy loss {got.item():.5f}, torchrl's ClipPPOLoss gives {want_pi.item():.5f}. {hint}"
                              .strip())
-        got_v = _scalar(value_loss(b["values"].clone(), b["old_values"].clone(), b["returns"].clone(), m.clone(), vclip),
-                        "ppo_value_loss")
+        got_v = _scalar(value_loss(b["values"].clone(), b["old_values"].clone(), b["returns"].clone(), m.clone(),
+                                   vclip), "ppo_value_loss")
         if not _close(got_v, want_v):
             k = m.sum()
             err = (b["values"] - b["returns"]) ** 2
-            hints = [((err * m).sum() / k, "the value loss is not clipped: also compute it with V_old + clip(V - V_old) "
-                      "and take the larger of the two"),
-                     ((0.5 * err * m).sum() / k, "the value loss is not clipped (and has a 1/2 factor torchrl does not use)")]
+            hints = [((err * m).sum() / k, "the value loss is not clipped: also compute it with "
+                      "V_old + clip(V - V_old) and take the larger of the two"),
+                     ((0.5 * err * m).sum() / k, "the value loss is not clipped (and has a 1/2 factor "
+                      "torchrl does not use)")]
             hint = next((h for value, h in hints if _close(got_v, value)), "")
             raise CheckError(f"value loss {got_v.item():.5f}, torchrl's ClipPPOLoss gives {want_v.item():.5f}. {hint}"
                              .strip())
@@ -269,7 +271,7 @@ def check_ppo_losses(policy_loss: Callable, value_loss: Callable) -> None:
 
 # ------------------------------------------------------------------------------------------------ 5. outcome
 def check_ppo_outcome(true_rewards: list, margin: float) -> None:
-    """PPO with your pieces raised the true reward r* of its rollouts: the last 3 rollouts beat the first 3 by ``margin``."""
+    """PPO with your pieces raised r* of its rollouts: the last 3 rollouts beat the first 3 by ``margin``."""
     values = [float(x) for x in true_rewards]
     if len(values) < 6:
         raise CheckError(f"need at least 6 rollouts to compare, got {len(values)}")

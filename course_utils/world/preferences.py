@@ -139,7 +139,7 @@ def human_demonstrations(tasks: Sequence[Task], wordy_rate: float = 0.6, sure_ra
 
 def rlhf_split(n_pair_stories: int, n_prompt_stories: int, n_eval_stories: int, seed: int = 0,
                families: Sequence[str] = SEEN_FAMILIES) -> dict[str, list[Task]]:
-    """Tasks for RLHF: 'pairs' (reward-model data) and 'prompts' (the policy's) on disjoint training stories, 'eval' on eval stories."""
+    """RLHF tasks: 'pairs' (reward-model data) and 'prompts' on disjoint training stories, 'eval' on eval stories."""
     train = make_split_stories(n_pair_stories + n_prompt_stories, "train", seed=1000 + seed)
     pair_stories, prompt_stories = train[:n_pair_stories], train[n_pair_stories:]
     seen = {s.text for s in pair_stories}

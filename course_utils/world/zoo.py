@@ -164,8 +164,8 @@ def _auto_class(name: str, local: bool):
 def load_pretrained(name: str = "tiny-bert", attn_implementation: str | None = None, progress: bool = True):
     """Return ``(model, tokenizer)`` for a course model name, a hub id or a local folder.
 
-    Course models (``tiny-bert``, ``tiny-gpt``, ``tiny-gpt-sft``) are trained on first use and cached; hub ids and folders
-    are loaded with ``AutoModelForCausalLM`` or ``AutoModelForMaskedLM`` (whichever the config's
+    Course models (``tiny-bert``, ``tiny-gpt``, ``tiny-gpt-sft``) are trained on first use and cached; hub ids and
+    folders are loaded with ``AutoModelForCausalLM`` or ``AutoModelForMaskedLM`` (whichever the config's
     ``architectures`` names). Masked LMs default to eager attention so that ``output_attentions=True``
     returns the attention weights the course visualises; causal LMs default to PyTorch's sdpa.
     """
