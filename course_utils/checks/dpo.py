@@ -1,0 +1,241 @@
+"""Checks for lab 06 (DPO); TRL's ``DPOTrainer`` and a numerical optimiser are the oracles.
+
+Oracles: the per-sequence log-probs TRL's DPO pipeline computes for a batch it built itself
+(``DPOTrainer.compute_ref_log_probs``), the loss and reward metrics of ``DPOTrainer._compute_loss`` on that
+batch, and, for the toy closed form, the KL-regularised objective maximised by L-BFGS. The model forwards
+happen here, in the checker; the student's functions receive and return tensors only. When a result is
+wrong, the checks compare it with typical mistakes and name the one that matches.
+"""
+from __future__ import annotations
+
+import copy
+import tempfile
+import warnings
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from . import CheckError, passed
+from ..sft import quiet_hf
+
+_CACHE: dict = {}
+
+
+def _close(a, b, atol: float = 1e-4, rtol: float = 1e-4) -> bool:
+    return torch.is_tensor(a) and a.shape == b.shape and torch.allclose(a.double(), b.double(), atol=atol, rtol=rtol)
+
+
+def trl_dpo_batch() -> dict:
+    """TRL's DPOTrainer on a few of the world's pairs: its batch, the policy's logits and its per-sequence log-probs.
+
+    The policy is the zoo's tiny GPT with its weights nudged (so it differs from its frozen reference copy).
+    Returns plain tensors and the trainer (kept for the loss check).
+    """
+    if "batch" in _CACHE:
+        return _CACHE["batch"]
+    quiet_hf()
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    from ..world.instructions import task_split
+    from ..world.preferences import sample_pairs
+    from ..world.zoo import load_pretrained
+
+    model, tokenizer = load_pretrained("tiny-gpt", progress=False)
+    pairs = sample_pairs(task_split(40, "train", seed=5), 6, seed=3)
+    state = torch.random.get_rng_state()  # TRL re-seeds the global generator; leave the caller's as it was
+    try:
+        ref = copy.deepcopy(model)
+        generator = torch.Generator().manual_seed(6)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=generator))
+        args = DPOConfig(output_dir=tempfile.mkdtemp(prefix="dpo-check-"), bf16=False, activation_checkpointing=False,
+                         use_cpu=True, report_to="none", disable_tqdm=True, save_strategy="no",
+                         logging_strategy="no", dataloader_pin_memory=False, max_length=tokenizer.model_max_length,
+                         per_device_train_batch_size=len(pairs), beta=0.1)
+        trainer = DPOTrainer(model=model, ref_model=ref, args=args, processing_class=tokenizer,
+                             train_dataset=Dataset.from_list([p.record() for p in pairs]))
+    finally:
+        torch.random.set_rng_state(state)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(pairs))])
+    trainer.model.eval()
+    with torch.no_grad():
+        logits = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        ref_logits = trainer.ref_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        policy = torch.cat(trainer.compute_ref_log_probs(trainer.model, batch))
+        reference = torch.cat(trainer.compute_ref_log_probs(trainer.ref_model, batch))
+    _CACHE["batch"] = {"trainer": trainer, "batch": {k: v for k, v in batch.items()}, "logits": logits,
+                       "ref_logits": ref_logits, "policy_logps": policy, "ref_logps": reference}
+    return _CACHE["batch"]
+
+
+def _logps_variants(logits, ids, completion, attention) -> dict[str, torch.Tensor]:
+    logp = torch.log_softmax(logits.double(), -1)
+    token = logp[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)
+    unshifted = logp.gather(-1, ids[:, :, None]).squeeze(-1)
+    mask = completion[:, 1:].double()
+    return {
+        "the prompt's tokens are summed too: keep only the response tokens (completion_mask), not attention_mask":
+            (token * attention[:, 1:]).sum(-1),
+        "every token is summed, prompt and padding included: multiply by the shifted completion_mask":
+            token.sum(-1),
+        "a mean over the response tokens: DPO SUMS the token log-probs (log pi(y|x) of the whole response)":
+            (token * mask).sum(-1) / mask.sum(-1),
+        "no shift: the logits at position t give the probability of the token at t+1":
+            (unshifted * completion).sum(-1),
+        "the mask is off by one: shift it like the targets (completion_mask[:, 1:])":
+            (token * completion[:, :-1]).sum(-1),
+        "the sum runs over every token of the vocabulary: gather the log-prob of the actual next token":
+            (logp[:, :-1].sum(-1) * mask).sum(-1),
+    }
+
+
+def check_sequence_logps(fn: Callable) -> None:
+    """``fn(logits, input_ids, completion_mask)`` must give the per-sequence log-probs TRL computes for the batch."""
+    data = trl_dpo_batch()
+    batch, logits = data["batch"], data["logits"]
+    for name, lg, expected in (("policy", logits, data["policy_logps"]), ("reference", data["ref_logits"],
+                                                                           data["ref_logps"])):
+        got = fn(lg.clone(), batch["input_ids"].clone(), batch["completion_mask"].clone())
+        if not torch.is_tensor(got):
+            raise CheckError(f"return a tensor of shape ({len(expected)},), one log-prob per row; got {type(got).__name__}")
+        got = got.detach()
+        if got.shape != expected.shape:
+            raise CheckError(f"shape {tuple(got.shape)} but expected ({len(expected)},): one value per row "
+                             "(chosen rows first, then rejected rows)")
+        if _close(got, expected):
+            continue
+        for hint, value in _logps_variants(lg, batch["input_ids"], batch["completion_mask"],
+                                           batch["attention_mask"]).items():
+            if _close(got, value):
+                raise CheckError(f"log-probs differ from TRL's for the {name} model: {hint}")
+        err = (got.double() - expected.double()).abs().max().item()
+        raise CheckError(f"log-probs differ from TRL's for the {name} model (max abs error {err:.3g}); TRL gives "
+                         f"{[round(v, 3) for v in expected.tolist()]}")
+    passed("sequence log-probs of the response tokens (same as TRL's DPOTrainer)")
+
+
+def check_dpo_loss(fn: Callable) -> None:
+    """``fn(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)`` -> (loss, chosen_rewards, rejected_rewards).
+
+    Compared with TRL's ``DPOTrainer`` loss and reward metrics on the same batch, for two values of beta.
+    """
+    data = trl_dpo_batch()
+    trainer, batch = data["trainer"], data["batch"]
+    pc, pr = data["policy_logps"].chunk(2)
+    rc, rr = data["ref_logps"].chunk(2)
+    for beta in (0.1, 0.5):
+        trainer.beta = beta
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.*deprecated", category=FutureWarning)
+            expected = trainer.compute_loss(trainer.model, dict(batch))
+        metrics = {k: v[-1] for k, v in trainer._metrics["eval"].items()}
+        got = fn(pc.clone(), pr.clone(), rc.clone(), rr.clone(), beta)
+        if not (isinstance(got, (tuple, list)) and len(got) == 3 and all(torch.is_tensor(x) for x in got)):
+            raise CheckError("return a tuple (loss, chosen_rewards, rejected_rewards) of tensors")
+        loss, chosen, rejected = (x.detach() for x in got)
+        if loss.dim() != 0:
+            raise CheckError(f"the loss must be a scalar (the mean over pairs), got shape {tuple(loss.shape)}")
+        for what, value, shape in (("chosen_rewards", chosen, pc.shape), ("rejected_rewards", rejected, pr.shape)):
+            if value.shape != shape:
+                raise CheckError(f"{what} must hold one reward per pair, shape {tuple(shape)}; got {tuple(value.shape)}")
+        delta = (pc - rc) - (pr - rr)
+        if not _close(loss, expected, atol=1e-5):
+            mistakes = {
+                "beta is outside the log-sigmoid: it scales the log-ratio difference INSIDE, -log sigmoid(beta * ...)":
+                    -beta * F.logsigmoid(delta).mean(),
+                "chosen and rejected are swapped: the loss should fall as the chosen response gains":
+                    -F.logsigmoid(-beta * delta).mean(),
+                "no reference model: subtract the reference's log-probs (log pi - log pi_ref) on both sides":
+                    -F.logsigmoid(beta * (pc - pr)).mean(),
+                "a sum over pairs: TRL takes the mean": -F.logsigmoid(beta * delta).sum(),
+                "the sign is flipped: minimise -log sigmoid(...), not log sigmoid(...)": F.logsigmoid(beta * delta).mean(),
+            }
+            for hint, value in mistakes.items():
+                if _close(loss, value, atol=1e-5):
+                    raise CheckError(f"loss {loss.item():.5f} but TRL gives {expected.item():.5f} (beta={beta}): {hint}")
+            raise CheckError(f"loss {loss.item():.5f} but TRL gives {expected.item():.5f} on the same batch (beta={beta})")
+        want_chosen, want_rejected = beta * (pc - rc), beta * (pr - rr)
+        for what, value, want, metric in (("chosen_rewards", chosen, want_chosen, "rewards/chosen"),
+                                          ("rejected_rewards", rejected, want_rejected, "rewards/rejected")):
+            if not _close(value, want) or abs(value.double().mean().item() - metrics[metric]) > 1e-4:
+                hint = ""
+                if _close(value, want / beta):
+                    hint = ": multiply the log-ratio by beta"
+                elif _close(value, (pc if what == "chosen_rewards" else pr) * beta):
+                    hint = ": the implicit reward is beta * (log pi - log pi_ref), relative to the reference"
+                raise CheckError(f"{what} differ from TRL's implicit rewards (batch mean {metrics[metric]:.5f}, "
+                                 f"yours {value.double().mean().item():.5f}){hint}")
+    passed("DPO loss and implicit rewards (same as TRL's DPOTrainer, beta 0.1 and 0.5)")
+
+
+def _maximise_objective(ref: torch.Tensor, rewards: torch.Tensor, beta: float) -> torch.Tensor:
+    """The policy maximising E_pi[r] - beta KL(pi || ref), found by L-BFGS on free logits (no closed form used)."""
+    logits = torch.zeros_like(ref, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([logits], lr=1, max_iter=500, tolerance_grad=1e-13, tolerance_change=1e-15,
+                                  line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        logp = torch.log_softmax(logits, -1)
+        value = (logp.exp() * (rewards - beta * (logp - ref.log()))).sum()
+        (-value).backward()
+        return -value
+
+    optimizer.step(closure)
+    return torch.softmax(logits.detach(), -1)
+
+
+def check_optimal_policy(fn: Callable) -> None:
+    """``fn(ref_probs, rewards, beta)`` must be the maximiser of E_pi[r] - beta KL(pi || pi_ref), row by row."""
+    generator = torch.Generator().manual_seed(0)
+    ref = torch.softmax(2 * torch.randn(4, 6, generator=generator, dtype=torch.float64), -1)
+    rewards = torch.rand(4, 6, generator=generator, dtype=torch.float64) * 1.5
+    for beta in (0.2, 1.0, 3.0):
+        got = fn(ref.clone(), rewards.clone(), beta)
+        if not torch.is_tensor(got) or got.shape != ref.shape:
+            raise CheckError(f"return a tensor of shape {tuple(ref.shape)} (prompts x responses), "
+                             f"got {getattr(got, 'shape', type(got).__name__)}")
+        got = got.detach().double()
+        best = _maximise_objective(ref, rewards, beta)
+        if _close(got, best, atol=1e-6, rtol=1e-5):
+            continue
+        mistakes = {
+            "exp(beta * r): the reward is divided by beta, pi_ref * exp(r / beta)": torch.softmax(ref.log() + beta * rewards, -1),
+            "pi_ref is missing: the optimum stays proportional to the reference, pi_ref * exp(r / beta)":
+                torch.softmax(rewards / beta, -1),
+            "not normalised: divide by Z(x) = sum_y pi_ref(y|x) exp(r(x, y) / beta), one Z per prompt":
+                ref * torch.exp(rewards / beta),
+            "normalised over the wrong axis: each prompt (row) is a distribution over its responses":
+                (ref * torch.exp(rewards / beta)) / (ref * torch.exp(rewards / beta)).sum(0, keepdim=True),
+        }
+        for hint, value in mistakes.items():
+            if _close(got, value, atol=1e-6, rtol=1e-5):
+                raise CheckError(f"not the optimal policy for beta={beta}: {hint}")
+        if not torch.allclose(got.sum(-1), torch.ones(len(got), dtype=torch.float64), atol=1e-6):
+            raise CheckError("each row must be a probability distribution over the prompt's responses (sum to 1)")
+        err = (got - best).abs().max().item()
+        raise CheckError(f"not the maximiser of E[r] - beta KL for beta={beta} (max abs error {err:.3g})")
+    passed("closed-form optimal policy pi* = pi_ref exp(r/beta) / Z (matches the numerically maximised objective)")
+
+
+def check_dpo_outcome(win_rate: float, kl: float, min_win_rate: float, max_kl: float) -> None:
+    """The DPO policy must beat the SFT model under r* (win rate, ties half) while staying near it (KL in nats)."""
+    for name, value in (("win_rate", win_rate), ("kl", kl)):
+        if not isinstance(value, (int, float)):
+            raise CheckError(f"{name} must be a number, got {type(value).__name__}")
+    problems = []
+    if win_rate < min_win_rate:
+        problems.append(f"the win rate over SFT under r* is {win_rate:.2f}, below {min_win_rate}: check the log-probs "
+                        "(sum over response tokens) and the loss (chosen vs rejected, beta), or train longer")
+    if kl > max_kl:
+        problems.append(f"the KL to the reference is {kl:.2f} nats, above {max_kl}: the policy drifted far from SFT "
+                        "(is the reference's log-prob subtracted? is beta inside the log-sigmoid?)")
+    if problems:
+        raise CheckError("; ".join(problems))
+    passed(f"DPO beats SFT under r* (win rate {win_rate:.2f}) at KL {kl:.2f} nats")
+
+
+__all__ = ["check_dpo_loss", "check_dpo_outcome", "check_optimal_policy", "check_sequence_logps", "trl_dpo_batch"]

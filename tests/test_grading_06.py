@@ -1,0 +1,59 @@
+"""Grading lab 06 end to end: the solution gets full marks, the untouched lab 0, and plausible mistakes lose
+exactly the points of the exercises they break, with a message naming the mistake. One wrong notebook keeps the
+test within its time budget; every wrong version the issue lists (prompt tokens summed, beta outside the
+log-sigmoid, chosen and rejected swapped, no reference model, mean instead of sum) is rejected by the checks
+alone, fast, in tests/test_dpo_checks.py."""
+from pathlib import Path
+
+import pytest
+
+from course_utils.instructor.notebooks import read_notebook
+from course_utils.instructor.release import replace_solution
+
+ROOT = Path(__file__).resolve().parents[1]
+SOLUTION = ROOT / "solutions" / "06_dpo.ipynb"
+TOTAL = 14
+
+PROMPT_SUMMED = """
+mask = (input_ids != tokenizer.pad_token_id).long()
+logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+return (logp * mask[:, 1:]).sum(-1)
+"""
+BETA_TIMES_REWARD = """
+return torch.softmax(ref_probs.log() + beta * rewards, dim=-1)
+"""
+
+
+@pytest.fixture(scope="module")
+def gradebook(grade_notebooks):
+    solution = read_notebook(SOLUTION)
+    wrong_versions = {
+        "prompt_summed_and_beta_times_reward": replace_solution(replace_solution(solution, "logps_impl", PROMPT_SUMMED),
+                                                                "optimal_impl", BETA_TIMES_REWARD),
+    }
+    return grade_notebooks(SOLUTION, wrong_versions)
+
+
+def total(rows):
+    return sum(r.points for r in rows.values()), sum(r.max_points for r in rows.values())
+
+
+def test_solution_gets_full_marks(gradebook):
+    assert total(gradebook["solution"]) == (TOTAL, TOTAL), {k: r.message for k, r in gradebook["solution"].items()}
+
+
+def test_untouched_lab_gets_zero(gradebook):
+    assert total(gradebook["untouched_lab"]) == (0, TOTAL)
+
+
+@pytest.mark.parametrize("name, lost", [  # exercise -> words its message must contain
+    # the prompt's log-probs are the same in the chosen and the rejected row, so they cancel in the DPO loss: the
+    # log-probs check catches the mistake, the DPO run still works (measured)
+    ("prompt_summed_and_beta_times_reward", {"logps_check": "prompt", "optimal_check": "exp(beta * r)"}),
+])
+def test_plausible_mistakes_lose_the_points_they_break(gradebook, name, lost):
+    rows = gradebook[name]
+    failed = {ex for ex, r in rows.items() if r.points < r.max_points}
+    assert failed == set(lost), {ex: r.message for ex, r in rows.items()}
+    for exercise, message in lost.items():
+        assert message in rows[exercise].message, (exercise, rows[exercise].message)
