@@ -167,11 +167,10 @@ def response_kl(policy, ref, tokenizer, instructions: Sequence[str], max_new_tok
     For each sampled response the exact per-token KL of the next-token distributions is summed over its tokens
     (up to and including <|end|>), then averaged over the prompts: an unbiased, low-variance estimate.
     """
-    from .sft import END
+    from .sft import end_of_turn_ids
 
     device = next(policy.parameters()).device
-    end = tokenizer.convert_tokens_to_ids(END)  # the course's end of turn; a hub model may not have it
-    end_ids = [i for i in {end if end != tokenizer.unk_token_id else None, tokenizer.eos_token_id} if i is not None]
+    end_ids = end_of_turn_ids(tokenizer)  # the course's <|end|> and eos; a hub model has only its eos
     modes = policy.training, ref.training
     policy.eval(), ref.eval()
     generator_state = torch.random.get_rng_state()

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification
 
+from .sft import end_of_turn_ids
 from .world.instructions import Task, words
 from .world.preferences import Pair, true_reward
-from .world.tokenization import END
 
 
 # ----------------------------------------------------------------------------------------------- reward model
@@ -140,7 +140,7 @@ class Rollout:
 def rollout(policy: PolicyWithValue, tokenizer, tasks: Sequence[Task], max_new_tokens: int,
             temperature: float = 1.0) -> Rollout:
     """Sample one response per task from the policy (prompts left-padded, responses after them)."""
-    end_ids = [tokenizer.convert_tokens_to_ids(END), tokenizer.eos_token_id]
+    end_ids = end_of_turn_ids(tokenizer)
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     try:
         prompts = [tokenizer.apply_chat_template([{"role": "user", "content": t.instruction}], tokenize=False,

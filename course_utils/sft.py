@@ -68,13 +68,25 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
                            ignore_index=IGNORE_INDEX)
 
 
+def end_of_turn_ids(tokenizer) -> list[int]:
+    """Token ids that end an assistant reply: the course's <|end|> (if the tokenizer has it), then end-of-text.
+
+    A hub chat model has no <|end|>; its end of turn is its eos token (e.g. Qwen's <|im_end|>).
+    """
+    end = tokenizer.convert_tokens_to_ids(END)
+    ids = [end] if end is not None and end != tokenizer.unk_token_id else []
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
 @torch.no_grad()
 def respond(model, tokenizer, instructions: Sequence[str], max_new_tokens: int = 12,
             batch_size: int = 64) -> list[str]:
     """Greedy replies of a chat model to each instruction (the text up to its <|end|>)."""
     if isinstance(instructions, str):
         raise TypeError("instructions must be a list of strings: wrap one as [instruction]")
-    end_ids = [tokenizer.convert_tokens_to_ids(END), tokenizer.eos_token_id]
+    end_ids = end_of_turn_ids(tokenizer)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -100,5 +112,5 @@ def evaluate(model, tokenizer, tasks: Sequence[Task], max_new_tokens: int = 12) 
     return accuracy(tasks, respond(model, tokenizer, [t.instruction for t in tasks], max_new_tokens))
 
 
-__all__ = ["ASSISTANT", "END", "IGNORE_INDEX", "collate", "encode_chat", "evaluate", "quiet_hf", "respond",
+__all__ = ["ASSISTANT", "END", "IGNORE_INDEX", "collate", "encode_chat", "end_of_turn_ids", "evaluate", "quiet_hf", "respond",
            "sft_loss"]

@@ -55,3 +55,14 @@ def test_causal_checkpoints_load_from_a_local_folder(tmp_path, tiny_gpt):
     enc = tok2("mia has two cups .", return_tensors="pt")
     torch.testing.assert_close(again(**enc).logits, model(**enc).logits)
     assert tok2.chat_template == tok.chat_template
+
+
+def test_end_of_turn_ids_for_the_course_tokenizer_and_a_hub_style_one(tiny_gpt):
+    from course_utils.sft import end_of_turn_ids
+    from course_utils.world.tokenization import train_char
+
+    _, tok = tiny_gpt
+    assert end_of_turn_ids(tok) == [tok.convert_tokens_to_ids(END), tok.eos_token_id]
+    hub_like = train_char("a chat model without the course's end-of-turn token " * 5)  # has only an eos token
+    assert hub_like.eos_token_id is not None
+    assert end_of_turn_ids(hub_like) == [hub_like.eos_token_id]
