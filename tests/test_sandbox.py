@@ -57,6 +57,19 @@ def test_grading_prepares_the_course_models_first(monkeypatch):
     monkeypatch.setattr(zoo, "load_pretrained", lambda name, progress=True: asked.append(name))
     grading.warm_zoo()
     assert asked == list(zoo.RECIPES)
+    asked.clear()
+    grading.warm_zoo(["tiny-gpt"])
+    assert asked == ["tiny-gpt"]
+
+
+def test_grading_prepares_the_models_each_lab_names():
+    from course_utils.instructor.runner import PACKAGE_ROOT
+
+    solutions = PACKAGE_ROOT / "solutions"
+    assert grading.models_needed(solutions / "01_attention.ipynb") == ["tiny-bert"]
+    assert grading.models_needed(solutions / "03_gpt_pretraining.ipynb") == []  # it trains its own GPT
+    assert "tiny-gpt" in grading.models_needed(solutions / "04_instruction_tuning.ipynb")
+    assert "tiny-bert" in grading.models_needed(solutions / "07_lora_qlora.ipynb")
 
 
 @pytest.mark.skipif(sandbox.unavailable_reason() is not None, reason="no sandbox here")

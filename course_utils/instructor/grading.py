@@ -319,7 +319,7 @@ def grade(solution_path: str | Path, submissions: list, out_csv: str | Path, tim
     results: list[ExerciseResult] = []
     submissions = list(submissions)
     hide = [Path(out_csv).resolve().parent, *{Path(p).resolve().parent for p in submissions}]
-    warm_zoo()
+    warm_zoo(models_needed(solution_path))
     for submission in tqdm(submissions, desc="grading", unit="submission"):
         try:
             results += grade_submission(submission, solution_path, timeout, profile, hide)
@@ -332,11 +332,28 @@ def grade(solution_path: str | Path, submissions: list, out_csv: str | Path, tim
     return results
 
 
-def warm_zoo() -> None:
-    """Train and cache the course's own models now, in the grader: sandboxed kernels can read the cache, not write it."""
+def models_needed(solution_path: str | Path) -> list[str]:
+    """The course models a lab uses: each zoo name quoted in its solution's code or in its settings file."""
+    from ..world.zoo import RECIPES
+    from .runner import PACKAGE_ROOT
+
+    stem = Path(solution_path).stem
+    text = "\n".join(c.source for c in read_notebook(solution_path).cells if c.cell_type == "code")
+    for settings in sorted((PACKAGE_ROOT / "course_utils" / "settings").glob("*.py")):
+        source = settings.read_text(encoding="utf-8")
+        if f'NOTEBOOK = "{stem}"' in source:
+            text += source
+    return [name for name in RECIPES if f'"{name}"' in text or f"'{name}'" in text]
+
+
+def warm_zoo(names: list[str] | None = None) -> None:
+    """Train and cache course models now, in the grader: sandboxed kernels can read the cache, not write it.
+
+    ``names``: the models to prepare (default: every course model).
+    """
     from ..world.zoo import RECIPES, load_pretrained
 
-    for name in RECIPES:
+    for name in RECIPES if names is None else names:
         try:
             load_pretrained(name, progress=False)
         except Exception as exc:  # grading goes on; a lab that needs the model will report it
