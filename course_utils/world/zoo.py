@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import shutil
 import socket
 import tempfile
@@ -26,6 +27,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
 from .corpus import WORLD_VERSION, make_corpus, make_split_stories
 from .instructions import FAMILIES, TEMPLATES_DIGEST, make_tasks
+from .reasoning import MIXTURE, REASONING_VERSION, make_mixture
 from ..profiles import seed_everything
 from .tokenization import CHAT_TEMPLATE, END, train_chat_bpe, train_wordpiece
 from ..training import train
@@ -46,6 +48,12 @@ RECIPES = {
         "task_templates": TEMPLATES_DIGEST,  # the tokenizer also reads every task family's wording
         "config": {"n_layer": 2, "n_head": 4, "n_embd": 64, "block_size": 128},
         "train": {"steps": 400, "batch_size": 16, "lr": 3e-3, "seed": 0},
+    },
+    "tiny-gpt-reasoner": {  # module 08: few-shot episodes and word problems (world/reasoning.py)
+        "data": {"n": 8000, "seed": 0, "mixture": MIXTURE, "version": REASONING_VERSION},  # training split only
+        "vocab_size": 400,
+        "config": {"n_layer": 2, "n_head": 4, "n_embd": 64, "block_size": 192},
+        "train": {"steps": 300, "batch_size": 32, "lr": 1e-2, "seed": 0},
     },
 }
 
@@ -116,7 +124,39 @@ def pretrain_tiny_gpt(recipe: dict, progress: bool = True) -> tuple[GPT2LMHeadMo
     return model, tokenizer
 
 
-PRETRAINERS = {"tiny-bert": pretrain_tiny_bert, "tiny-gpt": pretrain_tiny_gpt}
+def pretrain_tiny_gpt_reasoner(recipe: dict, progress: bool = True) -> tuple[GPT2LMHeadModel, object]:
+    """Train module 08's tiny GPT on the prompting mixture of ``world.reasoning``; returns (model, tokenizer)."""
+    from ..pretrain import build_gpt2
+
+    data_recipe = recipe["data"]
+    docs = make_mixture(data_recipe["n"], split="train", seed=data_recipe["seed"], mixture=data_recipe["mixture"])
+    cfg = recipe["config"]
+    tokenizer = train_chat_bpe(docs, vocab_size=recipe["vocab_size"], model_max_length=cfg["block_size"])
+    seed_everything(recipe["train"]["seed"])
+    model = build_gpt2(len(tokenizer), eos_token_id=tokenizer.eos_token_id, **cfg)
+    model.config.pad_token_id = model.generation_config.pad_token_id = tokenizer.pad_token_id
+    # One episode per row, starting at position 0 (as prompts do), rows of similar length batched together.
+    episodes = sorted((e.ids[:cfg["block_size"]] for e in tokenizer.backend_tokenizer.encode_batch(
+        [d + tokenizer.eos_token for d in docs])), key=len)
+    rng = random.Random(recipe["train"]["seed"])
+    batch_size = recipe["train"]["batch_size"]
+
+    def next_batch() -> dict:
+        start = rng.randrange(len(episodes) - batch_size + 1)
+        rows = episodes[start:start + batch_size]
+        ids = torch.full((len(rows), len(rows[-1])), tokenizer.pad_token_id, dtype=torch.long)
+        labels = torch.full_like(ids, -100)
+        for i, row in enumerate(rows):
+            ids[i, :len(row)] = labels[i, :len(row)] = torch.tensor(row)
+        return {"input_ids": ids, "labels": labels}
+
+    train(model, next_batch, steps=recipe["train"]["steps"], lr=recipe["train"]["lr"],
+          progress=progress, desc="pretraining tiny-gpt-reasoner")
+    return model, tokenizer
+
+
+PRETRAINERS = {"tiny-bert": pretrain_tiny_bert, "tiny-gpt": pretrain_tiny_gpt,
+               "tiny-gpt-reasoner": pretrain_tiny_gpt_reasoner}
 
 
 def _auto_class(name: str, local: bool):
