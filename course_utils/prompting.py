@@ -146,3 +146,24 @@ def ape_select(candidates: Sequence[str], score: Callable[[str, list], float], d
     best = max(range(len(candidates)), key=lambda i: (dev_scores[i], -i))
     return {"best": candidates[best], "dev": dev_scores[best], "test": float(score(candidates[best], test)),
             "dev_scores": dev_scores}
+
+
+class InstructionScorer:
+    """``score(instruction, examples)``: accuracy on ``[(text, label), ...]`` with the instruction before a zero-shot prompt."""
+
+    def __init__(self, model, tokenizer, words: Sequence[str], template: str = "review"):
+        self.model, self.tokenizer, self.words, self.template = model, tokenizer, list(words), template
+
+    def __call__(self, instruction: str, examples: list) -> float:
+        prompts = [build_prompt([], text, self.template, instruction=instruction) for text, _ in examples]
+        predicted = label_logprobs(self.model, self.tokenizer, prompts, self.words).argmax(-1)
+        return (predicted == torch.tensor([int(label) for _, label in examples])).float().mean().item()
+
+
+def propose_instructions(model, tokenizer, demos: Sequence, words: Sequence[str], n: int = 8, seed: int = 0,
+                         template: str = "review") -> list[str]:
+    """APE's proposal step: show labelled demonstrations, then let the model write ``n`` rules ('rule : ...')."""
+    prompt = build_prompt([(d.text, words[d.label]) for d in demos], demos[0].text, template)
+    prompt = prompt.rsplit(DELIMITER, 1)[0] + DELIMITER + "rule :"
+    outs = generate(model, tokenizer, [prompt] * n, max_new_tokens=16, do_sample=True, seed=seed)
+    return ["rule :" + o.split(" .")[0] + " ." for o in outs]

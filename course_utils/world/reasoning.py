@@ -21,17 +21,18 @@ from dataclasses import dataclass
 from .corpus import NAMES, NUMBERS, OBJECTS, _chase, _count, _feeling, _give, plural, sentence_split
 
 SPLITS = ("train", "eval")
-REASONING_VERSION = 1  # bumped whenever the generated text changes (the zoo retrains tiny-gpt-reasoner)
+REASONING_VERSION = 2  # bumped whenever the generated text changes (the zoo retrains tiny-gpt-reasoner)
 NUMBER_WORDS = ["zero", *NUMBERS]
 DELIMITER = "\n"
 # Prompt templates: {x} the input, {y} the label words. "cloze" templates put text after the label.
 TEMPLATES = {
+    "plain": "{x} {y}",
     "review": "review : {x} label : {y}",
     "input": "input : {x} output : {y}",
     "arrow": "{x} => {y}",
     "cloze": "{x} so it was {y} .",
 }
-TRAIN_TEMPLATES = ("review", "input", "arrow", "cloze")
+TRAIN_TEMPLATES = ("plain", "plain", "review", "input", "arrow", "cloze")
 ORDINALS = ["first", "second", "third", "fourth", "fifth", "sixth"]
 # Each task: its classes and its natural verbaliser (the words a reader would expect).
 TASKS = {
@@ -71,7 +72,7 @@ _MAKERS = {"action": _chase, "count": _count, "feeling": _feeling, "give": _give
 def _short(text: str, task: str) -> str:
     """The short form of a sentence used in episodes: 'mia was happy .' (the clause that carries the label)."""
     if task == "sentiment":
-        return text.split(" because")[0] + " ."
+        return text.split(" because")[0]
     return text
 
 
@@ -146,12 +147,9 @@ class Problem:
         return NUMBER_WORDS[self.totals[-1]]
 
     def chain(self) -> str:
-        """The intermediate steps: each sentence again with the running count ('first she gets two : five cups .')."""
-        sentences = [t.strip() for t in self.text.split(" .") if t.strip()]
-        out = [sentences[0] + " ."]
-        for sentence, after in zip(sentences[1:], self.totals[1:]):
-            out.append(f"{sentence} : {NUMBER_WORDS[after]} {self.unit(after)} .")
-        return " ".join(out)
+        """The intermediate steps, one small update each: 'day one : four cups . day two : five cups .'."""
+        return " ".join(f"day {NUMBER_WORDS[i]} : {NUMBER_WORDS[t]} {self.unit(t)} ."
+                        for i, t in enumerate(self.totals[1:], start=1))
 
     def unit(self, n: int) -> str:
         """The counted object in singular or plural: 'cup' or 'cups'."""
@@ -169,28 +167,22 @@ class Problem:
 
 def _make_problem(rng: random.Random, steps: int) -> Problem:
     name, obj = rng.choice(NAMES), rng.choice(OBJECTS)
-    total = rng.randint(1, 9)
-    totals, ops = [total], []
-    sentences = [f"{name} has {NUMBER_WORDS[total]} {obj if total == 1 else plural(obj)} ."]
-    for i in range(steps):
-        gain = total <= 1 or (total < 9 and rng.random() < 0.5)
-        amount = rng.randint(1, min(MAX_AMOUNT, (9 - total) if gain else (total - 1)))
-        verb = rng.choice(GAIN if gain else LOSE)
-        total = total + amount if gain else total - amount
-        ops.append(("plus" if gain else "minus", amount))
-        totals.append(total)
-        pronoun = "she" if name in ("mia", "ana", "zoe", "ivy", "eva") else "he"
-        sentences.append(f"{ORDINALS[i]} {pronoun} {verb} {NUMBER_WORDS[amount]} .")
-    question = f"how many {plural(obj)} does {name} have ?"
-    return Problem(" ".join(sentences), question, tuple(totals), tuple(ops))
+    gain = rng.random() < 0.5
+    start = rng.randint(0, 9 - steps) if gain else rng.randint(steps, 9)
+    totals = tuple(start + i if gain else start - i for i in range(steps + 1))
+    pronoun = "she" if name in ("mia", "ana", "zoe", "ivy", "eva") else "he"
+    verb = rng.choice(GAIN if gain else LOSE)
+    text = f"{name} has {NUMBER_WORDS[start]} {obj if start == 1 else plural(obj)} . each day {pronoun} {verb} one ."
+    question = f"how many {plural(obj)} does {name} have after {NUMBER_WORDS[steps]} {'day' if steps == 1 else 'days'} ?"
+    return Problem(text, question, totals, (("plus" if gain else "minus", 1),) * steps)
 
 
 def make_problems(n: int, steps: int | tuple[int, ...] = (1, 2, 3, 4), split: str = "train", seed: int = 0) -> list[Problem]:
     """``n`` distinct word problems of ``split`` with ``steps`` operations each (an int or a tuple to cycle)."""
     _check_split(split)
     steps = (steps,) if isinstance(steps, int) else tuple(steps)
-    if not steps or any(not isinstance(s, int) or not 1 <= s <= 6 for s in steps):
-        raise ValueError(f"steps must be ints between 1 and 6, got {steps!r}")
+    if not steps or any(not isinstance(s, int) or not 1 <= s <= 5 for s in steps):
+        raise ValueError(f"steps must be ints between 1 and 5, got {steps!r}")
     rng, out, seen = random.Random(f"problems-{split}-{seed}"), [], set()
     tries = 0
     while len(out) < n:
@@ -198,8 +190,9 @@ def make_problems(n: int, steps: int | tuple[int, ...] = (1, 2, 3, 4), split: st
         if tries > 200 * n:
             raise ValueError(f"could not find {n} distinct {split} problems with steps={steps}; ask for fewer")
         p = _make_problem(rng, steps[len(out) % len(steps)])
-        if p.text not in seen and sentence_split(p.text.split(" . ")[0] + " .") == split:  # split by the opening
-            seen.add(p.text)
+        key = f"{p.text} {p.question}"
+        if key not in seen and sentence_split(p.text.split(" . ")[0] + " .") == split:  # split by the opening
+            seen.add(key)
             out.append(p)
     return out
 
@@ -207,7 +200,7 @@ def make_problems(n: int, steps: int | tuple[int, ...] = (1, 2, 3, 4), split: st
 def problem_episode(rng: random.Random, split: str = "train") -> str:
     """One bursty episode of 1-3 word problems, all direct, all with steps, or all with the trigger."""
     fmt = rng.choice(("direct", "cot", "trigger"))
-    problems = make_problems(rng.randint(1, 2), steps=tuple(rng.randint(1, 3) for _ in range(2)), split=split,
+    problems = make_problems(rng.randint(1, 2), steps=tuple(rng.randint(1, 4) for _ in range(2)), split=split,
                              seed=rng.randrange(10**9))
     write = {"direct": Problem.direct, "cot": Problem.cot, "trigger": lambda p: p.cot(trigger=True)}[fmt]
     return DELIMITER.join(write(p) for p in problems)
@@ -221,6 +214,12 @@ def arithmetic_fact(rng: random.Random) -> str:
         return f"{NUMBER_WORDS[a]} plus {NUMBER_WORDS[b]} is {NUMBER_WORDS[a + b]} ."
     b = rng.randint(0, min(4, a))
     return f"{NUMBER_WORDS[a]} minus {NUMBER_WORDS[b]} is {NUMBER_WORDS[a - b]} ."
+
+
+def copy_document(rng: random.Random, length: int = 8) -> str:
+    """A random list of world words, then the same list again: the data that grows induction (copy) heads."""
+    words = [rng.choice(NAMES + OBJECTS + NUMBER_WORDS) for _ in range(length)]
+    return " ".join(words) + " | " + " ".join(words) + " ."
 
 
 MIXTURE = {"classification": 0.45, "problems": 0.45, "facts": 0.1}
