@@ -46,9 +46,8 @@ def gradebook(grade_notebooks):
     wrong_versions = {
         "first_token_and_test_selection": replace_solution(replace_solution(solution, "label_impl", FIRST_TOKEN_ONLY),
                                                            "ape_impl", SELECT_ON_TEST),
-        "averaging_and_ties": replace_solution(replace_solution(solution, "ensemble_impl", RAW_LOGPROB_AVERAGE),
-                                               "sc_impl", ALPHABETICAL_TIES),
-        "trailing_space": replace_solution(solution, "prompt_impl", TRAILING_SPACE),
+        "space_averaging_and_ties": replace_solution(replace_solution(replace_solution(
+            solution, "prompt_impl", TRAILING_SPACE), "ensemble_impl", RAW_LOGPROB_AVERAGE), "sc_impl", ALPHABETICAL_TIES),
     }
     return grade_notebooks(SOLUTION, wrong_versions)
 
@@ -67,8 +66,7 @@ def test_untouched_lab_gets_zero(gradebook):
 
 @pytest.mark.parametrize("name, lost", [  # exercise -> words its message must contain
     ("first_token_and_test_selection", {"label_check": "first token", "ape_check": "test set"}),
-    ("averaging_and_ties", {"ensemble_check": "raw log-probs", "sc_check": "ties"}),
-    ("trailing_space", {"prompt_check": "whitespace"}),
+    ("space_averaging_and_ties", {"prompt_check": "whitespace", "ensemble_check": "raw log-probs", "sc_check": "ties"}),
 ])
 def test_plausible_mistakes_lose_the_points_they_break(gradebook, name, lost):
     rows = gradebook[name]

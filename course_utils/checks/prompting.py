@@ -82,10 +82,10 @@ def check_label_scores(fn: Callable) -> None:
 
 
 CASES = [  # (demos, query, template, delimiter)
-    ([("mia was happy .", "good"), ("tom was sad .", "bad")], "ana was glad .", TEMPLATES["review"], "\n"),
-    ([], "leo was upset .", TEMPLATES["input"], "\n"),
     ([("sam was proud .", "foo"), ("ivy was scared .", "bar"), ("ben was angry .", "bar")], "eva was excited .",
      TEMPLATES["cloze"], " | "),
+    ([("mia was happy .", "good"), ("tom was sad .", "bad")], "ana was glad .", TEMPLATES["review"], "\n"),
+    ([], "leo was upset .", TEMPLATES["input"], "\n"),
     ([("max was glad .", "wonderful")], "zoe was sad .", "### {x} ### means {y}", "\n\n"),
 ]
 
@@ -99,12 +99,12 @@ def check_build_prompt(fn: Callable) -> None:
             raise CheckError(f"return the prompt as a string, got {type(got).__name__}")
         if got == want:
             continue
-        if got.rstrip() == want and got != want:
-            raise CheckError("the prompt ends with whitespace: stop right before the label slot (the label "
-                             f"word brings its own leading space). Expected {want!r}")
-        if got.startswith(want):
+        if got.startswith(want) and got[len(want):].strip():
             raise CheckError(f"the query must stop where its label goes (nothing after the slot). Expected {want!r}, "
                              f"got {got!r}")
+        if got.rstrip() == want:
+            raise CheckError("the prompt ends with whitespace: stop right before the label slot (the label "
+                             f"word brings its own leading space). Expected {want!r}")
         if demos and delimiter not in got:
             raise CheckError(f"separate the demonstrations with the delimiter {delimiter!r}")
         if demos and got.find(demos[0][0]) > got.find(demos[-1][0]):

@@ -152,7 +152,7 @@ def pretrain_tiny_gpt_reasoner(recipe: dict, progress: bool = True) -> tuple[GPT
             labels = torch.full_like(ids, -100)
             for i, row in enumerate(rows):
                 ids[i, :len(row)] = labels[i, :len(row)] = torch.tensor(row)
-            return {"input_ids": ids, "labels": labels}
+            return {"input_ids": ids, "attention_mask": (labels != -100).long(), "labels": labels}
         return next_batch
 
     copy_rng = random.Random(f"copy-{data_recipe['seed']}")
