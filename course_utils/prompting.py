@@ -63,6 +63,7 @@ def label_logprobs(model, tokenizer, prompts: Sequence[str], labels: Sequence[st
     for start in range(0, len(prompts), max(1, batch_size // len(labels))):
         batch = label_batch(tokenizer, prompts[start:start + max(1, batch_size // len(labels))], labels)
         logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+        logits = logits[:, -batch["input_ids"].shape[1]:]  # a soft prompt (PEFT prompt tuning) adds positions in front
         out.append(scorer(logits.cpu(), batch["input_ids"], batch["label_mask"]).view(-1, len(labels)))
     return torch.cat(out)
 

@@ -19,7 +19,7 @@ def test_examples_are_balanced_deterministic_and_in_their_split():
 
 def test_problem_steps_and_chain_are_right():
     for p in R.make_problems(50, (1, 2, 3, 4)):
-        assert len(p.steps) == len(p.totals) - 1 and all(1 <= t <= 9 for t in p.totals)
+        assert len(p.steps) == len(p.totals) - 1 and all(0 <= t <= 9 for t in p.totals)
         total = p.totals[0]
         for (op, amount), after in zip(p.steps, p.totals[1:]):
             total = total + amount if op == "plus" else total - amount
@@ -36,14 +36,11 @@ def _training_text() -> str:
 
 def test_no_eval_sentence_or_problem_appears_in_the_training_mixture():
     text = _training_text()
-    training_sentences = set(re.findall(r"(?:^|: |=> |\n)(\w+ was \w+ \.)", text))
-    assert training_sentences, "the mixture should contain classification sentences"
-    for e in R.make_examples(200, "sentiment", "eval", seed=0):
-        assert e.text not in training_sentences and e.text not in text
+    assert "was happy" in text or "was glad" in text, "the mixture should contain classification sentences"
+    for e in R.make_examples(200, "sentiment", "eval", seed=0) + R.make_examples(100, "topic", "eval", seed=0):
+        assert re.search(rf"\b{re.escape(e.text)}(?=\W|$)", text) is None, e.text
     for p in R.make_problems(200, (1, 2, 3, 4), "eval", seed=0):  # a problem is its text and its question
-        assert f"{p.text} {p.question}" not in text
-    for e in R.make_examples(100, "topic", "eval", seed=0):
-        assert e.text not in text
+        assert p.text.split(" . ")[0] not in text, p.text  # not even its opening sentence
 
 
 def test_eval_and_train_generators_never_overlap():
