@@ -40,7 +40,8 @@ def _oracle_logprob(model, ids: torch.Tensor, mask: torch.Tensor) -> float:
     labels = torch.where(mask.bool(), ids, torch.full_like(ids, -100))
     length = int(mask.nonzero().max()) + 1
     with torch.no_grad():
-        loss = model(input_ids=ids[None, :length], labels=labels[None, :length]).loss
+        loss = model(input_ids=ids[None, :length], attention_mask=torch.ones(1, length, dtype=torch.long),
+                     labels=labels[None, :length]).loss
     return -float(loss) * n
 
 
@@ -172,6 +173,7 @@ TIE_CASES = [
     ["answer : zero .", "answer : zebra", "answer : zebra", "answer : zero ."],
     ["answer : five .", "answer : three .", "answer : three .", "answer : five ."],
     ["answer : one .", "answer : two .", "answer : three .", "answer : four ."],
+    ["answer : two . answer : five .", "answer : two .", "answer : five ."],  # the first answer of a chain counts
 ]
 
 
