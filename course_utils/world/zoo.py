@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import os
+import random
 import shutil
 import socket
 import tempfile
@@ -30,6 +31,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 from .corpus import WORLD_VERSION, make_corpus, make_split_stories
 from .instructions import FAMILIES, TEMPLATES_DIGEST, make_tasks, task_split
 from .preferences import SURE, VERBOSE, human_demonstrations
+from .reasoning import MIXTURE, REASONING_VERSION, copy_document, make_mixture
 from ..profiles import seed_everything
 from .tokenization import CHAT_TEMPLATE, END, train_chat_bpe, train_wordpiece
 from ..training import train
@@ -50,6 +52,13 @@ RECIPES = {
         "task_templates": TEMPLATES_DIGEST,  # the tokenizer also reads every task family's wording
         "config": {"n_layer": 2, "n_head": 4, "n_embd": 64, "block_size": 128},
         "train": {"steps": 400, "batch_size": 16, "lr": 3e-3, "seed": 0},
+    },
+    "tiny-gpt-reasoner": {  # module 08: few-shot episodes and word problems (world/reasoning.py)
+        "data": {"n": 12000, "seed": 0, "mixture": MIXTURE, "version": REASONING_VERSION},  # training split only
+        "vocab_size": 700,  # every world word one token
+        "config": {"n_layer": 2, "n_head": 4, "n_embd": 64, "block_size": 192},
+        "copy": {"n": 4000, "steps": 600, "lr": 3e-3},  # first grow induction heads on copy lists
+        "train": {"steps": 3000, "batch_size": 32, "lr": 3e-3, "seed": 0},  # CoT and ICL appear after ~1500-3000
     },
 }
 # The SFT model of modules 05-06. Its demonstrations are right but often wordy (as people write them), so its
@@ -130,8 +139,6 @@ def pretrain_tiny_gpt(recipe: dict, progress: bool = True) -> tuple[GPT2LMHeadMo
 
 def finetune_tiny_gpt_sft(recipe: dict, progress: bool = True) -> tuple[GPT2LMHeadModel, object]:
     """SFT of the zoo's base model on human demonstrations of the seen task families; returns (model, tokenizer)."""
-    import random
-
     from ..sft import collate, encode_chat, sft_loss
 
     model, tokenizer = load_pretrained(recipe["base"], progress=progress)
@@ -151,7 +158,48 @@ def finetune_tiny_gpt_sft(recipe: dict, progress: bool = True) -> tuple[GPT2LMHe
     return model, tokenizer
 
 
-PRETRAINERS = {"tiny-bert": pretrain_tiny_bert, "tiny-gpt": pretrain_tiny_gpt, "tiny-gpt-sft": finetune_tiny_gpt_sft}
+def pretrain_tiny_gpt_reasoner(recipe: dict, progress: bool = True) -> tuple[GPT2LMHeadModel, object]:
+    """Train module 08's tiny GPT: copy lists first (induction heads), then the prompting mixture; returns (model, tokenizer)."""
+    from ..pretrain import build_gpt2
+
+    data_recipe = recipe["data"]
+    docs = make_mixture(data_recipe["n"], split="train", seed=data_recipe["seed"], mixture=data_recipe["mixture"])
+    cfg = recipe["config"]
+    tokenizer = train_chat_bpe(docs, vocab_size=recipe["vocab_size"], model_max_length=cfg["block_size"])
+    seed_everything(recipe["train"]["seed"])
+    model = build_gpt2(len(tokenizer), eos_token_id=tokenizer.eos_token_id, **cfg)
+    model.config.pad_token_id = model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    # One episode per row, starting at position 0 (as prompts do), rows of similar length batched together.
+    rng = random.Random(recipe["train"]["seed"])
+    batch_size = recipe["train"]["batch_size"]
+
+    def batches(texts: list[str]):
+        rows_all = sorted((e.ids[:cfg["block_size"]] for e in tokenizer.backend_tokenizer.encode_batch(
+            [t + tokenizer.eos_token for t in texts])), key=len)
+
+        def next_batch() -> dict:
+            start = rng.randrange(len(rows_all) - batch_size + 1)
+            rows = rows_all[start:start + batch_size]
+            ids = torch.full((len(rows), len(rows[-1])), tokenizer.pad_token_id, dtype=torch.long)
+            labels = torch.full_like(ids, -100)
+            for i, row in enumerate(rows):
+                ids[i, :len(row)] = labels[i, :len(row)] = torch.tensor(row)
+            return {"input_ids": ids, "attention_mask": (labels != -100).long(), "labels": labels}
+        return next_batch
+
+    copy_rng = random.Random(f"copy-{data_recipe['seed']}")
+    copies = [copy_document(copy_rng) for _ in range(recipe["copy"]["n"])]
+    train(model, batches(copies), steps=recipe["copy"]["steps"], lr=recipe["copy"]["lr"], progress=progress,
+          desc="tiny-gpt-reasoner: copy lists")
+    next_batch = batches(docs)
+    train(model, next_batch, steps=recipe["train"]["steps"], lr=recipe["train"]["lr"],
+          progress=progress, desc="pretraining tiny-gpt-reasoner")
+    return model, tokenizer
+
+
+PRETRAINERS = {"tiny-bert": pretrain_tiny_bert, "tiny-gpt": pretrain_tiny_gpt, "tiny-gpt-sft": finetune_tiny_gpt_sft,
+               "tiny-gpt-reasoner": pretrain_tiny_gpt_reasoner}
 
 
 def _auto_class(name: str, local: bool):

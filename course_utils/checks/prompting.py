@@ -1,0 +1,239 @@
+"""Checks for lab 08 (prompting, in-context learning, chain-of-thought).
+
+Oracles: the label log-probabilities ``transformers`` computes itself (the model's own loss with labels
+-100 outside the label, one sequence at a time, the forward done here), the course's reference prompt
+builder and ensembling/voting rules (``course_utils.prompting``), and chains sampled here with a seeded
+generator. When a result is wrong the checks compare it with typical mistakes (first label token only,
+a per-token mean, no shift, log-probs averaged across templates, ties broken another way, selecting on
+the test set) and name the one that matches.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import torch
+
+from . import CheckError, passed
+from .. import prompting as ref
+from ..world.reasoning import TEMPLATES, TRIGGER, make_examples, make_problems
+
+MODEL = "tiny-gpt-reasoner"
+MULTI_TOKEN_LABELS = ["terrible", "wonderful", "no", "yes"]
+
+
+def _model():
+    from ..world.zoo import load_pretrained
+
+    return load_pretrained(MODEL, progress=False)
+
+
+def _tensor(x, name: str) -> torch.Tensor:
+    if not torch.is_tensor(x):
+        raise CheckError(f"{name} must return a torch tensor, got {type(x).__name__}")
+    return x.detach().float()
+
+
+def _oracle_logprob(model, ids: torch.Tensor, mask: torch.Tensor) -> float:
+    """log P(label | prompt) of one row from the model's own loss (labels -100 outside the label)."""
+    n = int(mask.sum())
+    labels = torch.where(mask.bool(), ids, torch.full_like(ids, -100))
+    length = int(mask.nonzero().max()) + 1
+    with torch.no_grad():
+        loss = model(input_ids=ids[None, :length], attention_mask=torch.ones(1, length, dtype=torch.long),
+                     labels=labels[None, :length]).loss
+    return -float(loss) * n
+
+
+def check_label_scores(fn: Callable) -> None:
+    """``fn(logits, input_ids, label_mask)`` -> summed log-probs of every label token, per row."""
+    model, tokenizer = _model()
+    prompts = [ref.build_prompt([(e.text, w) for e, w in zip(make_examples(2, seed=3), ("terrible", "wonderful"))],
+                                q.text) for q in make_examples(3, "sentiment", "eval", seed=4)]
+    batch = ref.label_batch(tokenizer, prompts, MULTI_TOKEN_LABELS)
+    if int(batch["label_mask"].sum(1).max()) < 2:
+        raise RuntimeError("the check needs a multi-token label; the tokenizer changed")
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    got = _tensor(fn(logits.clone(), batch["input_ids"].clone(), batch["label_mask"].clone()), "label_scores")
+    want = torch.tensor([_oracle_logprob(model, i, m) for i, m in zip(batch["input_ids"], batch["label_mask"])])
+    if got.shape != want.shape:
+        raise CheckError(f"return one score per row, shape {tuple(want.shape)}, got {tuple(got.shape)}")
+    if torch.allclose(got, want, atol=1e-3):
+        passed("label log-probabilities (every token of a multi-token label)")
+        return
+    logprobs = logits[:, :-1].log_softmax(-1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+    mask = batch["label_mask"][:, 1:].float()
+    first = mask * (mask.cumsum(1) == 1)
+    mistakes = {
+        "only the first token of each label is scored: add the log-probs of all its tokens":
+            (logprobs * first).sum(1),
+        "this is the mean log-prob per label token: log P(label | prompt) is the sum over its tokens":
+            (logprobs * mask).sum(1) / mask.sum(1),
+        "no shift: the logits at position t predict the token at t + 1":
+            (logits.log_softmax(-1).gather(-1, batch["input_ids"][:, :, None]).squeeze(-1)
+             * batch["label_mask"]).sum(1),
+        "these are probabilities, not log-probabilities": (logprobs.exp() * mask).sum(1),
+    }
+    for message, wrong in mistakes.items():
+        if got.shape == wrong.shape and torch.allclose(got, wrong.float(), atol=1e-3):
+            raise CheckError(message)
+    raise CheckError(f"scores differ from log P(label | prompt) computed by the model: got {got[:4].tolist()}, "
+                     f"expected {want[:4].tolist()}")
+
+
+CASES = [  # (demos, query, template, delimiter)
+    ([("sam was proud .", "foo"), ("ivy was scared .", "bar"), ("ben was angry .", "bar")], "eva was excited .",
+     TEMPLATES["cloze"], " | "),
+    ([("mia was happy .", "good"), ("tom was sad .", "bad")], "ana was glad .", TEMPLATES["review"], "\n"),
+    ([], "leo was upset .", TEMPLATES["input"], "\n"),
+    ([("max was glad .", "wonderful")], "zoe was sad .", "### {x} ### means {y}", "\n\n"),
+]
+
+
+def check_build_prompt(fn: Callable) -> None:
+    """``fn(demos, query, template, delimiter)`` must equal the reference k-shot prompt exactly."""
+    for demos, query, template, delimiter in CASES:
+        got = fn([tuple(d) for d in demos], query, template, delimiter)
+        want = ref.build_prompt(demos, query, template, delimiter)
+        if not isinstance(got, str):
+            raise CheckError(f"return the prompt as a string, got {type(got).__name__}")
+        if got == want:
+            continue
+        if got.startswith(want) and got[len(want):].strip():
+            raise CheckError(f"the query must stop where its label goes (nothing after the slot). Expected {want!r}, "
+                             f"got {got!r}")
+        if got.rstrip() == want:
+            raise CheckError("the prompt ends with whitespace: stop right before the label slot (the label "
+                             f"word brings its own leading space). Expected {want!r}")
+        if demos and delimiter not in got:
+            raise CheckError(f"separate the demonstrations with the delimiter {delimiter!r}")
+        if demos and got.find(demos[0][0]) > got.find(demos[-1][0]):
+            raise CheckError("keep the demonstrations in the order given")
+        raise CheckError(f"for template {template!r}, delimiter {delimiter!r} and {len(demos)} demonstrations "
+                         f"expected {want!r}, got {got!r}")
+    passed("k-shot prompt building")
+
+
+def _ensemble_cases() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    cases = [torch.randn(5, 40, 3, generator=g) * 2 for _ in range(2)]
+    scaled = torch.randn(3, 40, 2, generator=g)
+    scaled[0] = scaled[0] * 8 - 10  # one template with long labels: large negative log-probs of wide spread
+    cases.append(scaled)
+    ties = torch.tensor([[[0.0, -0.1], [-2.0, 0.0], [0.0, -3.0]],  # 2 templates: votes 1-1 on every example
+                         [[-0.2, 0.0], [0.0, -0.05], [-0.1, 0.0]]])
+    cases.append(ties)
+    four = torch.randn(4, 60, 4, generator=g)
+    cases.append(four)
+    return cases
+
+
+def check_ensemble(fn: Callable) -> None:
+    """``fn(logprobs)`` (templates, examples, labels) -> (average-probability predictions, vote predictions)."""
+    for lp in _ensemble_cases():
+        got = fn(lp.clone())
+        if not (isinstance(got, (tuple, list)) and len(got) == 2):
+            raise CheckError("return a pair (average-probability predictions, majority-vote predictions)")
+        avg, voted = (_tensor(g, "ensemble").long() for g in got)
+        want_avg, want_vote = ref.ensemble(lp)
+        if avg.shape != want_avg.shape or voted.shape != want_vote.shape:
+            raise CheckError(f"return one prediction per example, shape {tuple(want_avg.shape)}")
+        if not torch.equal(avg, want_avg):
+            if torch.equal(avg, lp.mean(0).argmax(-1)):
+                raise CheckError("you averaged raw log-probs across templates: templates with long labels dominate; "
+                                 "normalise each template over the labels (softmax) and average probabilities")
+            if torch.equal(avg, lp.log_softmax(-1).mean(0).argmax(-1)):
+                raise CheckError("you averaged log-probabilities (a geometric mean): average the probabilities")
+            raise CheckError("the probability-averaging predictions are wrong: softmax over labels per template, "
+                             "mean over templates, argmax")
+        if not torch.equal(voted, want_vote):
+            votes = torch.nn.functional.one_hot(lp.argmax(-1), lp.size(-1)).sum(0)
+            among_tied = votes.gather(-1, voted[:, None].clamp(0, lp.size(-1) - 1)).squeeze(-1) == votes.max(-1).values
+            if bool(among_tied.all()):
+                raise CheckError("the majority vote is right but ties are broken another way: the stated rule gives "
+                                 "a tie to the tied label with the highest averaged probability")
+            raise CheckError("the majority-vote predictions are wrong: each template votes for its argmax label")
+    passed("prompt ensembling (probability averaging and majority vote with the tie rule)")
+
+
+def _chains(n_problems: int = 6, n: int = 5, seed: int = 0) -> list[list[str]]:
+    model, tokenizer = _model()
+    problems = make_problems(n_problems, (2, 3), "eval", seed=seed)
+    return [ref.sample_chains(model, tokenizer, f"{p.text} {p.question} {TRIGGER}", n, seed=seed + i)
+            for i, p in enumerate(problems)]
+
+
+TIE_CASES = [
+    ["x answer : four .", "answer : six .", "answer : six . answer : four .", "answer : four ."],
+    ["answer : two .", "answer : nine .", "no answer here", "answer : nine .", "answer : two ."],
+    ["answer : seven .", "answer : one .", "answer : three .", "answer : one .", "answer : seven ."],
+    ["answer : eight .", "answer : five .", "answer : five .", "answer : eight ."],
+    ["no answer", "still none"],
+    ["answer : zero .", "answer : zebra", "answer : zebra", "answer : zero ."],
+    ["answer : five .", "answer : three .", "answer : three .", "answer : five ."],
+    ["answer : one .", "answer : two .", "answer : three .", "answer : four ."],
+    ["answer : two . answer : five .", "answer : two .", "answer : five ."],  # the first answer of a chain counts
+]
+
+
+def check_self_consistency(fn: Callable) -> None:
+    """``fn(chains)`` -> the majority answer of the chains (first 'answer : X' of each), ties to the earliest."""
+    for chains in TIE_CASES + [c for cs in _chains() for c in [cs]]:
+        got, want = fn(list(chains)), ref.vote([ref.extract_answer(c) for c in chains])
+        if got == want:
+            continue
+        answers = [ref.extract_answer(c) for c in chains]
+        if want is None:
+            raise CheckError(f"no chain has an answer, return None (got {got!r})")
+        if got is None or got not in answers:
+            raise CheckError(f"{got!r} is not an answer of these chains: extract the word after the first "
+                             f"'answer :' of each chain (chains: {chains!r})")
+        counts = {a: answers.count(a) for a in answers if a is not None}
+        if counts.get(got) == max(counts.values()):
+            raise CheckError(f"ties are broken another way: the rule gives a tie to the answer that appears first "
+                             f"(expected {want!r}, got {got!r} for {chains!r})")
+        raise CheckError(f"expected the majority answer {want!r}, got {got!r} for {chains!r}")
+    passed("self-consistency: answer extraction and majority vote")
+
+
+class TableScorer:
+    """A stand-in scorer: a fixed accuracy per (instruction, dataset), where dev and test disagree on the best."""
+
+    def __init__(self, table: dict):
+        self.table = table
+
+    def __call__(self, instruction: str, examples: list) -> float:
+        return self.table[instruction][str(examples[0][0])]
+
+
+def check_ape(fn: Callable) -> None:
+    """``fn(candidates, score, dev, test)`` selects on dev and reports the chosen instruction's test score."""
+    rng = random.Random(0)
+    candidates = [f"rule : happy is {a} , sad is {b} ." for a, b in
+                  [("good", "bad"), ("yes", "no"), ("foo", "bar"), ("sun", "moon"), ("up", "down")]]
+    dev, test = [("dev sentence", 1), ("x", 0)], [("test sentence", 0), ("y", 1)]
+    for trial in range(3):
+        dev_acc = [round(rng.uniform(0.4, 0.9), 3) for _ in candidates]
+        test_acc = [round(rng.uniform(0.4, 0.9), 3) for _ in candidates]
+        best_dev = max(range(len(candidates)), key=dev_acc.__getitem__)
+        best_test = max(range(len(candidates)), key=test_acc.__getitem__)
+        if best_dev == best_test:
+            test_acc[best_dev], test_acc[(best_dev + 1) % len(candidates)] = 0.3, 0.95
+            best_test = (best_dev + 1) % len(candidates)
+        scorer = TableScorer({c: {"dev sentence": d, "test sentence": t}
+                              for c, d, t in zip(candidates, dev_acc, test_acc)})
+        got = fn(list(candidates), scorer, [list(x) for x in dev], [list(x) for x in test])
+        if not isinstance(got, dict) or not {"best", "dev", "test"} <= set(got):
+            raise CheckError("return a dict with keys 'best' (the instruction), 'dev' and 'test' (its scores)")
+        if got["best"] == candidates[best_test] or got.get("dev") == test_acc[best_test]:
+            raise CheckError("you selected the instruction on the test set: select on dev and only report test, "
+                             "or the test score is optimistic")
+        if got["best"] != candidates[best_dev]:
+            raise CheckError(f"the best instruction on dev is {candidates[best_dev]!r}, got {got['best']!r}")
+        if abs(float(got["dev"]) - dev_acc[best_dev]) > 1e-9:
+            raise CheckError(f"'dev' must be the chosen instruction's dev score {dev_acc[best_dev]}, got {got['dev']}")
+        if abs(float(got["test"]) - test_acc[best_dev]) > 1e-9:
+            hint = " (that is its dev score)" if abs(float(got["test"]) - dev_acc[best_dev]) < 1e-9 else ""
+            raise CheckError(f"'test' must be the chosen instruction's test score {test_acc[best_dev]}{hint}")
+    passed("APE selection: chosen on dev, reported on test")

@@ -1,0 +1,170 @@
+"""Prompting helpers shared by lecture and lab 08: label scoring, k-shot prompts, ensembling, self-consistency, APE.
+
+Everything works with any causal LM and its tokenizer (the course's ``tiny-gpt-reasoner`` or a hub model):
+``label_logprobs`` scores label words (several tokens each, summed) after prompts, ``build_prompt`` writes a
+k-shot prompt, ``ensemble`` combines templates, ``sample_chains`` + ``vote`` do self-consistency and
+``ape_select`` keeps the instruction that scores best on a dev set and reports it on a test set.
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+import torch
+
+from .world.reasoning import DELIMITER, fill
+
+
+def _check_model_inputs(prompts, labels) -> None:
+    if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise TypeError("prompts must be a non-empty list of strings (wrap one prompt as [prompt])")
+    if isinstance(labels, str) or not labels or not all(isinstance(w, str) and w for w in labels):
+        raise TypeError("labels must be a non-empty list of label words such as ['bad', 'good']")
+
+
+def label_token_ids(tokenizer, prompt: str, label: str) -> tuple[list[int], list[int]]:
+    """Token ids of the prompt and of the label that follows it after one space (several ids if the word splits)."""
+    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    full = tokenizer(prompt + " " + label, add_special_tokens=False)["input_ids"]
+    if full[:len(p)] != p:  # a BPE merge across the boundary: tokenise the label on its own
+        return p, tokenizer(" " + label, add_special_tokens=False)["input_ids"]
+    return p, full[len(p):]
+
+
+def sequence_scores(logits: torch.Tensor, input_ids: torch.Tensor, label_mask: torch.Tensor) -> torch.Tensor:
+    """Summed log-probabilities of the tokens where ``label_mask`` is 1: logits at t predict the token at t+1."""
+    logprobs = logits[:, :-1].float().log_softmax(-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    return (logprobs * label_mask[:, 1:].to(logprobs.dtype)).sum(1)
+
+
+def label_batch(tokenizer, prompts: Sequence[str], labels: Sequence[str]) -> dict:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``label_mask`` for every (prompt, label) pair, prompt-major."""
+    rows = [label_token_ids(tokenizer, p, w) for p in prompts for w in labels]
+    width = max(len(p) + len(w) for p, w in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attention = torch.zeros_like(ids)
+    label_mask = torch.zeros_like(ids)
+    for i, (p, w) in enumerate(rows):
+        ids[i, :len(p) + len(w)] = torch.tensor(p + w)
+        attention[i, :len(p) + len(w)] = 1
+        label_mask[i, len(p):len(p) + len(w)] = 1
+    return {"input_ids": ids, "attention_mask": attention, "label_mask": label_mask}
+
+
+@torch.no_grad()
+def label_logprobs(model, tokenizer, prompts: Sequence[str], labels: Sequence[str], batch_size: int = 64,
+                   scorer: Callable = sequence_scores) -> torch.Tensor:
+    """(len(prompts), len(labels)) log P(label | prompt), every token of a multi-token label counted."""
+    _check_model_inputs(prompts, labels)
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(prompts), max(1, batch_size // len(labels))):
+        batch = label_batch(tokenizer, prompts[start:start + max(1, batch_size // len(labels))], labels)
+        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+        logits = logits[:, -batch["input_ids"].shape[1]:]  # a soft prompt (PEFT prompt tuning) adds positions in front
+        out.append(scorer(logits.cpu(), batch["input_ids"], batch["label_mask"]).view(-1, len(labels)))
+    return torch.cat(out)
+
+
+def build_prompt(demos: Sequence[tuple[str, str]], query: str, template: str = "review",
+                 delimiter: str = DELIMITER, instruction: str | None = None) -> str:
+    """A k-shot prompt: optional instruction, the filled demonstrations, then the query up to its label slot."""
+    lines = ([instruction] if instruction else []) + [fill(template, x, y) for x, y in demos] + [fill(template, query)]
+    return delimiter.join(lines)
+
+
+def classify(model, tokenizer, prompts: Sequence[str], labels: Sequence[str]) -> torch.Tensor:
+    """Predicted class index per prompt: the label word with the highest log-probability."""
+    return label_logprobs(model, tokenizer, prompts, labels).argmax(-1)
+
+
+def ensemble(logprobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(templates, examples, labels) log-probs -> (average-probability predictions, majority-vote predictions).
+
+    Each template's scores are normalised over the labels (softmax) before averaging. A vote tie goes to the
+    tied label with the highest averaged probability.
+    """
+    if logprobs.dim() != 3:
+        raise ValueError(f"logprobs must be (templates, examples, labels), got shape {tuple(logprobs.shape)}")
+    probs = logprobs.float().softmax(-1).mean(0)
+    votes = torch.nn.functional.one_hot(logprobs.argmax(-1), logprobs.size(-1)).sum(0).float()
+    tied = votes == votes.max(-1, keepdim=True).values
+    return probs.argmax(-1), torch.where(tied, probs, torch.full_like(probs, -1.0)).argmax(-1)
+
+
+ANSWER = re.compile(r"answer : (\w+)")
+
+
+def extract_answer(text: str) -> str | None:
+    """The word after the first 'answer :' of a generated chain, or None."""
+    match = ANSWER.search(text)
+    return match.group(1) if match else None
+
+
+def vote(answers: Sequence[str | None]) -> str | None:
+    """The most frequent answer (None ignored); a tie goes to the tied answer that came first."""
+    counts = Counter(a for a in answers if a is not None)
+    if not counts:
+        return None
+    best = max(counts.values())
+    return next(a for a in answers if a is not None and counts[a] == best)
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 48, do_sample: bool = False,
+             temperature: float = 1.0, seed: int = 0) -> list[str]:
+    """Continuations of ``prompts`` (greedy, or sampled with a seeded generator), cut after the first 'answer : X .'."""
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a list of strings (wrap one prompt as [prompt])")
+    device = next(model.parameters()).device
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    finally:
+        tokenizer.padding_side = side
+    torch.manual_seed(seed)
+    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                         temperature=temperature if do_sample else None, top_k=0 if do_sample else None,
+                         top_p=None, pad_token_id=tokenizer.pad_token_id)
+    texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return [t.split(DELIMITER)[0] for t in texts]
+
+
+def sample_chains(model, tokenizer, prompt: str, n: int, temperature: float = 1.0, seed: int = 0,
+                  max_new_tokens: int = 48) -> list[str]:
+    """``n`` sampled continuations of one prompt (reproducible from ``seed``)."""
+    return generate(model, tokenizer, [prompt] * n, max_new_tokens, do_sample=True, temperature=temperature, seed=seed)
+
+
+def ape_select(candidates: Sequence[str], score: Callable[[str, list], float], dev: list, test: list) -> dict:
+    """APE's selection: score every candidate on ``dev``, keep the best (first on ties), report it on ``test``."""
+    if not candidates:
+        raise ValueError("candidates must be a non-empty list of instructions")
+    dev_scores = [float(score(c, dev)) for c in candidates]
+    best = max(range(len(candidates)), key=lambda i: (dev_scores[i], -i))
+    return {"best": candidates[best], "dev": dev_scores[best], "test": float(score(candidates[best], test)),
+            "dev_scores": dev_scores}
+
+
+class InstructionScorer:
+    """``score(instruction, examples)``: accuracy on ``[(text, label), ...]`` with the instruction before a zero-shot prompt."""
+
+    def __init__(self, model, tokenizer, words: Sequence[str], template: str = "review"):
+        self.model, self.tokenizer, self.words, self.template = model, tokenizer, list(words), template
+
+    def __call__(self, instruction: str, examples: list) -> float:
+        prompts = [build_prompt([], text, self.template, instruction=instruction) for text, _ in examples]
+        predicted = label_logprobs(self.model, self.tokenizer, prompts, self.words).argmax(-1)
+        return (predicted == torch.tensor([int(label) for _, label in examples])).float().mean().item()
+
+
+def propose_instructions(model, tokenizer, demos: Sequence, words: Sequence[str], n: int = 8, seed: int = 0,
+                         template: str = "review") -> list[str]:
+    """APE's proposal step: show labelled demonstrations, then let the model write ``n`` rules ('rule : ...')."""
+    prompt = build_prompt([(d.text, words[d.label]) for d in demos], demos[0].text, template)
+    prompt = prompt.rsplit(DELIMITER, 1)[0] + DELIMITER + "rule :"
+    outs = generate(model, tokenizer, [prompt] * n, max_new_tokens=16, do_sample=True, seed=seed)
+    return ["rule :" + o.split(" .")[0] + " ." for o in outs]

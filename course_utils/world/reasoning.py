@@ -1,0 +1,241 @@
+"""Prompting data for module 08: few-shot episodes with changing label words, and multi-step word problems.
+
+A tiny GPT pretrained on this mixture does in-context learning and benefits from chain-of-thought:
+- **classification episodes**: k demonstrations and a query of one task (the feeling of a story sentence,
+  or its topic), written with one prompt template; the label words change from episode to episode
+  (bursty data with varying label mappings), so the model must read the demonstrations to answer;
+- **word problems** from the story world ("mia has three cups . she gets two more . ..."), written with
+  the answer alone, with the intermediate steps, or with a "let's think step by step" trigger first;
+  every episode keeps one format, so demonstrations decide the format of the answer;
+- **rules**: an instruction naming the label words ("rule : happy is X , sad is Y .") before or after the
+  demonstrations, which lets a prompt state the mapping and lets the model propose instructions (APE).
+
+Evaluation sentences and problems are disjoint from the training ones (``corpus.sentence_split`` of the
+sentence, or of a problem's opening sentence): ``split="eval"`` never returns anything ``split="train"`` can.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from .corpus import NAMES, NUMBERS, OBJECTS, _chase, _count, _feeling, _give, plural, sentence_split
+
+SPLITS = ("train", "eval")
+REASONING_VERSION = 3  # bumped whenever the generated text changes (the zoo retrains tiny-gpt-reasoner)
+NUMBER_WORDS = ["zero", *NUMBERS]
+DELIMITER = "\n"
+# Prompt templates: {x} the input, {y} the label words. "cloze" templates put text after the label.
+TEMPLATES = {
+    "plain": "{x} {y}",
+    "review": "review : {x} label : {y}",
+    "input": "input : {x} output : {y}",
+    "arrow": "{x} => {y}",
+    "cloze": "{x} so it was {y} .",
+}
+TRAIN_TEMPLATES = ("plain", "plain", "review", "input", "arrow", "cloze")
+ORDINALS = ["first", "second", "third", "fourth", "fifth", "sixth"]
+# Each task: its classes and its natural verbaliser (the words a reader would expect).
+TASKS = {
+    "sentiment": {"classes": ("negative", "positive"), "natural": ("bad", "good")},
+    "topic": {"classes": ("action", "count", "feeling", "give"), "natural": ("animals", "numbers", "feelings", "gifts")},
+}
+# Label words drawn at random per episode (some are several BPE tokens long).
+LABEL_POOL = ["bad", "good", "yes", "no", "foo", "bar", "red", "blue", "cat", "dog", "sun", "moon", "up",
+              "down", "left", "right", "zip", "zap", "pink", "gold", "tea", "jam", "wig", "fig"]
+VERBALIZERS = {  # sentiment verbalisers the lecture compares (negative word, positive word)
+    "bad/good": ("bad", "good"), "sad/happy": ("sad", "happy"), "no/yes": ("no", "yes"),
+    "foo/bar": ("foo", "bar"), "good/bad (flipped)": ("good", "bad"), "terrible/wonderful": ("terrible", "wonderful"),
+}
+GAIN = ("gets", "finds")
+LOSE = ("gives", "loses")
+TRIGGER = "let 's think step by step ."
+MAX_AMOUNT = 1
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One labelled sentence of a classification task: its text, class index and task name."""
+
+    text: str
+    label: int
+    task: str
+
+
+_MAKERS = {"action": _chase, "count": _count, "feeling": _feeling, "give": _give}
+
+
+def _short(text: str, task: str) -> str:
+    """The short form of a sentence used in episodes: 'mia was happy .' (the clause that carries the label)."""
+    if task == "sentiment":
+        return text.split(" because")[0]
+    return text
+
+
+def make_examples(n: int, task: str = "sentiment", split: str = "train", seed: int = 0) -> list[Example]:
+    """``n`` labelled sentences of ``task`` from ``split`` (balanced classes, deterministic from ``seed``)."""
+    _check_split(split)
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {list(TASKS)}, got {task!r}")
+    rng, out = random.Random(f"{task}-{split}-{seed}"), []
+    n_classes = len(TASKS[task]["classes"])
+    while len(out) < n:
+        label = len(out) % n_classes
+        if task == "sentiment":
+            text, fact = _feeling(rng)
+            if fact["sentiment"] != label:
+                continue
+        else:
+            text, _ = _MAKERS[TASKS[task]["classes"][label]](rng)
+            if text.split()[1] == "was" and sentence_split(_short(text, "sentiment")) != split:
+                continue  # a feeling sentence's short form must be on the same side as the sentence
+        text = _short(text, task)
+        if sentence_split(text) == split:
+            out.append(Example(text, label, task))
+    rng.shuffle(out)
+    return out
+
+
+def fill(template: str, x: str, y: str = "") -> str:
+    """A template with its input and label filled in; ``y=""`` leaves the prompt ending before the label."""
+    if template in TEMPLATES:
+        template = TEMPLATES[template]
+    if "{x}" not in template or "{y}" not in template:
+        raise ValueError("a template needs the fields {x} (input) and {y} (label), e.g. 'review : {x} label : {y}'")
+    if not y:
+        return template[:template.index("{y}")].format(x=x).rstrip()
+    return template.format(x=x, y=y)
+
+
+def rule_text(words: tuple[str, ...], task: str = "sentiment") -> str:
+    """The instruction that states a label mapping: 'rule : sad is foo , happy is bar .'."""
+    names = {"sentiment": ("sad", "happy"), "topic": TASKS["topic"]["classes"]}[task]
+    return "rule : " + " , ".join(f"{c} is {w}" for c, w in zip(names, words)) + " ."
+
+
+def classification_episode(rng: random.Random, split: str = "train") -> str:
+    """One bursty episode: optional rule, k demonstrations and a query, one template and one label mapping."""
+    task = "sentiment" if rng.random() < 0.9 else "topic"
+    n_classes = len(TASKS[task]["classes"])
+    words = TASKS[task]["natural"] if rng.random() < 0.25 else tuple(rng.sample(LABEL_POOL, n_classes))
+    template = rng.choice(TRAIN_TEMPLATES)
+    k = rng.randint(2, 8) if rng.random() < 0.9 else rng.randint(0, 1)
+    items = make_examples(k + 1, task, split, seed=rng.randrange(10**9))
+    lines = [fill(template, e.text, words[e.label]) for e in items]
+    r = rng.random()
+    if task == "sentiment" and r < 0.2:
+        lines.insert(0, rule_text(words))
+    elif task == "sentiment" and r < 0.3 and k >= 2:
+        lines.insert(len(lines) - 1, rule_text(words))  # after the demonstrations: the model learns to state it
+    return DELIMITER.join(lines)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A multi-step word problem: its text, the steps (op, amount) and every intermediate total."""
+
+    text: str
+    question: str
+    totals: tuple[int, ...]
+    steps: tuple[tuple[str, int], ...]
+
+    @property
+    def answer(self) -> str:
+        """The final count as a number word."""
+        return NUMBER_WORDS[self.totals[-1]]
+
+    def chain(self) -> str:
+        """The intermediate steps, one small update each: 'day one : four cups . day two : five cups .'."""
+        return " ".join(f"day {NUMBER_WORDS[i]} : {NUMBER_WORDS[t]} {self.unit(t)} ."
+                        for i, t in enumerate(self.totals[1:], start=1))
+
+    def unit(self, n: int) -> str:
+        """The counted object in singular or plural: 'cup' or 'cups'."""
+        obj = self.question.split()[2]
+        return obj if n != 1 else obj[:-2] if obj.endswith("xes") else obj[:-1]
+
+    def direct(self) -> str:
+        """The problem answered directly."""
+        return f"{self.text} {self.question} answer : {self.answer} ."
+
+    def cot(self, trigger: bool = False) -> str:
+        """The problem answered with its intermediate steps (after the step-by-step trigger if ``trigger``)."""
+        return " ".join([self.text, self.question] + [TRIGGER] * trigger + [self.chain(), f"answer : {self.answer} ."])
+
+
+def _make_problem(rng: random.Random, steps: int) -> Problem:
+    name, obj = rng.choice(NAMES), rng.choice(OBJECTS)
+    gain = rng.random() < 0.5
+    start = rng.randint(0, 9 - steps) if gain else rng.randint(steps, 9)
+    totals = tuple(start + i if gain else start - i for i in range(steps + 1))
+    pronoun = "she" if name in ("mia", "ana", "zoe", "ivy", "eva") else "he"
+    verb = rng.choice(GAIN if gain else LOSE)
+    text = f"{name} has {NUMBER_WORDS[start]} {obj if start == 1 else plural(obj)} . each day {pronoun} {verb} one ."
+    question = f"how many {plural(obj)} does {name} have after {NUMBER_WORDS[steps]} {'day' if steps == 1 else 'days'} ?"
+    return Problem(text, question, totals, (("plus" if gain else "minus", 1),) * steps)
+
+
+def make_problems(n: int, steps: int | tuple[int, ...] = (1, 2, 3, 4), split: str = "train", seed: int = 0) -> list[Problem]:
+    """``n`` distinct word problems of ``split`` with ``steps`` operations each (an int or a tuple to cycle)."""
+    _check_split(split)
+    steps = (steps,) if isinstance(steps, int) else tuple(steps)
+    if not steps or any(not isinstance(s, int) or not 1 <= s <= 5 for s in steps):
+        raise ValueError(f"steps must be ints between 1 and 5, got {steps!r}")
+    rng, out, seen = random.Random(f"problems-{split}-{seed}"), [], set()
+    tries = 0
+    while len(out) < n:
+        tries += 1
+        if tries > 200 * n:
+            raise ValueError(f"could not find {n} distinct {split} problems with steps={steps}; ask for fewer")
+        p = _make_problem(rng, steps[len(out) % len(steps)])
+        key = f"{p.text} {p.question}"
+        if key not in seen and sentence_split(p.text.split(" . ")[0] + " .") == split:  # split by the opening
+            seen.add(key)
+            out.append(p)
+    return out
+
+
+def problem_episode(rng: random.Random, split: str = "train") -> str:
+    """One bursty episode of 1-3 word problems, all direct, all with steps, or all with the trigger."""
+    fmt = rng.choice(("direct", "cot", "trigger"))
+    problems = make_problems(rng.randint(1, 2), steps=tuple(rng.randint(1, 4) for _ in range(2)), split=split,
+                             seed=rng.randrange(10**9))
+    write = {"direct": Problem.direct, "cot": Problem.cot, "trigger": lambda p: p.cot(trigger=True)}[fmt]
+    return DELIMITER.join(write(p) for p in problems)
+
+
+def arithmetic_fact(rng: random.Random) -> str:
+    """One step on its own ('three plus two is five .'), the sub-prompt a decomposition asks."""
+    a = rng.randint(0, 9)
+    if rng.random() < 0.5 and a < 9:
+        b = rng.randint(1, min(4, 9 - a))
+        return f"{NUMBER_WORDS[a]} plus {NUMBER_WORDS[b]} is {NUMBER_WORDS[a + b]} ."
+    b = rng.randint(0, min(4, a))
+    return f"{NUMBER_WORDS[a]} minus {NUMBER_WORDS[b]} is {NUMBER_WORDS[a - b]} ."
+
+
+def copy_document(rng: random.Random, length: int = 8) -> str:
+    """A random list of world words, then the same list again: the data that grows induction (copy) heads."""
+    words = [rng.choice(NAMES + OBJECTS + NUMBER_WORDS) for _ in range(length)]
+    return " ".join(words) + " | " + " ".join(words) + " ."
+
+
+MIXTURE = {"classification": 0.45, "problems": 0.45, "facts": 0.1}
+
+
+def make_mixture(n: int, split: str = "train", seed: int = 0, mixture: dict | None = None) -> list[str]:
+    """``n`` training documents (episodes) drawn from ``mixture`` (shares of classification, problems, facts)."""
+    _check_split(split)
+    mixture = MIXTURE if mixture is None else mixture
+    if set(mixture) - set(MIXTURE) or not mixture:
+        raise ValueError(f"mixture keys must be among {list(MIXTURE)}, got {list(mixture)}")
+    rng = random.Random(f"mixture-{split}-{seed}")
+    kinds, weights = list(mixture), list(mixture.values())
+    makers = {"classification": lambda: classification_episode(rng, split),
+              "problems": lambda: problem_episode(rng, split),
+              "facts": lambda: " ".join(arithmetic_fact(rng) for _ in range(rng.randint(1, 4)))}
+    return [makers[rng.choices(kinds, weights)[0]]() for _ in range(n)]

@@ -1,0 +1,85 @@
+"""The prompting helpers of module 08 on a small random GPT-2 (no zoo training needed)."""
+import pytest
+import torch
+
+from course_utils import prompting as P
+from course_utils.pretrain import build_gpt2
+from course_utils.world import reasoning as R
+from course_utils.world.tokenization import train_chat_bpe
+from course_utils.world.zoo import load_pretrained
+
+
+@pytest.fixture(scope="module")
+def lm():
+    torch.manual_seed(0)
+    tokenizer = train_chat_bpe(R.make_mixture(300), vocab_size=300, model_max_length=192)
+    model = build_gpt2(len(tokenizer), n_layer=1, n_head=2, n_embd=16, block_size=192,
+                       eos_token_id=tokenizer.eos_token_id).eval()
+    model.config.pad_token_id = model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def test_label_logprobs_match_the_models_own_loss_for_multi_token_labels(lm):
+    model, tokenizer = lm
+    prompts = ["review : mia was happy . label :", "mia was sad . =>"]
+    labels = ["terrible", "wonderful", "no"]
+    assert max(len(P.label_token_ids(tokenizer, prompts[0], w)[1]) for w in labels) > 1
+    got = P.label_logprobs(model, tokenizer, prompts, labels)
+    for i, prompt in enumerate(prompts):
+        for j, word in enumerate(labels):
+            p, w = P.label_token_ids(tokenizer, prompt, word)
+            ids = torch.tensor([p + w])
+            with torch.no_grad():
+                loss = model(input_ids=ids, labels=torch.tensor([[-100] * len(p) + w])).loss
+            assert abs(got[i, j] + loss * len(w)) < 1e-4
+
+
+def test_build_prompt_is_exact():
+    demos = [("mia was happy .", "good"), ("tom was sad .", "bad")]
+    assert P.build_prompt(demos, "ana was glad .", "review") == (
+        "review : mia was happy . label : good\nreview : tom was sad . label : bad\nreview : ana was glad . label :")
+    assert P.build_prompt([], "x .", "cloze", instruction="rule : a .") == "rule : a .\nx . so it was"
+
+
+def test_ensemble_normalises_templates_and_breaks_vote_ties_by_average_probability():
+    lp = torch.tensor([[[0.0, -0.1]], [[-3.0, 0.0]]])  # template votes 0 and 1: a tie
+    avg, vote = P.ensemble(lp)
+    probs = lp.softmax(-1).mean(0)
+    assert avg.tolist() == vote.tolist() == [int(probs.argmax())] == [1]
+    scaled = torch.tensor([[[-30.0, -20.0]], [[0.0, -2.0]], [[0.0, -2.0]]])
+    assert P.ensemble(scaled)[0].tolist() == [0]  # raw log-prob averaging would say 1
+    with pytest.raises(ValueError, match="templates, examples, labels"):
+        P.ensemble(torch.zeros(2, 3))
+
+
+def test_vote_and_answer_extraction():
+    assert P.extract_answer("x : two cups . answer : three . answer : four .") == "three"
+    assert P.extract_answer("no answer") is None
+    assert P.vote(["b", None, "a", "a", "b"]) == "b"  # tie: the earliest
+    assert P.vote([None, None]) is None
+
+
+def test_ape_selects_on_dev_and_reports_test():
+    table = {"a": {"dev": 0.9, "test": 0.5}, "b": {"dev": 0.6, "test": 0.95}}
+    result = P.ape_select(["a", "b"], lambda c, ex: table[c][ex[0]], ["dev"], ["test"])
+    assert (result["best"], result["dev"], result["test"]) == ("a", 0.9, 0.5)
+
+
+def test_generation_is_seeded_and_local_folders_load(lm, tmp_path):
+    model, tokenizer = lm
+    a = P.sample_chains(model, tokenizer, "mia has two cups .", 3, seed=1, max_new_tokens=6)
+    assert a == P.sample_chains(model, tokenizer, "mia has two cups .", 3, seed=1, max_new_tokens=6)
+    model.save_pretrained(tmp_path)  # the gpu profile's path: a checkpoint folder loaded like a hub id
+    tokenizer.save_pretrained(tmp_path)
+    loaded, tok = load_pretrained(str(tmp_path))
+    assert torch.allclose(P.label_logprobs(loaded, tok, ["mia was happy ."], ["good", "bad"]),
+                          P.label_logprobs(model, tokenizer, ["mia was happy ."], ["good", "bad"]), atol=1e-5)
+    assert len(P.generate(loaded, tok, ["a", "mia has"], max_new_tokens=4)) == 2
+
+
+def test_helpers_reject_bad_inputs(lm):
+    model, tokenizer = lm
+    with pytest.raises(TypeError, match="list"):
+        P.label_logprobs(model, tokenizer, "one prompt", ["a"])
+    with pytest.raises(ValueError, match="candidates"):
+        P.ape_select([], len, [], [])

@@ -1,0 +1,79 @@
+"""The prompting world of module 08: deterministic, well-formed, and its eval split disjoint from training."""
+import random
+import re
+
+import pytest
+
+from course_utils.world import reasoning as R
+from course_utils.world.corpus import NEGATIVE, POSITIVE, sentence_split
+
+
+def test_examples_are_balanced_deterministic_and_in_their_split():
+    a = R.make_examples(40, "sentiment", "eval", seed=1)
+    assert a == R.make_examples(40, "sentiment", "eval", seed=1)
+    assert sum(e.label for e in a) == 20
+    assert all(sentence_split(e.text) == "eval" for e in a)
+    topics = R.make_examples(40, "topic", "train")
+    assert {e.label for e in topics} == {0, 1, 2, 3}
+
+
+def test_problem_steps_and_chain_are_right():
+    for p in R.make_problems(50, (1, 2, 3, 4)):
+        assert len(p.steps) == len(p.totals) - 1 and all(0 <= t <= 9 for t in p.totals)
+        total = p.totals[0]
+        for (op, amount), after in zip(p.steps, p.totals[1:]):
+            total = total + amount if op == "plus" else total - amount
+            assert total == after
+        assert p.direct().endswith(f"answer : {p.answer} .")
+        chain = p.chain()
+        assert chain.count(" : ") == len(p.steps) and chain.endswith(f": {p.answer} {p.unit(p.totals[-1])} .")
+        assert p.cot(trigger=True).split(R.TRIGGER)[1].strip().startswith(chain)
+
+
+def _training_text() -> str:
+    return "\n".join(R.make_mixture(3000, "train", seed=0))
+
+
+def test_no_eval_sentence_or_problem_appears_in_the_training_mixture():
+    text = _training_text()
+    assert "was happy" in text or "was glad" in text, "the mixture should contain classification sentences"
+    for e in R.make_examples(200, "sentiment", "eval", seed=0) + R.make_examples(100, "topic", "eval", seed=0):
+        assert re.search(rf"\b{re.escape(e.text)}(?=\W|$)", text) is None, e.text
+    for p in R.make_problems(200, (1, 2, 3, 4), "eval", seed=0):  # a problem is its text and its question
+        assert p.text.split(" . ")[0] not in text, p.text  # not even its opening sentence
+
+
+def test_eval_and_train_generators_never_overlap():
+    train = {p.text for p in R.make_problems(500, (1, 2, 3), "train")}
+    assert not train & {p.text for p in R.make_problems(300, (1, 2, 3), "eval")}
+    assert not {e.text for e in R.make_examples(300)} & {e.text for e in R.make_examples(60, split="eval")}
+
+
+def test_episodes_are_bursty_one_template_and_one_mapping():
+    rng = random.Random(0)
+    patterns = {name: re.compile(re.escape(t).replace(re.escape("{x}"), "(.+?)").replace(re.escape("{y}"), r"(\w+)") + "$")
+                for name, t in R.TEMPLATES.items()}
+    for _ in range(100):
+        lines = [line for line in R.classification_episode(rng).split(R.DELIMITER) if not line.startswith("rule")]
+        names = [{n for n, pat in patterns.items() if pat.match(line)} for line in lines]
+        assert set.intersection(*names), lines  # one template for the whole episode
+        name = sorted(set.intersection(*names))[0]
+        mapping = {}
+        for line in lines:
+            x, y = patterns[name].match(line).groups()
+            mapping.setdefault(y, set()).add(x.split()[2] if " was " in x else x.split()[1])
+        if all(" was " in patterns[name].match(line).group(1) for line in lines):
+            positive = {w for w, xs in mapping.items() if xs & set(POSITIVE)}
+            negative = {w for w, xs in mapping.items() if xs & set(NEGATIVE)}
+            assert len(positive) <= 1 and len(negative) <= 1 and not positive & negative, lines
+
+
+def test_fill_and_errors():
+    assert R.fill("review", "mia was happy .") == "review : mia was happy . label :"
+    assert R.fill("cloze", "mia was happy .", "good") == "mia was happy . so it was good ."
+    with pytest.raises(ValueError, match="split"):
+        R.make_problems(3, split="test")
+    with pytest.raises(ValueError, match="steps"):
+        R.make_problems(3, steps=9)
+    with pytest.raises(ValueError, match="template"):
+        R.fill("no fields", "x")
