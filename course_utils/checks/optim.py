@@ -17,7 +17,7 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from . import CheckError, assert_close, passed
 
-SCHEDULES = ((3, 10, 1.0, 0.1), (10, 40, 3e-3, 3e-4), (0, 12, 1e-2, 0.0), (4, 4, 0.5, 0.05), (1, 25, 2.0, 0.5))
+SCHEDULES = ((3, 10, 1.0, 0.1), (10, 30, 3e-3, 3e-4), (0, 12, 1e-2, 0.0), (4, 4, 0.5, 0.05), (1, 15, 2.0, 0.5))
 
 
 def reference_lrs(max_lr: float, min_lr: float, warmup_steps: int, total_steps: int) -> list[float]:
