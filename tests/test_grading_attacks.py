@@ -160,7 +160,7 @@ def max_points() -> float:
 def test_honest_and_victim_keep_full_marks(attacked):
     for name in ("honest", "victim", "vandal"):  # the vandal's own exercises are honest work
         rows = attacked["table"][name]
-        assert points(rows) == max_points() == 8, {k: r.message for k, r in rows.items()}
+        assert points(rows) == max_points() == 14, {k: r.message for k, r in rows.items()}
 
 
 @pytest.mark.parametrize("name", ["patch_checks", "patch_torch", "swallow_errors"])
@@ -169,24 +169,29 @@ def test_tampering_in_the_kernel_earns_nothing(attacked, name):
     assert points(rows) == 0, {k: (r.points, r.message) for k, r in rows.items()}
 
 
+# the exercises that call the student's attention: the function itself, multi-head, fused QKV, the KV-cached step
+USE_ATTENTION = {"attention_check", "mha_check", "fused_check", "cache_check"}
+
+
 def test_memory_grab_is_stopped_and_named(attacked):
     rows = attacked["table"]["memory_grab"]
     lost = {ex for ex, r in rows.items() if r.points < r.max_points}
-    assert lost == {"attention_check", "mha_check"}, {k: r.message for k, r in rows.items()}
+    assert lost == USE_ATTENTION, {k: r.message for k, r in rows.items()}
     assert "memory limit" in rows["attention_check"].message, rows["attention_check"].message
 
 
 def test_forbidden_call_loses_the_exercises_that_use_it(attacked):
     rows = attacked["table"]["forbidden_call"]
     lost = {ex for ex, r in rows.items() if r.points < r.max_points}
-    assert lost == {"attention_check", "mha_check"}, {k: r.message for k, r in rows.items()}
+    assert lost == USE_ATTENTION, {k: r.message for k, r in rows.items()}
     assert "forbidden call" in rows["attention_check"].message and "scaled_dot_product" in rows["attention_check"].message
 
 
 def test_nothing_outside_the_sandbox_changed(attacked):
     assert attacked["after"] == attacked["before"]
     assert "owned" not in attacked["csv"] and "earlier gradebook" not in attacked["csv"]
-    assert attacked["csv"].count("\n") == 1 + 8 * 3  # header + one row per submission and exercise
+    exercises = len(grading.check_cells(read_notebook(SOLUTION)))
+    assert attacked["csv"].count("\n") == 1 + 8 * exercises  # header + one row per submission and exercise
 
 
 def test_no_network_and_no_surviving_process(attacked):

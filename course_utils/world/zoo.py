@@ -71,6 +71,9 @@ RECIPES["tiny-gpt-sft"] = {
 }
 
 
+TRAIN_THREADS = 2  # the course machine's cores; the asserted outcomes of the notebooks were measured on these models
+
+
 def cache_dir() -> Path:
     """Where course-trained models live: $COURSE_CACHE_DIR, else the user's cache folder."""
     return Path(os.environ.get("COURSE_CACHE_DIR") or user_cache_dir("llm-course")) / "zoo"
@@ -210,6 +213,20 @@ def _auto_class(name: str, local: bool):
     return AutoModelForMaskedLM
 
 
+def _train_with_fixed_threads(name: str, progress: bool):
+    """Train course model ``name`` with ``TRAIN_THREADS`` PyTorch threads, whatever the caller uses.
+
+    The thread count changes the order of floating-point sums, so it changes the trained weights; fixing it
+    gives every run on a machine (a notebook, or `make test` with one thread per process) the same model.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(TRAIN_THREADS)
+    try:
+        return PRETRAINERS[name](RECIPES[name], progress=progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @contextlib.contextmanager
 def _training_lock(path: Path):
     """An exclusive lock on ``path``'s model while it is trained (POSIX; elsewhere a concurrent run trains it too)."""
@@ -252,7 +269,7 @@ def _load(name: str, attn_implementation: str | None, progress: bool):
             path.parent.mkdir(parents=True, exist_ok=True)
             with _training_lock(path):  # another process training the same model: wait for it, then load
                 if not (path / "config.json").is_file():
-                    model, tokenizer = PRETRAINERS[name](RECIPES[name], progress=progress)
+                    model, tokenizer = _train_with_fixed_threads(name, progress)
                     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{name}-"))
                     model.save_pretrained(tmp)
                     tokenizer.save_pretrained(tmp)
