@@ -6,6 +6,7 @@ import pytest
 
 from course_utils.instructor.notebooks import read_notebook
 from course_utils.instructor.release import replace_solution
+from notebook_helpers import total
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = ROOT / "solutions" / "05_rlhf_ppo.ipynb"
@@ -59,9 +60,6 @@ def gradebook(grade_notebooks):
     }
     return grade_notebooks(SOLUTION, wrong_versions)
 
-
-def total(rows):
-    return sum(r.points for r in rows.values()), sum(r.max_points for r in rows.values())
 
 
 def test_solution_gets_full_marks(gradebook):
