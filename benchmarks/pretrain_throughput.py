@@ -27,9 +27,15 @@ the comparison is between the two implementations on identical data.
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -179,14 +185,42 @@ def _timings(stamps: list[tuple[float, float]]) -> dict:
             "cpu_times": [b[1] - a[1] for a, b in zip(stamps, stamps[1:])]}
 
 
-def train_course(text: str, tokenizer, max_iters: int, eval_every: int) -> dict:
+def train_course(text: str, tokenizer, max_iters: int, eval_every: int, accelerator=None) -> dict:
     """The course's pretrain() at the same setting; per-step times come from a train() callback."""
     stamps = [(time.perf_counter(), time.process_time())]
     result = pt.pretrain(text, "char", tokenizer=tokenizer, **SETTING, max_iters=max_iters, lr=LR, warmup=WARMUP,
                          min_lr_ratio=MIN_LR / LR, weight_decay=WEIGHT_DECAY, eval_interval=eval_every,
-                         eval_blocks=400, device="cpu", progress=False, verbose=False,
+                         eval_blocks=400, device="cpu", progress=False, verbose=False, accelerator=accelerator,
                          callback=lambda step, history: stamps.append((time.perf_counter(), time.process_time())))
     return _timings(stamps) | {"evals": result.history.evals, "tokens_per_s": result.history.tokens_per_s}
+
+
+def train_course_launched(args: argparse.Namespace, processes: int = 2) -> dict:
+    """The course's pretrain() in ``processes`` data-parallel processes of one thread each (`accelerate launch`, gloo)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run.json"
+        launch = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes",
+                  str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        subprocess.run(launch + [__file__, "--worker", str(out), "--max-iters", str(args.max_iters),
+                                 "--stories", str(args.stories)],
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True, capture_output=True)
+        return json.loads(out.read_text())
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One process of ``train_course_launched``: the main process writes its timings and losses to ``args.worker``."""
+    text, tokenizer, _, _ = load_data(args.stories)
+    accelerator = pt.make_accelerator("cpu")
+    run = train_course(text, tokenizer, args.max_iters, max(1, args.max_iters // 4), accelerator)
+    if accelerator.is_main_process:
+        Path(args.worker).write_text(json.dumps(run))
+
+
+def load_data(stories: int):
+    """The course corpus as characters: text, tokenizer, train ids, validation ids."""
+    text = "\n".join(make_corpus(stories))
+    tokenizer, ids = pt.encode_text(text, "char")
+    return (text, tokenizer, *pt.split_ids(ids))
 
 
 def main() -> None:
@@ -195,13 +229,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs of each implementation, alternating order")
     parser.add_argument("--stories", type=int, default=9000, help="course stories (~1.05M characters for 9000)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--processes", type=int, default=2, help="processes of the data-parallel row (0: no such row)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one process of the data-parallel row
     args = parser.parse_args()
+    if args.worker:
+        return worker(args)
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    text = "\n".join(make_corpus(args.stories))
-    tokenizer, ids = pt.encode_text(text, "char")
-    train_ids, val_ids = pt.split_ids(ids)
+    text, tokenizer, train_ids, val_ids = load_data(args.stories)
     tokens_per_iter = SETTING["batch_size"] * SETTING["block_size"]
     eval_every = max(1, args.max_iters // 4)
     eval_at = set(range(eval_every, args.max_iters + 1, eval_every)) | {args.max_iters}
@@ -213,10 +249,14 @@ def main() -> None:
 
     runs = {"course (transformers GPT-2)": [], "nanoGPT (re-impl.)": [], "nanoGPT (re-impl.), bias=True": [],
             "course loop on nanoGPT's model": []}
+    if args.processes > 1:
+        runs[f"course, {args.processes} processes x 1 thread (accelerate)"] = []
     for r in range(args.repeats):
         order = list(runs) if r % 2 == 0 else list(reversed(runs))
         for name in order:
-            if name.startswith("course loop"):
+            if name.startswith(f"course, {args.processes} processes"):
+                run = train_course_launched(args, args.processes)
+            elif name.startswith("course loop"):
                 run = train_loop_on_reference(train_ids, val_ids, len(tokenizer), args.max_iters, eval_every)
             elif name.startswith("course"):
                 run = train_course(text, tokenizer, args.max_iters, eval_every)
