@@ -271,15 +271,26 @@ def main() -> None:
     print(f"\n| implementation | tokens/s (mean of runs) | tokens/s (best run, median step) | ms/iter (best run, median) "
           f"| CPU ms/iter (median) | val loss at {args.max_iters} |")
     print("|---|---:|---:|---:|---:|---:|")
-    for name, rs in runs.items():
+    def run_tps(r: dict) -> float:
         # whole-run tokens/s without evaluations: the course's History measures it, the reference sums its steps
-        mean_tps = statistics.fmean(r.get("tokens_per_s") or args.max_iters * tokens_per_iter / sum(r["step_times"])
-                                    for r in rs)
+        return r.get("tokens_per_s") or args.max_iters * tokens_per_iter / sum(r["step_times"])
+
+    for name, rs in runs.items():
+        mean_tps = statistics.fmean(run_tps(r) for r in rs)
         median_ms = min(statistics.median(r["step_times"]) for r in rs) * 1000
         cpu_ms = statistics.median(t for r in rs for t in r["cpu_times"]) * 1000
         final = statistics.fmean(r["evals"][-1][1] for r in rs)
         print(f"| {name} | {mean_tps:,.0f} | {tokens_per_iter / median_ms * 1000:,.0f} | {median_ms:.1f} | {cpu_ms:.1f} "
               f"| {final:.3f} |")
+
+    # repeat r of every row ran next to repeat r of the anchor, so their ratio cancels slow phases of the machine
+    anchor = runs["nanoGPT (re-impl.)"]
+    print("\ntokens/s relative to nanoGPT (re-impl.), per repeat (whole runs): median [min, max]\n")
+    print("| implementation | median ratio | spread |")
+    print("|---|---:|---:|")
+    for name, rs in runs.items():
+        ratios = [run_tps(r) / run_tps(a) for r, a in zip(rs, anchor)]
+        print(f"| {name} | {statistics.median(ratios):.2f} | {min(ratios):.2f} to {max(ratios):.2f} |")
 
     print("\nvalidation loss per tokens trained (mean over runs):\n")
     print("| tokens trained | " + " | ".join(runs) + " |")
