@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -55,12 +56,24 @@ def execute(nb: nbformat.NotebookNode, cwd: str | Path, timeout: float, profile:
 
     if not timeout or timeout <= 0:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    from jupyter_client.manager import AsyncKernelManager
+
     env = kernel_env(profile)
     current: dict[str, int | None] = {"index": None}
+    sockets = tempfile.TemporaryDirectory(prefix="course-kernel-")
+
+    class LocalSocketsKernelManager(AsyncKernelManager):
+        """Unix sockets instead of TCP ports: nothing listens on the network (and no "running over TCP" warning)."""
+
+        def __init__(self, **kwargs):
+            super().__init__(transport="ipc", ip=str(Path(sockets.name) / "kernel"), **kwargs)
+
     client = NotebookClient(nb, timeout=max(1, int(timeout)), kernel_name="python3", allow_errors=allow_errors,
+                            kernel_manager_class=LocalSocketsKernelManager,
                             on_cell_execute=lambda cell, cell_index: current.update(index=cell_index))
     try:
-        client.execute(cwd=str(cwd), env=env, stderr=subprocess.DEVNULL if quiet else None)
+        with sockets:
+            client.execute(cwd=str(cwd), env=env, stderr=subprocess.DEVNULL if quiet else None)
     except CellTimeoutError:
         return current["index"], f"timed out after {int(timeout)} s"
     except DeadKernelError:
