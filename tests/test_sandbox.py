@@ -35,6 +35,17 @@ def test_sandbox_hides_folders_keeps_the_course_and_writes_only_its_own(tmp_path
 
 
 @pytest.mark.skipif(sandbox.unavailable_reason() is not None, reason="no sandbox here")
+def test_the_course_history_is_hidden(tmp_path):
+    git = sandbox._git_folder(PACKAGE_ROOT)
+    if git is None:
+        pytest.skip("not a git checkout")
+    (tmp_path / "work").mkdir()
+    done = subprocess.run(sandbox.sandbox_prefix(tmp_path / "work", []) + ["ls", "-A", str(git)], capture_output=True,
+                          text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0 and done.stdout == "", (done.stdout, done.stderr)
+
+
+@pytest.mark.skipif(sandbox.unavailable_reason() is not None, reason="no sandbox here")
 def test_the_model_cache_stays_readable_even_under_the_private_tmp(tmp_path, monkeypatch):
     cache = tmp_path / "cache"  # pytest's tmp_path lives under /tmp, which the sandbox replaces
     (cache / "zoo").mkdir(parents=True)

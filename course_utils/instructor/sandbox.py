@@ -95,6 +95,19 @@ def hand_over(path: str | Path) -> None:
         os.chown(path, owner.st_uid, owner.st_gid)
 
 
+def _git_folder(root: Path) -> Path | None:
+    """The git folder of the checkout at ``root`` (its history holds the solutions), or None."""
+    dot_git = root / ".git"
+    if dot_git.is_dir():
+        return dot_git
+    if dot_git.is_file():  # a worktree: "gitdir: <common>/.git/worktrees/<name>"
+        text = dot_git.read_text(encoding="utf-8", errors="replace").strip()
+        if text.startswith("gitdir:"):
+            folder = (root / text.split(":", 1)[1].strip()).resolve()
+            return folder.parents[1] if folder.parent.name == "worktrees" else folder
+    return None
+
+
 def _cache_root() -> Path:
     from ..world.zoo import cache_dir
 
@@ -144,6 +157,8 @@ def sandbox_prefix(workdir: str | Path, hide: list, limits: Limits = Limits()) -
     # Folders the sandbox's user may not enter are replaced by empty ones, like the hidden folders, and what
     # the kernel needs inside them is bound back (e.g. a Python installed under /root, 0700).
     closed = _closed_folders(needed + [cache])
+    git = _git_folder(PACKAGE_ROOT)  # the course's history: solutions of every lab
+    hide = [*hide, *([git] if git else [])]
     hidden = sorted({Path(h).resolve() for h in hide} - {Path("/")} | closed, key=lambda p: len(p.parts))
     emptied = [f for f in hidden if f.is_dir() and not _inside(workdir, [f])]
     covered = [*emptied, Path("/tmp")]  # folders the sandbox sees as empty (fresh tmpfs)
