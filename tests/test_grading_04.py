@@ -1,11 +1,14 @@
 """Grading lab 04 end to end: the solution gets full marks, the untouched lab 0, and plausible
-mistakes lose exactly the points of the exercises they break, with a message naming the mistake."""
+mistakes lose exactly the points of the exercises they break, with a message naming the mistake.
+Two of them also cheat: one patches the checks in its kernel (they run in the grader, so it gains
+nothing), one calls the course's own answers in course_utils.sft (traced: it loses those exercises)."""
 from pathlib import Path
 
 import pytest
 
 from course_utils.instructor.notebooks import read_notebook
 from course_utils.instructor.release import replace_solution
+from nbformat.v4 import new_code_cell
 from notebook_helpers import total
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,6 +23,17 @@ losses = F.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:], ignore_i
 mask = labels[:, 1:] != -100
 return ((losses * mask).sum(1) / mask.sum(1)).mean()
 """
+PATCH_CHECKS = """
+checks.check_template = checks.check_encode_chat = checks.check_sft_loss = lambda *a, **k: None
+"""
+ANSWER_ENCODE = """
+from course_utils.sft import encode_chat as answer
+return answer(tokenizer, messages)
+"""
+ANSWER_LOSS = """
+import course_utils.sft
+return course_utils.sft.sft_loss(logits, labels)
+"""
 END_TOKEN_MASKED = """
 enc = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
 end = tokenizer.convert_tokens_to_ids("<|end|>")
@@ -31,13 +45,15 @@ return {"input_ids": ids, "labels": [t if m and t != end else -100 for t, m in z
 @pytest.fixture(scope="module")
 def gradebook(grade_notebooks):
     solution = read_notebook(SOLUTION)
+    patched = replace_solution(replace_solution(solution, "encode_impl", END_TOKEN_MASKED), "loss_impl",
+                               PER_SEQUENCE_MEAN)
+    patched.cells.insert(3, new_code_cell(PATCH_CHECKS))  # right after the imports
+    answers = replace_solution(replace_solution(solution, "encode_impl", ANSWER_ENCODE), "loss_impl", ANSWER_LOSS)
     wrong_versions = {
-        "template_and_loss_mistakes": replace_solution(replace_solution(solution, "template_impl", SWAPPED_LABELS),
-                                                       "loss_impl", PER_SEQUENCE_MEAN),
-        "end_token_masked": replace_solution(solution, "encode_impl", END_TOKEN_MASKED),
+        "end_masked_and_loss_mistakes_checks_patched": patched,
+        "swapped_labels_and_answers_called": replace_solution(answers, "template_impl", SWAPPED_LABELS),
     }
     return grade_notebooks(SOLUTION, wrong_versions)
-
 
 
 def test_solution_gets_full_marks(gradebook):
@@ -50,10 +66,13 @@ def test_untouched_lab_gets_zero(gradebook):
 
 
 @pytest.mark.parametrize("name, lost", [  # exercise -> words its message must contain
-    ("template_and_loss_mistakes", {"template_check": "swap 0 and 1", "loss_check": "per-sequence"}),
-    # masking <|end|> is caught by the labels check; measured: the short SFT run still answers well enough for the
-    # outcome check, so only the labels check's points are lost
-    ("end_token_masked", {"encode_check": "<|end|>"}),
+    # masking <|end|> is caught by the labels check and a mean of per-sequence means by the loss check, even with
+    # the checks replaced in the kernel; measured: the short SFT run still answers well enough for the outcome check
+    ("end_masked_and_loss_mistakes_checks_patched", {"encode_check": "<|end|>", "loss_check": "per-sequence"}),
+    # right answers, but the course's: the exercises that call them lose their points, the SFT run passes
+    ("swapped_labels_and_answers_called", {"template_check": "swap 0 and 1",
+                                           "encode_check": "forbidden call: the exercise may not use course_utils.sft",
+                                           "loss_check": "forbidden call: the exercise may not use course_utils.sft"}),
 ])
 def test_plausible_mistakes_lose_the_points_they_break(gradebook, name, lost):
     rows = gradebook[name]

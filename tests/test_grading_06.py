@@ -2,13 +2,15 @@
 exactly the points of the exercises they break, with a message naming the mistake. One wrong notebook keeps the
 test within its time budget; every wrong version the issue lists (prompt tokens summed, beta outside the
 log-sigmoid, chosen and rejected swapped, no reference model, mean instead of sum) is rejected by the checks
-alone, fast, in tests/test_dpo_checks.py."""
+alone, fast, in tests/test_dpo_checks.py. The wrong notebook also cheats: its dpo_loss calls the course's own
+answer (course_utils.dpo.dpo_loss, captured before the checks run), and loses that exercise's points."""
 from pathlib import Path
 
 import pytest
 
 from course_utils.instructor.notebooks import read_notebook
 from course_utils.instructor.release import replace_solution
+from nbformat.v4 import new_code_cell
 from notebook_helpers import total
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,6 +22,13 @@ mask = (input_ids != tokenizer.pad_token_id).long()
 logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
 return (logp * mask[:, 1:]).sum(-1)
 """
+CAPTURE_ANSWER = """
+import course_utils.dpo
+_answer = course_utils.dpo.dpo_loss  # captured before any check runs
+"""
+CALLS_ANSWER = """
+return _answer(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)
+"""
 BETA_TIMES_REWARD = """
 return torch.softmax(ref_probs.log() + beta * rewards, dim=-1)
 """
@@ -28,12 +37,11 @@ return torch.softmax(ref_probs.log() + beta * rewards, dim=-1)
 @pytest.fixture(scope="module")
 def gradebook(grade_notebooks):
     solution = read_notebook(SOLUTION)
-    wrong_versions = {
-        "prompt_summed_and_beta_times_reward": replace_solution(replace_solution(solution, "logps_impl", PROMPT_SUMMED),
-                                                                "optimal_impl", BETA_TIMES_REWARD),
-    }
+    wrong = replace_solution(replace_solution(replace_solution(solution, "logps_impl", PROMPT_SUMMED), "optimal_impl",
+                                              BETA_TIMES_REWARD), "loss_impl", CALLS_ANSWER)
+    wrong.cells.insert(3, new_code_cell(CAPTURE_ANSWER))  # right after the imports
+    wrong_versions = {"prompt_summed_beta_times_reward_and_answer_called": wrong}
     return grade_notebooks(SOLUTION, wrong_versions)
-
 
 
 def test_solution_gets_full_marks(gradebook):
@@ -46,8 +54,11 @@ def test_untouched_lab_gets_zero(gradebook):
 
 @pytest.mark.parametrize("name, lost", [  # exercise -> words its message must contain
     # the prompt's log-probs are the same in the chosen and the rejected row, so they cancel in the DPO loss: the
-    # log-probs check catches the mistake, the DPO run still works (measured)
-    ("prompt_summed_and_beta_times_reward", {"logps_check": "prompt", "optimal_check": "exp(beta * r)"}),
+    # log-probs check catches the mistake, the DPO run still works (measured); the loss is the course's answer: it
+    # trains well but loses the loss exercise
+    ("prompt_summed_beta_times_reward_and_answer_called",
+     {"logps_check": "prompt", "optimal_check": "exp(beta * r)",
+      "loss_check": "forbidden call: the exercise may not use course_utils.dpo: dpo_loss"}),
 ])
 def test_plausible_mistakes_lose_the_points_they_break(gradebook, name, lost):
     rows = gradebook[name]

@@ -21,6 +21,7 @@ from course_utils.instructor.release import release_notebook, replace_solution
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = ROOT / "solutions" / "01_attention.ipynb"
 MARKER = "4242.5"  # a background process the vandal starts sleeps this long: none may survive grading
+BOMB_MARKER = "4243.5"  # each child of the fork bomb sleeps this long
 
 pytestmark = pytest.mark.skipif(sandbox.unavailable_reason() is not None,
                                 reason=f"no sandbox here: {sandbox.unavailable_reason()}")
@@ -57,6 +58,15 @@ USES_CAPTURED = """
 weights = torch.softmax((q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).masked_fill(
     ~mask if mask is not None else torch.zeros((), dtype=torch.bool), float("-inf")), dim=-1)
 return _reference(q, k, v, attn_mask=mask), weights
+"""
+FORK_BOMB = f"""
+import os
+for _ in range(2000):  # bounded for the test; the sandbox's process limit stops it long before
+    if os.fork() == 0:
+        try:
+            os.execv("/bin/sleep", ["sleep", "{BOMB_MARKER}"])
+        finally:
+            os._exit(1)
 """
 MEMORY_GRAB = """
 hog = torch.ones(16 * 2**30, dtype=torch.uint8)  # 16 GiB
@@ -127,6 +137,7 @@ def attacked(tmp_path_factory):
         "swallow_errors": after_imports(lab, SWALLOW),
         "forbidden_call": after_imports(replace_solution(solution, "attention_impl", USES_CAPTURED), CAPTURED_SDPA),
         "memory_grab": replace_solution(solution, "attention_impl", MEMORY_GRAB),
+        "fork_bomb": after_imports(lab, FORK_BOMB),
         "vandal": after_imports(solution, vandal_cell(targets, server.getsockname()[1])),
         "victim": solution,
     }
@@ -141,7 +152,8 @@ def attacked(tmp_path_factory):
     thread.join(timeout=5)
     server.close()
     after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in protected}
-    survivors = subprocess.run(["pgrep", "-f", f"time.sleep\\({MARKER}\\)"], capture_output=True, text=True).stdout
+    survivors = subprocess.run(["pgrep", "-f", f"time.sleep\\({MARKER}\\)|sleep {BOMB_MARKER}"], capture_output=True,
+                               text=True).stdout
     table = {}
     for r in results:
         table.setdefault(Path(r.submission).stem, {})[r.exercise] = r
@@ -191,9 +203,16 @@ def test_nothing_outside_the_sandbox_changed(attacked):
     assert attacked["after"] == attacked["before"]
     assert "owned" not in attacked["csv"] and "earlier gradebook" not in attacked["csv"]
     exercises = len(grading.check_cells(read_notebook(SOLUTION)))
-    assert attacked["csv"].count("\n") == 1 + 8 * exercises  # header + one row per submission and exercise
+    rows = 1 + len(attacked["submissions"]) * exercises  # header + one row per submission and exercise
+    assert attacked["csv"].count("\n") == rows
 
 
 def test_no_network_and_no_surviving_process(attacked):
     assert attacked["heard"] == []
     assert attacked["survivors"] == ""
+
+
+def test_a_fork_bomb_stops_at_the_process_limit_and_earns_nothing(attacked):
+    rows = attacked["table"]["fork_bomb"]
+    assert points(rows) == 0, {k: (r.points, r.message) for k, r in rows.items()}
+    assert all("process limit" in r.message for r in rows.values()), {k: r.message for k, r in rows.items()}

@@ -12,6 +12,8 @@ import torch
 
 # Torch operations the student's code may not run during the current check (see ``forbids``).
 FORBIDDEN_OPS: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("forbidden_ops", default=())
+# Python modules whose code the student's code may not run during the current check (see ``forbids_modules``).
+FORBIDDEN_MODULES: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("forbidden_modules", default=())
 
 
 class CheckError(AssertionError):
@@ -36,6 +38,21 @@ def assert_close(actual, expected, what: str, atol: float = 1e-5, rtol: float = 
         raise CheckError(f"{what}: values differ from the reference (max abs error {err:.3g}). {hint}".strip())
 
 
+def _while_checking(var: contextvars.ContextVar, values: tuple[str, ...], attribute: str):
+    """A decorator that adds ``values`` to ``var`` while the decorated check runs (and records them on it)."""
+    def decorate(check):
+        @functools.wraps(check)
+        def wrapper(*args, **kwargs):
+            token = var.set(tuple(var.get()) + values)
+            try:
+                return check(*args, **kwargs)
+            finally:
+                var.reset(token)
+        setattr(wrapper, attribute, tuple(getattr(check, attribute, ())) + values)
+        return wrapper
+    return decorate
+
+
 def forbids(*ops: str):
     """Decorate a check: while it runs, the student's code may not call a torch op whose name contains one of ``ops``.
 
@@ -44,15 +61,17 @@ def forbids(*ops: str):
     """
     if not ops or not all(isinstance(op, str) and op for op in ops):
         raise ValueError("forbids() needs one or more non-empty op name fragments, e.g. 'scaled_dot_product'")
+    return _while_checking(FORBIDDEN_OPS, ops, "forbidden_ops")
 
-    def decorate(check):
-        @functools.wraps(check)
-        def wrapper(*args, **kwargs):
-            token = FORBIDDEN_OPS.set(tuple(FORBIDDEN_OPS.get()) + ops)
-            try:
-                return check(*args, **kwargs)
-            finally:
-                FORBIDDEN_OPS.reset(token)
-        wrapper.forbidden_ops = ops
-        return wrapper
-    return decorate
+
+def forbids_modules(*modules: str):
+    """Decorate a check: while it runs, the student's code may not run code of ``modules`` (the course's answers).
+
+    For an exercise whose reference implementation ships with the course (``course_utils.dpo.dpo_loss``
+    for lab 06's ``dpo_loss``) or whose oracle is a library (``trl``). ``course grade`` enforces it: it
+    traces the Python calls the student's code makes and fails the check when one ran a function defined
+    in one of these modules (any module of a package), however it was reached.
+    """
+    if not modules or not all(isinstance(m, str) and m and " " not in m for m in modules):
+        raise ValueError("forbids_modules() needs one or more module names, e.g. 'course_utils.dpo'")
+    return _while_checking(FORBIDDEN_MODULES, modules, "forbidden_modules")

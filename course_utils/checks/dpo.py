@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from . import CheckError, passed
+from . import CheckError, forbids_modules, passed
 from ..sft import quiet_hf
 
 _CACHE: dict = {}
@@ -92,6 +92,12 @@ def _logps_variants(logits, ids, completion, attention) -> dict[str, torch.Tenso
     }
 
 
+# The course's own answers live in course_utils.dpo (lecture 06 uses them) and TRL is the oracle: when
+# `course grade` calls the student's functions, code from either may not run.
+ANSWERS = ("course_utils.dpo", "trl")
+
+
+@forbids_modules(*ANSWERS)
 def check_sequence_logps(fn: Callable) -> None:
     """``fn(logits, input_ids, completion_mask)`` must give the per-sequence log-probs TRL computes for the batch."""
     data = trl_dpo_batch()
@@ -117,6 +123,7 @@ def check_sequence_logps(fn: Callable) -> None:
     passed("sequence log-probs of the response tokens (same as TRL's DPOTrainer)")
 
 
+@forbids_modules(*ANSWERS)
 def check_dpo_loss(fn: Callable) -> None:
     """``fn(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)`` -> (loss, chosen_rewards, rejected_rewards).
 
@@ -188,6 +195,7 @@ def _maximise_objective(ref: torch.Tensor, rewards: torch.Tensor, beta: float) -
     return torch.softmax(logits.detach(), -1)
 
 
+@forbids_modules(*ANSWERS)
 def check_optimal_policy(fn: Callable) -> None:
     """``fn(ref_probs, rewards, beta)`` must be the maximiser of E_pi[r] - beta KL(pi || pi_ref), row by row."""
     generator = torch.Generator().manual_seed(0)

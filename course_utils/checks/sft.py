@@ -13,11 +13,14 @@ from collections.abc import Callable
 
 import torch
 
-from . import CheckError, passed
+from . import CheckError, forbids_modules, passed
 from ..sft import IGNORE_INDEX, collate, quiet_hf
 from ..world.corpus import make_split_stories
 from ..world.instructions import Task, score
 
+# The course's own answers live in course_utils.sft (lecture 04 uses them) and TRL is the oracle: when
+# `course grade` calls the student's functions, code from either may not run.
+ANSWERS = ("course_utils.sft", "trl")
 YES_NO = ("no", "yes")  # the verbaliser of the lab's new family: label 1 -> "yes", 0 -> "no"
 CHATS = [
     [{"role": "user", "content": "mia has two cups .\nhow many cups does mia have ?"},
@@ -80,6 +83,29 @@ def _trl_trainer(tokenizer, dataset, out_dir: str, **extra):
     return SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(dataset), processing_class=tokenizer)
 
 
+def tokenizer_of(tokenizer):
+    """``tokenizer`` itself, or the tokenizer of the model it names (a course model such as 'tiny-gpt', or a hub id).
+
+    Lab 04's check cells pass the model's name, so that `course grade` checks with its own tokenizer rather
+    than with the student's object.
+    """
+    if not isinstance(tokenizer, str):
+        return tokenizer
+    if tokenizer not in _TOKENIZERS:
+        from ..world.zoo import RECIPES, hub_reachable, load_pretrained
+
+        if tokenizer in RECIPES:
+            _TOKENIZERS[tokenizer] = load_pretrained(tokenizer, progress=False)[1]
+        else:
+            from transformers import AutoTokenizer
+
+            _TOKENIZERS[tokenizer] = AutoTokenizer.from_pretrained(tokenizer, local_files_only=not hub_reachable())
+    return _TOKENIZERS[tokenizer]
+
+
+_TOKENIZERS: dict = {}
+
+
 def trl_labels(tokenizer, chats: list[list[dict]]) -> list[dict]:
     """``input_ids`` and ``labels`` that TRL's SFT pipeline (assistant_only_loss=True) makes of each chat."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -87,8 +113,13 @@ def trl_labels(tokenizer, chats: list[list[dict]]) -> list[dict]:
         return [{"input_ids": list(r["input_ids"]), "labels": list(r["labels"])} for r in trainer.train_dataset]
 
 
+@forbids_modules(*ANSWERS)
 def check_encode_chat(fn: Callable, tokenizer) -> None:
-    """``fn(tokenizer, messages)`` must give TRL's input_ids and labels (-100 except on the assistant's tokens)."""
+    """``fn(tokenizer, messages)`` must give TRL's input_ids and labels (-100 except on the assistant's tokens).
+
+    ``tokenizer``: the tokenizer, or the name of the model whose tokenizer to use (see ``tokenizer_of``).
+    """
+    tokenizer = tokenizer_of(tokenizer)
     expected = trl_labels(tokenizer, CHATS)
     end_id = tokenizer.convert_tokens_to_ids("<|end|>")
     for chat, exp in zip(CHATS, expected):
@@ -118,8 +149,10 @@ def check_encode_chat(fn: Callable, tokenizer) -> None:
     passed("chat tokenisation with response-only labels (same as TRL)")
 
 
+@forbids_modules(*ANSWERS)
 def check_sft_loss(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], tokenizer) -> None:
-    """``fn(logits, labels)`` must equal TRL's SFT loss on the same batch."""
+    """``fn(logits, labels)`` must equal TRL's SFT loss on the same batch (``tokenizer``: as for ``check_encode_chat``)."""
+    tokenizer = tokenizer_of(tokenizer)
     chats = CHATS + [[{"role": "user", "content": "mia was sad because the dog ran away from mia .\nhow did mia feel ?"},
                       {"role": "assistant", "content": "she was very sad and upset about it"}]]
     with tempfile.TemporaryDirectory() as tmp:
@@ -172,4 +205,4 @@ def check_sft_outcome(base: dict[str, float], tuned: dict[str, float], seen_marg
 
 
 __all__ = ["CHATS", "YES_NO", "check_encode_chat", "check_sft_loss", "check_sft_outcome", "check_template",
-           "collate", "score", "trl_labels"]
+           "collate", "score", "tokenizer_of", "trl_labels"]

@@ -9,7 +9,12 @@ decides every verdict itself, so a student who tampers with this module only bre
 from __future__ import annotations
 
 import builtins
+import contextlib
+import importlib.util
+import os
 import pickle
+import sys
+import threading
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -65,7 +70,7 @@ class _Watch(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         name = getattr(func, "__name__", str(func))
         if any(f in name for f in self.forbidden):
-            self.seen.append(f"torch function {name}")
+            self.seen.append(f"torch function {name} (what the check compares with)")
         return func(*args, **(kwargs or {}))
 
 
@@ -78,8 +83,54 @@ class _WatchOps(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if any(f in str(func) for f in self.forbidden):
-            self.seen.append(f"operator {func}")
+            self.seen.append(f"operator {func} (what the check compares with)")
         return func(*args, **(kwargs or {}))
+
+
+def module_paths(names) -> dict[str, str]:
+    """{source file or package folder (with a trailing separator): module name} for the modules ``names``."""
+    paths = {}
+    for name in names:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            continue
+        if spec is None:
+            continue
+        folders = [os.path.join(p, "") for p in spec.submodule_search_locations or []]
+        for place in folders or [spec.origin or ""]:
+            if place:  # as imported, and with links resolved
+                paths[place] = name
+                paths[os.path.join(os.path.realpath(place), "") if place in folders else os.path.realpath(place)] = name
+    return paths
+
+
+class _WatchCalls:
+    """Records calls of Python functions defined in forbidden modules (a profile hook on every thread)."""
+
+    def __init__(self, modules, seen):
+        self.paths, self.seen = module_paths(modules), seen
+        self.prefixes = tuple(self.paths)
+
+    def __call__(self, frame, event, arg):
+        if event == "call" and frame.f_code.co_filename.startswith(self.prefixes):
+            where = next(p for p in self.prefixes if frame.f_code.co_filename.startswith(p))
+            name = getattr(frame.f_code, "co_qualname", frame.f_code.co_name)
+            self.seen.append(f"{self.paths[where]}: {name} (the course's own answer or the check's oracle)")
+
+    def __enter__(self):
+        self.before = sys.getprofile()
+        sys.setprofile(self)
+        threading.setprofile(self)
+        return self
+
+    def __exit__(self, *exc):
+        hooked = sys.getprofile() is self
+        sys.setprofile(self.before)
+        threading.setprofile(None)
+        if not hooked:  # the student's code turned the tracing off (to call the answer unseen)
+            self.seen.append("sys.setprofile (the grader traces the calls of the exercise)")
+        return False
 
 
 def _do(op: str, target, args: tuple):
@@ -111,10 +162,12 @@ def handle(request_path: str, answer_path: str) -> None:
     seen: list[str] = []
     try:
         target = request["target"]
-        if request["forbid"]:
-            with _Watch(request["forbid"], seen), _WatchOps(request["forbid"], seen):
-                value = _do(request["op"], target, request["args"])
-        else:
+        with contextlib.ExitStack() as watches:
+            if request["forbid"]:
+                watches.enter_context(_Watch(request["forbid"], seen))
+                watches.enter_context(_WatchOps(request["forbid"], seen))
+            if request.get("forbid_modules"):
+                watches.enter_context(_WatchCalls(request["forbid_modules"], seen))
             value = _do(request["op"], target, request["args"])
         answer = {"value": encode(value)}
     except BaseException as exc:  # the student's error, reported to the grader as text

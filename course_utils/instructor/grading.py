@@ -104,6 +104,11 @@ def _kernel_manager(workdir: Path, prefix: list[str] | None):
         def format_kernel_cmd(self, extra_arguments=None):
             return list(prefix or []) + super().format_kernel_cmd(extra_arguments)
 
+        def write_connection_file(self, **kwargs):  # written 0600 by us; the sandbox's user must read it
+            super().write_connection_file(**kwargs)
+            if prefix is not None:
+                sandbox.hand_over(self.connection_file)
+
     if prefix is None:
         return SandboxedKernelManager(kernel_name="python3")
     # No network inside the sandbox: the kernel's ZeroMQ sockets are Unix sockets in its folder.
@@ -351,13 +356,22 @@ def warm_zoo(names: list[str] | None = None) -> None:
 
     ``names``: the models to prepare (default: every course model).
     """
-    from ..world.zoo import RECIPES, load_pretrained
+    from ..world.zoo import RECIPES, cache_dir, load_pretrained
 
     for name in RECIPES if names is None else names:
         try:
             load_pretrained(name, progress=False)
         except Exception as exc:  # grading goes on; a lab that needs the model will report it
             warnings.warn(f"could not prepare the course model {name!r} before grading: {exc}", stacklevel=2)
+    if sandbox.as_root() and cache_dir().is_dir():
+        readable_by_all(cache_dir())  # the zoo writes its folders 0700; kernels run as the sandbox's user
+
+
+def readable_by_all(folder: Path) -> None:
+    """Let every user read ``folder`` and what it holds (a cached model, for kernels run as another user)."""
+    for path in [folder, *folder.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
 
 
 def find_solution(lab: str, solutions_dir: str | Path = "solutions") -> Path:
