@@ -199,7 +199,8 @@ def _check_merge(layer, oracle: nn.Module, base: nn.Module, x: torch.Tensor, wha
 def check_add_lora(fn: Callable, seed: int = 0) -> None:
     """Exercise 2: ``fn(model, target_modules, r, alpha)`` against ``get_peft_model``'s counts and wrapped modules.
 
-    The wrapped model is read through ``named_parameters`` (names, shapes, requires_grad) and one forward.
+    The wrapped model is read through ``named_parameters`` (names, shapes, requires_grad) and one forward
+    with every ``lora_B`` set to zero, which must give the unwrapped model's logits.
     """
     from peft import LoraConfig, get_peft_model
     from peft.tuners.lora import LoraLayer
@@ -242,6 +243,9 @@ def check_add_lora(fn: Callable, seed: int = 0) -> None:
                     "before adding the adapters" if extra else "")
             raise CheckError(f"{what}: {trainable} trainable parameters, get_peft_model has {expected_trainable} "
                              f"({100 * expected_trainable / expected_total:.2f}% of {expected_total}).{hint}")
+        state = _call(wrapped.state_dict, f"{what}.state_dict()")  # B = 0 whatever LoRALinear does (exercise 1's job)
+        _call(wrapped.load_state_dict, f"{what}.load_state_dict(...)",
+              {k: torch.zeros_like(v) if k.endswith(".lora_B") else v for k, v in state.items()})
         wrapped.eval()
         out = _call(wrapped, f"{what}: the wrapped model's forward", ids)
         assert_close(out.logits.detach(), logits, f"{what}: logits of the wrapped model before training", atol=1e-5,
