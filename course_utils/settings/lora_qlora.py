@@ -13,7 +13,8 @@ CI = {"base_model": "tiny-gpt-sft", "train_stories": 1500, "eval_stories": 600, 
       "blocksize": 64, "nested_blocksize": 256, "targets": ["c_attn"], "lab_steps": 60, "lab_lr": 1e-2,
       "loss_margin": 0.05,
       "hub_model": None}
-CPU = {**CI, "steps": 150, "lr": {**CI["lr"], "full": 1e-3},  # at 150 steps full fine-tuning's best lr is smaller "intrinsic_dims": [4, 16, 64, 256], "ranks": [1, 2, 8, 16], "alphas": [1, 16, 64],
+CPU = {**CI, "steps": 150, "lr": {**CI["lr"], "full": 1e-3},  # at 150 steps full fine-tuning's best lr is smaller
+       "intrinsic_dims": [4, 16, 64, 256], "ranks": [1, 2, 8, 16], "alphas": [1, 16, 64],
        "qlora_steps": 150, "score_ratio": 0.95, "max_trainable": 0.02, "lab_steps": 200}
 GPU = {**CPU, "lab_steps": 300, "gpu_steps": 100,
        "hub_model": "Qwen/Qwen2.5-0.5B-Instruct"}
