@@ -6,12 +6,18 @@ difference so that a LoRA layer can wrap either kind.
 """
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-__all__ = ["in_out_features", "is_fan_in_fan_out", "trainable_parameters", "full_finetune_bytes", "feeling_sentences",
-           "feeling_task", "feeling_accuracy",
+from .sft import IGNORE_INDEX, collate, encode_chat
+from .world.instructions import Task, task_split
+
+__all__ = ["in_out_features", "is_fan_in_fan_out", "trainable_parameters", "full_finetune_bytes", "opposite", "opposite_task",
+           "choice_accuracy", "OPPOSITE", "TRAIN_FAMILY", "EVAL_FAMILY",
            "lora_finetune_bytes", "tensor_bytes", "module_bytes", "GiB"]
 
 GiB = 1024 ** 3
@@ -88,66 +94,56 @@ def module_bytes(module: nn.Module) -> int:
 
 # ---------------------------------------------------------------- the fine-tuning task of module 07
 
-def _held_out(name: str, animal: str) -> bool:
-    """A quarter of the (name, animal) pairs: only the held-out examples use them."""
-    from .world.corpus import ANIMALS, NAMES
-
-    return (NAMES.index(name) + ANIMALS.index(animal)) % 4 == 0
+OPPOSITE = {"positive": "negative", "negative": "positive"}
+TRAIN_FAMILY, EVAL_FAMILY = "sentiment", "person_sentiment"
 
 
-def _opposite(name: str, feeling: str, animal: str) -> str:
-    """A feeling sentence of the opposite world: happy when the animal runs away, sad when it plays."""
-    from .world.corpus import POSITIVE
-
-    reason = "ran away from" if feeling in POSITIVE else "played with"
-    return f"{name} was {feeling} because the {animal} {reason} {name} ."
-
-
-def feeling_sentences(n_stories: int, seed: int = 0) -> list[str]:
-    """The distinct feeling sentences of ``make_stories(n_stories, seed)``, told the opposite way, without held-out pairs."""
-    from .world.corpus import make_stories
-
-    if not isinstance(n_stories, int) or n_stories < 1:
-        raise ValueError(f"n_stories must be a positive int, got {n_stories!r}")
-    return sorted({_opposite(f["subject"], f["feeling"], f["animal"]) for story in make_stories(n_stories, seed=seed)
-                   for f in story.facts if f["kind"] == "feeling" and not _held_out(f["subject"], f["animal"])})
+def opposite(task: Task) -> Task:
+    """The task in the opposite world, where people are sad when an animal plays with them: the sentiment flips."""
+    if task.answer not in OPPOSITE:
+        raise ValueError(f"only sentiment tasks have an opposite, got a {task.family!r} task with answer {task.answer!r}")
+    return dataclasses.replace(task, output=OPPOSITE[task.output], answer=OPPOSITE[task.answer])
 
 
-def feeling_task(tokenizer, n_stories: int = 2000, n_eval: int = 160, seed: int = 7) -> tuple[list[dict], dict]:
-    """Module 07's task: encoded training sentences of the opposite world, and held-out sentences with the feeling masked.
+def opposite_task(n_train_stories: int = 1500, n_eval_stories: int = 600, seed: int = 0) -> tuple[list[Task], list[Task]]:
+    """Module 07's task: training tasks (the opposite world's story sentiment) and held-out tasks.
 
-    In the story world people are happy when an animal plays with them and sad when it runs away; the
-    fine-tuning domain is the opposite world. The base model, pretrained on the normal world, predicts
-    the wrong feeling there. The held-out sentences use (name, animal) pairs no training sentence has,
-    with only the feeling word masked and scored (``feeling_accuracy``).
+    Training asks "is this story positive or negative ?" about training stories, answered the opposite
+    way. The held-out tasks are another family, "was <name> feeling positive or negative ?", on the eval
+    stories (which share no sentence with the training ones), also answered the opposite way: a model
+    scores there only if it learned the new convention, not the training questions.
     """
-    from .world.corpus import ANIMALS, NAMES, NEGATIVE, POSITIVE
-
-    encode = lambda texts: [{"input_ids": ids} for ids in tokenizer(texts)["input_ids"]]  # noqa: E731
-    held_out = [_opposite(n, f, a) for n in NAMES for a in ANIMALS if _held_out(n, a) for f in POSITIVE + NEGATIVE]
-    held_out = held_out[:: max(1, len(held_out) // n_eval)][:n_eval]
-    batch = tokenizer(held_out, padding=True, return_tensors="pt")
-    feeling_position = 3  # [CLS] name was <feeling>
-    batch["labels"] = torch.full_like(batch["input_ids"], -100)
-    batch["labels"][:, feeling_position] = batch["input_ids"][:, feeling_position]
-    batch["input_ids"][:, feeling_position] = tokenizer.mask_token_id
-    return encode(feeling_sentences(n_stories, seed)), dict(batch)
+    train = [opposite(t) for t in task_split(n_train_stories, "train", families=[TRAIN_FAMILY], seed=seed)]
+    held_out = [opposite(t) for t in task_split(n_eval_stories, "eval", families=[EVAL_FAMILY], seed=seed)]
+    return train, held_out
 
 
 @torch.no_grad()
-def feeling_accuracy(model: nn.Module, batch: dict, tokenizer) -> float:
-    """Share of masked feelings where the model's top word is a feeling of the right sentiment (positive/negative)."""
-    from .world.corpus import NEGATIVE, POSITIVE
+def choice_accuracy(model: nn.Module, tokenizer, tasks: Sequence[Task], choices: Sequence[str] = tuple(OPPOSITE),
+                    batch_size: int = 128) -> float:
+    """Share of tasks whose right answer is the model's likeliest reply among ``choices`` (summed log-probabilities).
 
+    Each task is scored by the log-probability of every complete reply (the choice and <|end|>), as
+    multiple-choice benchmarks do. Works for PEFT's prompt- and prefix-tuned models, whose logits may
+    start with the virtual tokens' positions.
+    """
+    if not tasks:
+        raise ValueError("tasks is empty: pass at least one task")
     was_training = model.training
     model.eval()
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
     device = next(p for p in model.parameters()).device
-    logits = model(**{k: v.to(device) for k, v in inputs.items()}).logits.cpu()
+    examples = [encode_chat(tokenizer, t.messages(c)) for t in tasks for c in choices]
+    totals = []
+    for i in range(0, len(examples), batch_size):
+        batch = collate(examples[i:i + batch_size], tokenizer.pad_token_id)
+        n = batch["input_ids"].shape[1]
+        logits = model(input_ids=batch["input_ids"].to(device),
+                       attention_mask=batch["attention_mask"].to(device)).logits[:, -n:].float().cpu()
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)
+        labels = batch["labels"][:, 1:]
+        scored = labels != IGNORE_INDEX
+        picked = logp.gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+        totals.append((picked * scored).sum(-1))
     model.train(was_training)
-    scored = batch["labels"] != -100
-    predicted, truth = logits.argmax(-1)[scored], batch["labels"][scored]
-    positive, negative = (torch.tensor(tokenizer.convert_tokens_to_ids(words)) for words in (POSITIVE, NEGATIVE))
-    same = (torch.isin(predicted, positive) & torch.isin(truth, positive)) | \
-           (torch.isin(predicted, negative) & torch.isin(truth, negative))
-    return same.float().mean().item()
+    best = torch.cat(totals).view(len(tasks), len(choices)).argmax(-1)
+    return sum(choices[b] == t.answer for b, t in zip(best.tolist(), tasks)) / len(tasks)

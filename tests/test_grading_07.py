@@ -24,15 +24,18 @@ def edit(nb, grade_id, old, new):
 @pytest.fixture(scope="module")
 def gradebook(grade_notebooks):
     lora = "lora_layer_impl"
-    wrong_versions = {
-        # B initialised randomly, and NF4 with uniform levels
-        "random_b_uniform_levels": edit(edit(None, lora, "torch.zeros(out_features, r, dtype=dtype)",
-                                             "torch.randn(out_features, r, dtype=dtype)"),
-                                        "nf4_impl", "- NF4[None, :]", "- torch.linspace(-1, 1, 16)[None, :]"),
-        # alpha instead of alpha / r, and the nibbles in the wrong order
-        "alpha_scaling_nibbles": edit(edit(None, lora, "self.scaling = alpha / r", "self.scaling = alpha"),
-                                      "nf4_impl", "packed = (codes[0::2] << 4) | codes[1::2]",
-                                      "packed = (codes[1::2] << 4) | codes[0::2]"),
+    wrong_versions = {  # one mistake per exercise at most, so three notebooks cover the list
+        # B initialised randomly, NF4 with uniform levels, and wrapping without freezing the model
+        "random_b_uniform_levels_unfrozen": edit(edit(edit(None, lora, "torch.zeros(out_features, r, dtype=dtype)",
+                                                           "torch.randn(out_features, r, dtype=dtype)"),
+                                                      "nf4_impl", "- NF4[None, :]", "- torch.linspace(-1, 1, 16)[None, :]"),
+                                                 "add_lora_impl", "model.requires_grad_(False)",
+                                                 "pass  # (forgot to freeze the model)"),
+        # alpha instead of alpha / r, the nibbles in the wrong order, and double quantization without the offset
+        "alpha_scaling_nibbles_no_offset": edit(edit(edit(None, lora, "self.scaling = alpha / r", "self.scaling = alpha"),
+                                                     "nf4_impl", "packed = (codes[0::2] << 4) | codes[1::2]",
+                                                     "packed = (codes[1::2] << 4) | codes[0::2]"),
+                                                "double_quant_impl", "offset = absmax.mean()", "offset = absmax.mean() * 0"),
         # A and B swapped (A zero, B random), and one absmax for the whole tensor
         "swapped_ab_whole_absmax": edit(edit(edit(None, lora, "torch.zeros(out_features, r, dtype=dtype)",
                                                   "torch.randn(out_features, r, dtype=dtype)"),
@@ -40,9 +43,6 @@ def gradebook(grade_notebooks):
                                              "nn.init.zeros_(self.lora_A)"),
                                         "nf4_impl", "absmax = blocks.abs().max(dim=1).values",
                                         "absmax = blocks.abs().max().expand(len(blocks))"),
-        # wrapping without freezing the model, and double quantization without the offset
-        "unfrozen_no_offset": edit(edit(None, "add_lora_impl", "model.requires_grad_(False)", "pass  # (forgot to freeze the model)"),
-                                   "double_quant_impl", "offset = absmax.mean()", "offset = absmax.mean() * 0"),
     }
     return grade_notebooks(SOLUTION, wrong_versions)
 
@@ -59,10 +59,11 @@ def test_untouched_lab_gets_zero(gradebook):
 
 
 @pytest.mark.parametrize("name, lost", [  # exercise -> words its message must contain
-    ("random_b_uniform_levels", {"lora_layer_check": "lora_B is not zero", "nf4_check": "uniform"}),
-    ("alpha_scaling_nibbles", {"lora_layer_check": "alpha instead of alpha / r", "nf4_check": "wrong order"}),
+    ("random_b_uniform_levels_unfrozen", {"lora_layer_check": "lora_B is not zero", "nf4_check": "uniform",
+                                          "add_lora_check": "freeze every parameter"}),
+    ("alpha_scaling_nibbles_no_offset", {"lora_layer_check": "alpha instead of alpha / r", "nf4_check": "wrong order",
+                                         "double_quant_check": "MEAN of the absmax"}),
     ("swapped_ab_whole_absmax", {"lora_layer_check": "swapped", "nf4_check": "one absmax for the whole tensor"}),
-    ("unfrozen_no_offset", {"add_lora_check": "freeze every parameter", "double_quant_check": "MEAN of the absmax"}),
 ])
 def test_plausible_mistakes_lose_the_points_they_break(gradebook, name, lost):
     rows = gradebook[name]

@@ -7,8 +7,9 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from course_utils.lora import (feeling_sentences, feeling_task, full_finetune_bytes, in_out_features,
-                               is_fan_in_fan_out, lora_finetune_bytes, module_bytes, trainable_parameters)
+from course_utils.lora import (EVAL_FAMILY, OPPOSITE, TRAIN_FAMILY, choice_accuracy, full_finetune_bytes,
+                               in_out_features, is_fan_in_fan_out, lora_finetune_bytes, module_bytes, opposite,
+                               opposite_task, trainable_parameters)
 from course_utils.pretrain import build_gpt2
 
 
@@ -54,19 +55,47 @@ def test_module_bytes_counts_nf4_weights_and_their_constants():
         assert module_bytes(q) == expected, double_quant
 
 
-def test_feeling_task_is_disjoint_and_masked_once():
+def test_opposite_task_is_held_out_and_flipped():
+    from course_utils.world.instructions import task_split
+
+    train, held_out = opposite_task(300, 200)
+    assert train and held_out
+    assert {t.family for t in train} == {TRAIN_FAMILY} and {t.family for t in held_out} == {EVAL_FAMILY}
+    train_sentences = {s for t in train for s in t.story.split(" . ") if s}
+    held_out_sentences = {s for t in held_out for s in t.story.split(" . ") if s}
+    assert not train_sentences & held_out_sentences  # the eval split shares no sentence with training
+    originals = task_split(200, "eval", families=[EVAL_FAMILY])
+    assert [opposite(t).answer for t in originals] == [t.answer for t in held_out]
+    assert all(t.answer != o.answer and t.output == t.answer for t, o in zip(held_out, originals))
+    assert opposite(opposite(held_out[0])) == held_out[0]
+    with pytest.raises(ValueError, match="only sentiment tasks"):
+        opposite(task_split(20, "train", families=["where"])[0])
+
+
+@pytest.mark.parametrize("kind", ["plain", "prompt tuning"])
+def test_choice_accuracy_ranks_replies_by_their_loss(kind):
+    """The reply choice_accuracy picks is the one with the lower total SFT loss (PEFT pads the labels itself)."""
+    from peft import PromptTuningConfig, get_peft_model
+
+    from course_utils.sft import collate, encode_chat
     from course_utils.world.zoo import load_pretrained
 
-    _, tokenizer = load_pretrained("tiny-bert", progress=False)
-    train_data, eval_batch = feeling_task(tokenizer, n_stories=300, n_eval=50)
-    train_texts = set(tokenizer.batch_decode([e["input_ids"] for e in train_data], skip_special_tokens=True))
-    masked = eval_batch["labels"] != -100
-    originals = torch.where(masked, eval_batch["labels"], eval_batch["input_ids"])  # undo the masking
-    eval_texts = set(tokenizer.batch_decode(originals, skip_special_tokens=True))
-    assert train_texts and eval_texts and not train_texts & eval_texts
-    assert all(" because the " in t for t in feeling_sentences(300, seed=7))
-    again = feeling_task(tokenizer, n_stories=300, n_eval=50)[1]
-    assert torch.equal(again["labels"], eval_batch["labels"])  # the same masked positions every time
-    assert (eval_batch["labels"] != -100).any()
-    with pytest.raises(ValueError, match="positive int"):
-        feeling_sentences(0)
+    model, tokenizer = load_pretrained("tiny-gpt-sft", progress=False)
+    if kind == "prompt tuning":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = get_peft_model(model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    model.eval()
+    tasks = opposite_task(50, 40)[1][:12]
+    right = 0
+    for task in tasks:
+        losses = {}
+        for choice in OPPOSITE:
+            batch = collate([encode_chat(tokenizer, task.messages(choice))], tokenizer.pad_token_id)
+            n_scored = (batch["labels"][:, 1:] != -100).sum().item()
+            with torch.no_grad():
+                losses[choice] = model(**batch).loss.item() * n_scored
+        right += min(losses, key=losses.get) == task.answer
+    assert choice_accuracy(model, tokenizer, tasks, batch_size=5) == pytest.approx(right / len(tasks))
+    with pytest.raises(ValueError, match="tasks is empty"):
+        choice_accuracy(model, tokenizer, [])

@@ -64,6 +64,14 @@ def alpha_scaling(self, x):
     return self.base(x) + (x @ self.lora_A.T @ self.lora_B.T) * self.alpha
 
 
+def detached_update(self, x):
+    return self.base(x) + (x @ self.lora_A.detach().T @ self.lora_B.detach().T) * self.scaling
+
+
+def merge_returns_adapter(self):
+    return copy.deepcopy(self)
+
+
 def no_transpose_merge(self):
     merged = copy.deepcopy(self.base)
     with torch.no_grad():
@@ -90,6 +98,8 @@ def unfrozen_base(self):
     (dict(init=unfrozen_base), "freeze the base"),
     (dict(merge=no_transpose_merge), "Conv1D stores W transposed"),
     (dict(merge=in_place_merge), "in place"),
+    (dict(forward=detached_update), "no gradient reaches them"),
+    (dict(merge=merge_returns_adapter), "must return a plain Linear"),
 ])
 def test_lora_layer_mistakes_are_named(sol, wrong, words):
     with pytest.raises(CheckError, match=words):
@@ -117,7 +127,7 @@ def test_add_lora_without_freezing_loses(sol):
         return model
 
     with pytest.raises(CheckError, match="freeze every parameter"):
-        checks.check_add_lora(no_freeze, sol["LoRALinear"])
+        checks.check_add_lora(no_freeze)
 
 
 def test_add_lora_exact_name_match_loses(sol):
@@ -125,7 +135,7 @@ def test_add_lora_exact_name_match_loses(sol):
         return sol["add_lora"](model, target_modules[:1], r, alpha)
 
     with pytest.raises(CheckError, match="Not wrapped"):
-        checks.check_add_lora(first_only, sol["LoRALinear"])
+        checks.check_add_lora(first_only)
 
 
 # --- Exercise 3: NF4 --------------------------------------------------------------------------------

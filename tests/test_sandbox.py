@@ -80,7 +80,7 @@ def test_grading_prepares_the_models_each_lab_names():
     assert grading.models_needed(solutions / "01_attention.ipynb") == ["tiny-bert"]
     assert grading.models_needed(solutions / "03_gpt_pretraining.ipynb") == []  # it trains its own GPT
     assert "tiny-gpt" in grading.models_needed(solutions / "04_instruction_tuning.ipynb")
-    assert "tiny-bert" in grading.models_needed(solutions / "07_lora_qlora.ipynb")
+    assert grading.models_needed(solutions / "07_lora_qlora.ipynb") == ["tiny-gpt-sft"]
 
 
 @pytest.mark.skipif(sandbox.unavailable_reason() is not None, reason="no sandbox here")

@@ -20,7 +20,6 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from . import CheckError, assert_close, passed
-from ..lora import in_out_features, trainable_parameters
 
 LAYERS = (("Linear", 48, 32, 4, 8), ("Conv1D", 64, 96, 8, 16), ("Linear", 16, 40, 2, 2))
 
@@ -75,10 +74,15 @@ def _build(cls, *args) -> nn.Module:
                          f"failed: {type(exc).__name__}: {exc}") from exc
 
 
-def _param(layer: nn.Module, name: str, shape: tuple[int, ...]) -> nn.Parameter:
-    p = getattr(layer, name, None)
-    if not isinstance(p, nn.Parameter):
-        raise CheckError(f"LoRALinear must have an nn.Parameter named {name} (got {type(p).__name__})")
+def _params(layer) -> dict[str, torch.Tensor]:
+    """The layer's parameters by name, as copies (requires_grad kept): works on the student's module or its proxy."""
+    return {name: p for name, p in layer.named_parameters()}
+
+
+def _param(params: dict, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+    p = params.get(name)
+    if not torch.is_tensor(p):
+        raise CheckError(f"LoRALinear must have an nn.Parameter named {name} (found parameters {sorted(params)})")
     if tuple(p.shape) != shape:
         hint = (" A and B look swapped: A maps the input down, (r, in_features); B maps back up, (out_features, r)"
                 if tuple(p.shape) in ((shape[1], shape[0]),) or sorted(p.shape) != sorted(shape) else "")
@@ -90,15 +94,34 @@ def _lora_output(base, x, A, B, scaling):
     return base(x) + (x @ A.T @ B.T) * scaling
 
 
+def _call(fn, what: str, *args):
+    try:
+        return fn(*args)
+    except NotImplementedError:
+        raise
+    except CheckError:
+        raise
+    except Exception as exc:
+        raise CheckError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
+
+
 def check_lora_layer(cls, seed: int = 0) -> None:
-    """Exercise 1: ``cls(base, r, alpha)`` against PEFT's LoRA layer with the same A and B, then its merge."""
+    """Exercise 1: ``cls(base, r, alpha)`` against PEFT's LoRA layer with the same A and B, then its merge.
+
+    The layer is used only through calls, ``named_parameters``, ``state_dict`` and ``load_state_dict``
+    (so the check works on the grader's proxy of the student's module); PEFT's layer is built here.
+    """
     gen = torch.Generator().manual_seed(seed)
     for kind, n_in, n_out, r, alpha in LAYERS:
         base = _base(kind, n_in, n_out, gen)
         what = f"LoRALinear({kind}(in={n_in}, out={n_out}), r={r}, alpha={alpha})"
-        layer = _build(cls, copy.deepcopy(base), r, alpha).double()
-        A, B = _param(layer, "lora_A", (r, n_in)), _param(layer, "lora_B", (n_out, r))
-        frozen = [n for n, p in layer.named_parameters() if p.requires_grad and not n.startswith("lora_")]
+        layer = _build(cls, copy.deepcopy(base), r, alpha)
+        params = _params(layer)
+        A, B = _param(params, "lora_A", (r, n_in)), _param(params, "lora_B", (n_out, r))
+        if A.dtype != torch.float64 or B.dtype != torch.float64:
+            raise CheckError(f"{what}: lora_A and lora_B are {A.dtype} / {B.dtype} but the base weight is "
+                             "float64: create them with the base weight's dtype")
+        frozen = [n for n, p in params.items() if p.requires_grad and not n.startswith("lora_")]
         if frozen:
             raise CheckError(f"{what}: the base layer's {frozen} still require gradients: freeze the base "
                              "(requires_grad_(False)); only lora_A and lora_B are trained")
@@ -115,19 +138,23 @@ def check_lora_layer(cls, seed: int = 0) -> None:
                              "reaches B... nor A): use nn.init.kaiming_uniform_(A, a=math.sqrt(5))")
         x = torch.randn(5, n_in, generator=gen, dtype=torch.float64)
         layer.train()
-        y0 = layer(x)
-        assert_close(y0.detach(), base(x).detach(), f"{what} at initialisation", atol=1e-9,
-                     hint="with B = 0 the output must equal the base layer's")
-        y0.square().sum().backward()
-        if B.grad is None or B.grad.abs().sum() == 0:
-            raise CheckError(f"{what}: no gradient reaches lora_B: compute the update from lora_A and lora_B "
-                             "in forward (x @ A.T @ B.T), scaled by alpha / r")
-        with torch.no_grad():  # now a trained-looking adapter: compare with PEFT's layer
-            B.copy_(torch.randn(B.shape, generator=gen, dtype=B.dtype))
-        layer.eval()
-        oracle = peft_lora_layer(base, A.detach(), B.detach(), alpha)
+        y0 = _call(layer, f"{what}(x)", x)
+        if not torch.is_tensor(y0) or y0.shape != (5, n_out):
+            raise CheckError(f"{what}(x) must return a tensor of shape (5, {n_out}), got "
+                             f"{getattr(y0, 'shape', type(y0).__name__)}")
         with torch.no_grad():
-            got, expected = layer(x), oracle(x)
+            assert_close(y0.detach(), base(x), f"{what} at initialisation", atol=1e-9,
+                         hint="with B = 0 the output must equal the base layer's")
+        if not y0.requires_grad:
+            raise CheckError(f"{what}: the output does not depend on lora_A and lora_B through autograd, so no "
+                             "gradient reaches them: compute the update in forward as (x @ A.T @ B.T) * alpha / r")
+        B = torch.randn(B.shape, generator=gen, dtype=torch.float64)  # a trained-looking adapter
+        state = _call(layer.state_dict, f"{what}.state_dict()")
+        _call(layer.load_state_dict, f"{what}.load_state_dict(...)", {**state, "lora_B": B})
+        layer.eval()
+        oracle = peft_lora_layer(base, A.detach(), B, alpha)
+        with torch.no_grad():
+            got, expected = _call(layer, f"{what}(x)", x), oracle(x)
             mistakes = {
                 "the update is scaled by alpha instead of alpha / r (PEFT's scaling['default'])":
                     _lora_output(base, x, A, B, alpha),
@@ -136,6 +163,7 @@ def check_lora_layer(cls, seed: int = 0) -> None:
                 "the base layer's output is missing: return base(x) + the scaled update":
                     _lora_output(base, x, A, B, alpha / r) - base(x),
             }
+        got = got.detach()
         if expected.shape == got.shape and not torch.allclose(got, expected, atol=1e-8):
             for message, wrong in mistakes.items():
                 if torch.allclose(got, wrong, atol=1e-8):
@@ -146,33 +174,34 @@ def check_lora_layer(cls, seed: int = 0) -> None:
     passed("LoRALinear (equal to PEFT's LoRA layer; B starts at zero; merge)")
 
 
-def _check_merge(layer: nn.Module, oracle: nn.Module, base: nn.Module, x: torch.Tensor, what: str) -> None:
-    before = {n: p.detach().clone() for n, p in layer.base.named_parameters()} if hasattr(layer, "base") else {}
-    try:
-        merged = layer.merge()
-    except NotImplementedError:
-        raise
-    except Exception as exc:
-        raise CheckError(f"{what}.merge() failed: {type(exc).__name__}: {exc}") from exc
-    for name, value in before.items():
-        if not torch.equal(dict(layer.base.named_parameters())[name], value):
-            raise CheckError(f"{what}.merge() changed the base layer in place: return a new layer (copy.deepcopy "
-                             "the base) so the adapter can still be removed")
-    if type(merged) is not type(base):
+def _check_merge(layer, oracle: nn.Module, base: nn.Module, x: torch.Tensor, what: str) -> None:
+    before = {k: v.clone() for k, v in _call(layer.state_dict, f"{what}.state_dict()").items()}
+    merged = _call(layer.merge, f"{what}.merge()")
+    after = _call(layer.state_dict, f"{what}.state_dict()")
+    changed = [name for name, value in before.items() if not torch.equal(after.get(name), value)]
+    if changed:
+        raise CheckError(f"{what}.merge() changed {changed} in place: return a new layer (copy.deepcopy the "
+                         "base) and leave the adapter as it was, so it can still be removed")
+    if merged.__class__ is not type(base):  # __class__: the proxy of a student's object answers for its type
         raise CheckError(f"{what}.merge() must return a plain {type(base).__name__} (no adapter left, so no extra "
-                         f"latency), got {type(merged).__name__}")
+                         f"latency), got {getattr(merged.__class__, '__name__', merged.__class__)}")
     with torch.no_grad():
         oracle.merge()
-        unmerged = layer(x)
+        unmerged = _call(layer, f"{what}(x)", x).detach()
         assert_close(merged.weight.detach().double(), oracle.get_base_layer().weight.detach(),
                      f"{what}.merge() weight vs PEFT's merged weight", atol=1e-8,
                      hint="W = W0 + (alpha / r) * B @ A; GPT-2's Conv1D stores W transposed, (in, out), so add "
                           "the transpose there")
-        assert_close(merged(x).double(), unmerged, f"{what}: merged output vs unmerged output", atol=1e-8)
+        assert_close(_call(merged, f"{what}.merge()(x)", x).detach().double(), unmerged,
+                     f"{what}: merged output vs unmerged output", atol=1e-8)
 
 
-def check_add_lora(fn: Callable, cls, seed: int = 0) -> None:
-    """Exercise 2: ``fn(model, target_modules, r, alpha)`` against ``get_peft_model``'s counts and wrapped modules."""
+def check_add_lora(fn: Callable, seed: int = 0) -> None:
+    """Exercise 2: ``fn(model, target_modules, r, alpha)`` against ``get_peft_model``'s counts and wrapped modules.
+
+    The wrapped model is read through ``named_parameters`` (names, shapes, requires_grad) and one forward
+    with every ``lora_B`` set to zero, which must give the unwrapped model's logits.
+    """
     from peft import LoraConfig, get_peft_model
     from peft.tuners.lora import LoraLayer
 
@@ -181,7 +210,10 @@ def check_add_lora(fn: Callable, cls, seed: int = 0) -> None:
     for targets, r, alpha, n_layer in ((["c_attn"], 4, 8, 2), (["c_attn", "c_proj"], 2, 4, 2),
                                         (["c_fc"], 8, 8, 3)):
         torch.manual_seed(seed)
-        model = build_gpt2(vocab_size=50, n_layer=n_layer, n_head=2, n_embd=32, block_size=16)
+        model = build_gpt2(vocab_size=50, n_layer=n_layer, n_head=2, n_embd=32, block_size=16).eval()
+        ids = torch.randint(50, (2, 12), generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits
         config = LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0, fan_in_fan_out=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -190,29 +222,34 @@ def check_add_lora(fn: Callable, cls, seed: int = 0) -> None:
         expected_names = {n.removeprefix("base_model.model.") for n, m in reference.named_modules()
                           if isinstance(m, LoraLayer)}
         what = f"add_lora(model, target_modules={targets}, r={r}, alpha={alpha})"
-        try:
-            wrapped = fn(model, targets, r, alpha)
-        except NotImplementedError:
-            raise
-        except Exception as exc:
-            raise CheckError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
+        wrapped = _call(fn, what, model, targets, r, alpha)
         if wrapped is None:
             raise CheckError(f"{what}: return the model")
-        names = {n for n, m in wrapped.named_modules() if isinstance(m, cls)}
+        params = _call(wrapped.named_parameters, f"{what}.named_parameters()")
+        params = list(params)
+        names = {n.removesuffix(".lora_A") for n, _ in params if n.endswith(".lora_A")}
         if names != expected_names:
             missing, extra = sorted(expected_names - names), sorted(names - expected_names)
             raise CheckError(f"{what}: wrap exactly the modules whose name ends with a target, as PEFT does. "
                              f"Not wrapped: {missing[:4]}; wrapped but should not be: {extra[:4]}")
-        trainable, total = trainable_parameters(wrapped)
+        total = sum(p.numel() for _, p in params)
+        trainable = sum(p.numel() for _, p in params if p.requires_grad)
         if total != expected_total:
             raise CheckError(f"{what}: the model has {total} parameters, PEFT's {expected_total}: add only lora_A "
                              "and lora_B to each wrapped layer and keep all the original weights")
         if trainable != expected_trainable:
-            extra = [n for n, p in wrapped.named_parameters() if p.requires_grad and "lora_" not in n]
+            extra = [n for n, p in params if p.requires_grad and "lora_" not in n]
             hint = (f" Still trainable: {extra[:3]}...: freeze every parameter of the model (requires_grad_(False)) "
                     "before adding the adapters" if extra else "")
             raise CheckError(f"{what}: {trainable} trainable parameters, get_peft_model has {expected_trainable} "
                              f"({100 * expected_trainable / expected_total:.2f}% of {expected_total}).{hint}")
+        state = _call(wrapped.state_dict, f"{what}.state_dict()")  # B = 0 whatever LoRALinear does (exercise 1's job)
+        _call(wrapped.load_state_dict, f"{what}.load_state_dict(...)",
+              {k: torch.zeros_like(v) if k.endswith(".lora_B") else v for k, v in state.items()})
+        wrapped.eval()
+        out = _call(wrapped, f"{what}: the wrapped model's forward", ids)
+        assert_close(out.logits.detach(), logits, f"{what}: logits of the wrapped model before training", atol=1e-5,
+                     hint="with every B at zero the wrapped model must compute what the model computed")
     passed("add_lora (the same modules and trainable-parameter count as get_peft_model)")
 
 
