@@ -5,11 +5,15 @@ _PPO = {"steps": 20, "batch_size": 48, "lr": 2e-4, "beta": 0.05, "epochs": 2, "m
 CI = {"sft_model": "tiny-gpt-sft", "pair_stories": 600, "prompt_stories": 300, "eval_stories": 60,
       "n_pairs": 2000, "held_out_pairs": 300, "bt_beta": 4.0, "rm_steps": 60, "rm_batch": 32, "rm_lr": 3e-3,
       "trl_rm_steps": 10, "ppo": _PPO,
-      # reward hacking: a blind-spot RM and a beta sweep of PPO runs pushed hard (lr 1e-3), same sizes in all profiles
-      "blind_rm_steps": 60, "hack_betas": [0.0, 1.0], "hack_ppo": {**_PPO, "lr": 1e-3},
+      # reward hacking: a blind-spot RM and a beta sweep of PPO runs pushed hard (lr 1e-3). The blind-spot RM and
+      # the PPO runs have the same sizes in all profiles (only the sweep grows): with the cpu profile's RM learning
+      # rate (1e-3) the blind spot was learned weakly and the beta = 0 run hacked only mildly (r* 0.49 vs SFT 0.46)
+      "blind_pairs": 2000, "blind_rm_steps": 60, "blind_rm_lr": 3e-3, "hack_betas": [0.0, 1.0],
+      "hack_ppo": {**_PPO, "lr": 1e-3},
       "ptx_coef": 0.5, "ptx_batch": 16, "fg_steps": 8, "max_new_tokens": 16, "lab_ppo_steps": 6, "lab_batch": 32,
-      # asserted outcomes (margins for the ci sizes; the lecture's closing note gives the measured values)
-      "rm_ceiling_frac": 0.72, "min_win_rate": 0.7, "max_kl": 6.0, "hack_margin": 0.15}
+      # asserted outcomes (margins for the ci sizes; the lecture's closing note gives the measured values). The RM
+      # learns concision but judges correctness at about chance: 72-75% of the noise ceiling over seeds 0-2, not 90%
+      "rm_ceiling_frac": 0.70, "min_win_rate": 0.7, "max_kl": 6.0, "hack_margin": 0.15}
 CPU = {**CI, "pair_stories": 2000, "n_pairs": 6000, "rm_steps": 600, "rm_lr": 1e-3, "trl_rm_steps": 100,
        "ppo": {**_PPO, "steps": 40, "batch_size": 64}, "hack_betas": [0.0, 0.1, 0.5, 1.0, 2.0],
        "fg_steps": 20, "eval_stories": 150, "lab_ppo_steps": 20, "lab_batch": 48,
