@@ -30,10 +30,6 @@ ANSWER_ENCODE = """
 from course_utils.sft import encode_chat as answer
 return answer(tokenizer, messages)
 """
-ANSWER_LOSS = """
-import course_utils.sft
-return course_utils.sft.sft_loss(logits, labels)
-"""
 END_TOKEN_MASKED = """
 enc = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
 end = tokenizer.convert_tokens_to_ids("<|end|>")
@@ -45,13 +41,14 @@ return {"input_ids": ids, "labels": [t if m and t != end else -100 for t, m in z
 @pytest.fixture(scope="module")
 def gradebook(grade_notebooks):
     solution = read_notebook(SOLUTION)
-    patched = replace_solution(replace_solution(solution, "encode_impl", END_TOKEN_MASKED), "loss_impl",
-                               PER_SEQUENCE_MEAN)
+    # one mistake that changes training per notebook: <|end|> masked and a per-sequence mean together leave the
+    # short SFT run below the outcome check's bar (measured in a clean-clone CI run: 0.19 < 0.25), each alone does not
+    patched = replace_solution(solution, "encode_impl", END_TOKEN_MASKED)
     patched.cells.insert(3, new_code_cell(PATCH_CHECKS))  # right after the imports
-    answers = replace_solution(replace_solution(solution, "encode_impl", ANSWER_ENCODE), "loss_impl", ANSWER_LOSS)
+    answers = replace_solution(replace_solution(solution, "encode_impl", ANSWER_ENCODE), "loss_impl", PER_SEQUENCE_MEAN)
     wrong_versions = {
-        "end_masked_and_loss_mistakes_checks_patched": patched,
-        "swapped_labels_and_answers_called": replace_solution(answers, "template_impl", SWAPPED_LABELS),
+        "end_masked_checks_patched": patched,
+        "swapped_labels_per_sequence_loss_answer_called": replace_solution(answers, "template_impl", SWAPPED_LABELS),
     }
     return grade_notebooks(SOLUTION, wrong_versions)
 
@@ -66,13 +63,14 @@ def test_untouched_lab_gets_zero(gradebook):
 
 
 @pytest.mark.parametrize("name, lost", [  # exercise -> words its message must contain
-    # masking <|end|> is caught by the labels check and a mean of per-sequence means by the loss check, even with
-    # the checks replaced in the kernel; measured: the short SFT run still answers well enough for the outcome check
-    ("end_masked_and_loss_mistakes_checks_patched", {"encode_check": "<|end|>", "loss_check": "per-sequence"}),
-    # right answers, but the course's: the exercises that call them lose their points, the SFT run passes
-    ("swapped_labels_and_answers_called", {"template_check": "swap 0 and 1",
-                                           "encode_check": "forbidden call: the exercise may not use course_utils.sft",
-                                           "loss_check": "forbidden call: the exercise may not use course_utils.sft"}),
+    # masking <|end|> is caught by the labels check even with the checks replaced in the kernel; measured: the short
+    # SFT run still answers well enough for the outcome check
+    ("end_masked_checks_patched", {"encode_check": "<|end|>"}),
+    # swapped labels, a mean of per-sequence means, and the course's own encode_chat called: each loses its exercise,
+    # the SFT run passes
+    ("swapped_labels_per_sequence_loss_answer_called", {
+        "template_check": "swap 0 and 1", "loss_check": "per-sequence",
+        "encode_check": "forbidden call: the exercise may not use course_utils.sft"}),
 ])
 def test_plausible_mistakes_lose_the_points_they_break(gradebook, name, lost):
     rows = gradebook[name]
