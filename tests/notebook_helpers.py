@@ -16,3 +16,11 @@ def solution_namespace(solution: Path, checks_import: str) -> dict:
 def total(rows: dict) -> tuple[int, int]:
     """(points, max_points) summed over one submission's gradebook rows."""
     return sum(r.points for r in rows.values()), sum(r.max_points for r in rows.values())
+
+
+def assert_lost_exactly(rows: dict, lost: dict[str, str]) -> None:
+    """The submission lost points in exactly the exercises of ``lost``, each message naming its mistake."""
+    failed = {ex for ex, r in rows.items() if r.points < r.max_points}
+    assert failed == set(lost), {ex: r.message for ex, r in rows.items()}
+    for exercise, words in lost.items():
+        assert words in rows[exercise].message, (exercise, rows[exercise].message)
