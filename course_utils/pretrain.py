@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 from collections.abc import Callable
@@ -297,6 +299,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="out-pretrain", help="checkpoint folder to write (default: out-pretrain)")
     parser.add_argument("--sample", type=int, default=200, help="tokens to sample at the end, at most block size - 1 (0: none)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    parser.add_argument("--num-processes", type=int, default=1,
+                        help="data-parallel processes on this machine (default: 1); >1 restarts the command under "
+                             "`accelerate launch`, on CPU with an equal share of the cores per process")
+
+
+def command_line(args: argparse.Namespace) -> list[str]:
+    """The `course pretrain` options that give ``args`` (those left at their default and --num-processes omitted)."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    argv = []
+    for action in parser._actions:
+        value = getattr(args, action.dest, action.default)
+        if not action.option_strings or action.dest == "num_processes" or value == action.default:
+            continue
+        argv += [action.option_strings[0]] if action.nargs == 0 else [action.option_strings[0], str(value)]
+    return argv
+
+
+def launch_command(argv: list[str], num_processes: int, cores: int | None = None) -> tuple[list[str], dict]:
+    """The `accelerate launch` command and environment that rerun `course pretrain ARGV` in ``num_processes`` processes."""
+    if not isinstance(num_processes, int) or num_processes < 2:
+        raise ValueError(f"num_processes must be an int >= 2 to launch, got {num_processes!r}")
+    accelerate = Path(sys.executable).with_name("accelerate")
+    command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "course_utils", "pretrain", *argv]
+    threads = max(1, (cores or os.cpu_count() or 1) // num_processes)  # processes x threads = cores, not more
+    return command, {"OMP_NUM_THREADS": str(threads), **os.environ}
 
 
 def make_accelerator(device: str = "auto", grad_accum: int = 1, mixed_precision: str | None = None):
@@ -314,6 +343,12 @@ def make_accelerator(device: str = "auto", grad_accum: int = 1, mixed_precision:
 def main(args: argparse.Namespace) -> int:
     """Run `course pretrain`; returns the exit code (2 with a message on bad input)."""
     transformers.utils.logging.disable_progress_bar()  # our own bar reports training; no "Writing model shards"
+    if args.num_processes < 1:
+        print(f"course pretrain: --num-processes must be at least 1, got {args.num_processes}", file=sys.stderr)
+        return 2
+    if args.num_processes > 1 and "LOCAL_RANK" not in os.environ:  # not started by a launcher yet: become one
+        command, env = launch_command(command_line(args), args.num_processes)
+        return subprocess.run(command, env=env).returncode
     try:
         text = read_text_file(args.text, min_chars=MIN_CHARS)
         accelerator = make_accelerator(args.device, args.grad_accum, args.mixed_precision)

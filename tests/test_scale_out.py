@@ -47,7 +47,8 @@ def _pretrain(text_file: Path, out: Path, *extra: str, launcher: list[str] | Non
 
 def test_two_processes_train_like_one_at_the_same_global_batch(text_file, tmp_path):
     one = _pretrain(text_file, tmp_path / "one", "--batch-size", "8", "--device", "cpu")
-    two = _pretrain(text_file, tmp_path / "two", "--batch-size", "8", launcher=LAUNCH)
+    # --num-processes 2 restarts the command under `accelerate launch` (the README's explicit command is the same)
+    two = _pretrain(text_file, tmp_path / "two", "--batch-size", "8", "--num-processes", "2")
     accumulated = _pretrain(text_file, tmp_path / "acc", "--batch-size", "4", "--grad-accum", "2", "--device", "cpu")
     assert (one["processes"], two["processes"]) == (1, 2)
     # the same windows, averaged in another order (all-reduce, accumulation): equal up to float rounding
@@ -99,3 +100,20 @@ def test_batch_size_must_split_between_processes():
     two_processes = SimpleNamespace(num_processes=2, is_main_process=True)
     with pytest.raises(ValueError, match="multiple of the number of processes"):
         pretrain("abc " * 100, batch_size=7, accelerator=two_processes)
+
+
+def test_num_processes_relaunches_the_same_options_under_accelerate():
+    from course_utils.cli import build_parser
+    from course_utils.pretrain import command_line, launch_command
+
+    args = build_parser("pretrain").parse_args(["pretrain", "--text", "a.txt", "--n-layer", "2", "--no-progress",
+                                                "--num-processes", "4", "--lr", "0.01"])
+    argv = command_line(args)
+    assert argv == ["--text", "a.txt", "--n-layer", "2", "--lr", "0.01", "--no-progress"]
+    assert build_parser("pretrain").parse_args(["pretrain", *argv]).num_processes == 1, "launched processes train"
+    command, env = launch_command(argv, 4, cores=8)
+    assert command[1:5] == ["launch", "--multi_gpu", "--num_processes", "4"]
+    assert command[-len(argv) - 3:] == ["-m", "course_utils", "pretrain", *argv]
+    assert env["OMP_NUM_THREADS"] == os.environ.get("OMP_NUM_THREADS", "2"), "2 threads each for 4 processes on 8 cores"
+    with pytest.raises(ValueError, match=">= 2"):
+        launch_command(argv, 1)
