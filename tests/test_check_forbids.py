@@ -13,6 +13,7 @@ from course_utils.instructor.agent import module_paths
 from course_utils.lora import in_out_features, is_fan_in_fan_out
 
 CHECKS = "course_utils.checks"
+OPTIM = ("transformers", "torch.optim", "torch.nn.utils.clip_grad", "course_utils.training", CHECKS)
 EXPECTED = {  # check -> modules whose code the student's code may not run while the check calls it
     mlm.check_mask_selection: ("transformers.data", CHECKS),
     mlm.check_mask_split: ("transformers.data", CHECKS),
@@ -28,10 +29,9 @@ EXPECTED = {  # check -> modules whose code the student's code may not run while
     gpt.check_top_k: ("transformers", "course_utils.pretrain", CHECKS),
     gpt.check_top_p: ("transformers", "course_utils.pretrain", CHECKS),
     gpt.check_sampling: ("transformers", "course_utils.pretrain", CHECKS),
-    optim.check_lr_schedule: ("transformers", "torch.optim", "torch.nn.utils.clip_grad", "course_utils.training", CHECKS),
-    optim.check_clip_grad_norm: ("transformers", "torch.optim", "torch.nn.utils.clip_grad", "course_utils.training",
-                                 CHECKS),
-    optim.check_adamw_step: ("transformers", "torch.optim", "torch.nn.utils.clip_grad", "course_utils.training", CHECKS),
+    optim.check_lr_schedule: OPTIM,
+    optim.check_clip_grad_norm: OPTIM,
+    optim.check_adamw_step: OPTIM,
     llama.check_rms_norm: ("transformers", CHECKS),
     llama.check_rotary: ("transformers", CHECKS),
     llama.check_swiglu: ("transformers", CHECKS),

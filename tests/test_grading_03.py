@@ -169,7 +169,8 @@ def test_untouched_lab_gets_zero(gradebook):
 @pytest.mark.parametrize("name, lost", [  # exercise -> words its message must contain
     ("model_and_loss_mistakes_answers_called", {
         "attention_check": "no causal mask", "block_check": "attention check", "gpt_check": "",
-        "loss_check": "no shift", "schedule_check": "off by one", "clip_check": "OWN norm", "bpe_check": "first one found",
+        "loss_check": "no shift", "schedule_check": "off by one", "clip_check": "OWN norm",
+        "bpe_check": "first one found",
         "beam_check": "forbidden call: the exercise may not use course_utils.checks: reference_beam_search",
         "adamw_check": "forbidden call: the exercise may not use torch.optim",
         "rms_norm_check": "forbidden call: the exercise may not use torch function rms_norm"}),

@@ -64,8 +64,9 @@ def gradebook(grade_notebooks):
     wrong_versions = {
         "swapped_pair_gae_no_mask_value_unclipped": _replace(solution, reward_loss_impl=SWAPPED_PAIR,
                                                              gae_impl=GAE_NO_MASK, value_loss_impl=VALUE_UNCLIPPED),
-        "kl_flipped_min_not_max_answers_called": _replace(solution, rewards_impl=KL_FLIPPED, policy_loss_impl=MIN_NOT_MAX,
-                                                          reward_loss_impl=ANSWER_REWARD_LOSS, gae_impl=ANSWER_GAE),
+        "kl_flipped_min_not_max_answers_called": _replace(
+            solution, rewards_impl=KL_FLIPPED, policy_loss_impl=MIN_NOT_MAX, reward_loss_impl=ANSWER_REWARD_LOSS,
+            gae_impl=ANSWER_GAE),
     }
     return grade_notebooks(SOLUTION, wrong_versions)
 
@@ -84,7 +85,8 @@ def test_untouched_lab_gets_zero(gradebook):
     # GAE check (random values in the padding) catches it, and the outcome check passes
     ("swapped_pair_gae_no_mask_value_unclipped", {"reward_loss_check": "swapped", "gae_check": "mask is ignored",
                                                   "ppo_check": "not clipped"}),
-    # the course's answers are right, so PPO still trains (the outcome check passes), but calling them loses their points
+    # the course's answers are right, so PPO still trains (the outcome check passes), but calling them loses
+    # their points
     ("kl_flipped_min_not_max_answers_called", {
         "rewards_check": "wrong sign", "ppo_check": "min instead of max",
         "reward_loss_check": "forbidden call: the exercise may not use course_utils.rlhf: reward_loss",

@@ -52,7 +52,8 @@ def gradebook(grade_notebooks):
             edit(edit(edit(None, lora, "torch.zeros(out_features, r, dtype=dtype)",
                            "torch.randn(out_features, r, dtype=dtype)"),
                       lora, "nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))", "nn.init.zeros_(self.lora_A)"),
-                 "nf4_impl", "absmax = blocks.abs().max(dim=1).values", "absmax = blocks.abs().max().expand(len(blocks))"),
+                 "nf4_impl", "absmax = blocks.abs().max(dim=1).values",
+                 "absmax = blocks.abs().max().expand(len(blocks))"),
             "add_lora_impl", PEFT_ADD_LORA),
     }
     return grade_notebooks(SOLUTION, wrong_versions)
@@ -74,7 +75,8 @@ def test_untouched_lab_gets_zero(gradebook):
                                           "add_lora_check": "freeze every parameter"}),
     ("alpha_scaling_nibbles_no_offset", {"lora_layer_check": "alpha instead of alpha / r", "nf4_check": "wrong order",
                                          "double_quant_check": "MEAN of the absmax"}),
-    ("swapped_ab_whole_absmax_peft_called", {"lora_layer_check": "swapped", "nf4_check": "one absmax for the whole tensor",
+    ("swapped_ab_whole_absmax_peft_called", {"lora_layer_check": "swapped",
+                                             "nf4_check": "one absmax for the whole tensor",
                                              "add_lora_check": "forbidden call: the exercise may not use peft"}),
 ])
 def test_plausible_mistakes_lose_the_points_they_break(gradebook, name, lost):
