@@ -18,9 +18,15 @@ def total(rows: dict) -> tuple[int, int]:
     return sum(r.points for r in rows.values()), sum(r.max_points for r in rows.values())
 
 
-def assert_lost_exactly(rows: dict, lost: dict[str, str]) -> None:
-    """The submission lost points in exactly the exercises of ``lost``, each message naming its mistake."""
+def assert_lost_exactly(rows: dict, lost: dict[str, str], partial: bool = False) -> None:
+    """The submission lost points in exactly the exercises of ``lost``, each message naming its mistake.
+
+    ``partial``: also that it kept some points (0 < its total < the maximum).
+    """
     failed = {ex for ex, r in rows.items() if r.points < r.max_points}
     assert failed == set(lost), {ex: r.message for ex, r in rows.items()}
+    if partial:
+        points, max_points = total(rows)
+        assert 0 < points < max_points, (points, max_points)
     for exercise, words in lost.items():
         assert words in rows[exercise].message, (exercise, rows[exercise].message)

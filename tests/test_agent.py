@@ -52,3 +52,51 @@ def test_forbids_modules_sets_the_modules_while_the_check_runs():
 
     assert check() == ("course_utils.dpo",) and FORBIDDEN_MODULES.get() == ()
     assert check.forbidden_modules == ("course_utils.dpo",)
+
+
+def seen_while(fn, modules) -> list[str]:
+    seen = []
+    with agent._WatchCalls(modules, seen):
+        fn()
+    return seen
+
+
+def test_library_oracles_are_seen_python_and_compiled():
+    param = torch.nn.Parameter(torch.ones(3))
+    param.grad = torch.ones(3)
+    assert seen_while(lambda: torch.optim.AdamW([param]).step(), ("torch.optim",))[0].startswith("torch.optim: ")
+    clip = seen_while(lambda: torch.nn.utils.clip_grad_norm_([param], 1.0), ("torch.nn.utils.clip_grad",))
+    assert clip and clip[0].startswith("torch.nn.utils.clip_grad: ")
+    # tokenizers' trainer is Rust: its methods are C calls, matched by the module their type names
+    from tokenizers import Tokenizer, models, trainers
+
+    def train_library_bpe():
+        Tokenizer(models.BPE()).train_from_iterator(["a b a b"], trainers.BpeTrainer(show_progress=False))
+
+    assert seen_while(train_library_bpe, ("tokenizers",))[0].startswith("tokenizers: ")
+    # the student's own torch code runs C functions of torch, never of the forbidden modules
+    assert seen_while(lambda: honest(torch.randn(3), torch.randn(3)).backward, ("torch.optim", "tokenizers")) == []
+
+
+def test_a_fused_kernel_escapes_the_module_trace_but_not_the_operator_trace():
+    p, g, m, v = (torch.zeros(4) for _ in range(4))
+
+    def fused_adamw():
+        torch._fused_adamw_([p], [g + 1], [m], [v], [], [torch.tensor(1.0)], lr=0.1, beta1=0.9, beta2=0.999,
+                            weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False)
+
+    assert seen_while(fused_adamw, ("torch.optim",)) == []  # a C operator of torch itself: no module to match
+    seen = []
+    with agent._Watch(("_fused_adam",), seen), agent._WatchOps(("_fused_adam",), seen):
+        fused_adamw()
+    assert seen and "_fused_adam" in seen[0]
+
+
+def test_bitsandbytes_quantization_is_seen():
+    import bitsandbytes.functional as bf
+
+    absmax = torch.rand(512) + 0.5
+    seen = seen_while(lambda: bf.quantize_blockwise(absmax - absmax.mean(), blocksize=256), ("bitsandbytes",))
+    assert seen and seen[0].startswith("bitsandbytes: ")
+    assert seen_while(lambda: bf.quantize_4bit(torch.randn(64, 64), blocksize=64, quant_type="nf4"),
+                      ("bitsandbytes",))[0].startswith("bitsandbytes: ")

@@ -1,5 +1,7 @@
 """Grading lab 02 end to end: the solution gets full marks, the released lab 0, and each plausible
-wrong mask_tokens loses exactly the points of the rule it breaks, with a message naming the rule."""
+wrong mask_tokens loses exactly the points of the rule it breaks, with a message naming the rule. A
+mask_tokens that calls the library's DataCollatorForLanguageModeling (the checks' oracle) instead of
+masking by hand loses every check with `forbidden call`."""
 import importlib.util
 from pathlib import Path
 
@@ -7,7 +9,7 @@ import nbformat
 import pytest
 
 from course_utils.instructor.grading import grade_submission
-from course_utils.instructor.notebooks import read_notebook
+from course_utils.instructor.notebooks import nbgrader_meta, read_notebook
 from course_utils.instructor.release import release_notebook, replace_solution
 
 HERE = Path(__file__).resolve().parent
@@ -32,6 +34,11 @@ def grade(nb: nbformat.NotebookNode, tmp_path: Path) -> dict:
     path = tmp_path / "submission.ipynb"
     nbformat.write(nb, path)
     return {r.exercise: r for r in grade_submission(path, SOLUTION, timeout=120, profile="ci")}
+
+LIBRARY_COLLATOR = """
+collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability, seed=0)
+return collator.torch_mask_tokens(input_ids.clone())
+"""
 
 
 def test_solution_gets_full_marks(tmp_path):
@@ -60,3 +67,14 @@ def test_wrong_versions_lose_the_points_of_the_broken_rule(name, tmp_path):
             assert expected[check] in r.message, f"{name}/{grade_id}: {r.message!r} lacks {expected[check]!r}"
         else:
             assert r.points == r.max_points, f"{name}: {grade_id} should pass, got {r.message!r}"
+
+
+def test_calling_the_library_collator_loses_every_check(tmp_path):
+    submission = replace_solution(read_notebook(SOLUTION), test_mlm.IMPL, LIBRARY_COLLATOR)
+    checks = [i for i, c in enumerate(submission.cells) if nbgrader_meta(c).get("grade_id") in GRADE_IDS.values()]
+    submission.cells = submission.cells[:checks[-1] + 1]  # the checks are all it needs: no pretraining run
+    results = grade(submission, tmp_path)
+    assert set(results) == set(GRADE_IDS.values())
+    for r in results.values():
+        assert r.points == 0, (r.exercise, r.message)
+        assert "forbidden call: the exercise may not use transformers.data" in r.message, (r.exercise, r.message)

@@ -1,12 +1,15 @@
 """Grading lab 03 end to end: the solution gets full marks, the untouched lab 0, and plausible
-mistakes lose exactly the points of the exercises they break, with a message naming the mistake."""
+mistakes lose exactly the points of the exercises they break, with a message naming the mistake.
+Both wrong notebooks also call answers in exercises their mistakes leave intact (the checks' own
+references, transformers, torch.optim, torch.nn.utils, the fused RMSNorm operator): traced, each of
+those exercises loses its points and nothing else."""
 from pathlib import Path
 
 import pytest
 
 from course_utils.instructor.notebooks import nbgrader_meta, read_notebook
 from course_utils.instructor.release import replace_solution
-from notebook_helpers import total
+from notebook_helpers import assert_lost_exactly, total
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = ROOT / "solutions" / "03_gpt_pretraining.ipynb"
@@ -67,6 +70,41 @@ for _ in range(max_new_tokens):
 return beams[:1]
 """
 
+# Answers called instead of written (each loses its exercise with "forbidden call")
+REFERENCE_BEAM = """
+return checks.reference_beam_search(next_logits, input_ids, num_beams, max_new_tokens)
+"""
+TORCH_ADAMW = """
+new_params, new_state = {}, {"step": state["step"] + 1, "exp_avg": {}, "exp_avg_sq": {}}
+for name, p in params.items():
+    q = torch.nn.Parameter(p.clone())
+    q.grad = grads[name].clone()
+    opt = torch.optim.AdamW([q], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay if p.dim() >= 2 else 0.0)
+    opt.state[q] = {"step": torch.tensor(float(state["step"])), "exp_avg": state["exp_avg"][name].clone(),
+                    "exp_avg_sq": state["exp_avg_sq"][name].clone()}
+    opt.step()
+    new_params[name] = q.detach()
+    new_state["exp_avg"][name], new_state["exp_avg_sq"][name] = opt.state[q]["exp_avg"], opt.state[q]["exp_avg_sq"]
+return new_params, new_state
+"""
+TRANSFORMERS_LOSS = """
+from transformers.loss.loss_utils import ForCausalLMLoss
+return ForCausalLMLoss(logits, labels, vocab_size=logits.size(-1))
+"""
+TRANSFORMERS_SCHEDULE = """
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
+optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=max_lr)
+schedule = get_cosine_with_min_lr_schedule_with_warmup(optimizer, warmup_steps, total_steps, min_lr=min_lr)
+return max_lr * schedule.lr_lambdas[0](step)
+"""
+TORCH_CLIP = """
+copies = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+for c, g in zip(copies, grads):
+    c.grad = g.clone()
+total_norm = torch.nn.utils.clip_grad_norm_(copies, max_norm)
+return [c.grad for c in copies], total_norm
+"""
+
 
 def drop_crossing_token(nb):
     """Top-p that removes the token crossing the threshold (a one-line change in the filters cell)."""
@@ -92,15 +130,27 @@ def ties_as_found(nb):
     return nb
 
 
+def answer_in_line(nb, grade_id: str, line: str, answer: str):
+    """``nb`` whose cell ``grade_id`` returns ``answer`` instead of running ``line`` (one region of several)."""
+    cell = next(c for c in nb.cells if nbgrader_meta(c).get("grade_id") == grade_id)
+    assert line in cell.source, (grade_id, line)
+    indent = cell.source[:cell.source.index(line)].rsplit("\n", 1)[-1]
+    cell.source = cell.source.replace(line, f"return {answer}  # the answer called, not written\n{indent}{line}")
+    return nb
+
+
 @pytest.fixture(scope="module")
 def gradebook(grade_notebooks):
     solution = read_notebook(SOLUTION)
     wrong_versions = {
-        "model_and_loss_mistakes": ties_as_found(replaced(
+        "model_and_loss_mistakes_answers_called": answer_in_line(ties_as_found(replaced(
             solution, attention_impl=NO_CAUSAL_MASK, loss_impl=LOSS_WITHOUT_SHIFT, schedule_impl=WARMUP_OFF_BY_ONE,
-            clip_impl=CLIP_PER_TENSOR)),
-        "decoding_mistakes": drop_crossing_token(replaced(solution, beam_impl=BEAM_ON_RAW_LOGITS,
-                                                          adamw_impl=ADAM_WITH_L2, llama_block_impl=ROPE_ON_VALUES_TOO)),
+            clip_impl=CLIP_PER_TENSOR, beam_impl=REFERENCE_BEAM, adamw_impl=TORCH_ADAMW)), "llama_parts_impl",
+            "return weight * x / torch.sqrt(", "F.rms_norm(x, (x.shape[-1],), weight, eps)"),
+        "decoding_mistakes_answers_called": answer_in_line(drop_crossing_token(replaced(
+            solution, beam_impl=BEAM_ON_RAW_LOGITS, adamw_impl=ADAM_WITH_L2, llama_block_impl=ROPE_ON_VALUES_TOO,
+            loss_impl=TRANSFORMERS_LOSS, schedule_impl=TRANSFORMERS_SCHEDULE, clip_impl=TORCH_CLIP)), "bpe_impl",
+            "counts = Counter(tuple(w) for w in words)", "bpe_checks.reference_merges(words, num_merges)"),
     }
     return grade_notebooks(SOLUTION, wrong_versions)
 
@@ -117,17 +167,20 @@ def test_untouched_lab_gets_zero(gradebook):
 
 
 @pytest.mark.parametrize("name, lost", [  # exercise -> words its message must contain
-    ("model_and_loss_mistakes", {"attention_check": "no causal mask", "block_check": "attention check",
-                                 "gpt_check": "", "loss_check": "no shift", "schedule_check": "off by one",
-                                 "clip_check": "OWN norm", "bpe_check": "first one found"}),
-    ("decoding_mistakes", {"beam_check": "LOG-probabilities", "top_p_check": "crosses top_p",
-                           "sampling_check": "chi-square", "adamw_check": "L2",
-                           "llama_block_check": "values too"}),
+    ("model_and_loss_mistakes_answers_called", {
+        "attention_check": "no causal mask", "block_check": "attention check", "gpt_check": "",
+        "loss_check": "no shift", "schedule_check": "off by one", "clip_check": "OWN norm",
+        "bpe_check": "first one found",
+        "beam_check": "forbidden call: the exercise may not use course_utils.checks: reference_beam_search",
+        "adamw_check": "forbidden call: the exercise may not use torch.optim",
+        "rms_norm_check": "forbidden call: the exercise may not use torch function rms_norm"}),
+    ("decoding_mistakes_answers_called", {
+        "beam_check": "LOG-probabilities", "top_p_check": "crosses top_p", "sampling_check": "chi-square",
+        "adamw_check": "L2", "llama_block_check": "values too",
+        "loss_check": "forbidden call: the exercise may not use transformers",
+        "schedule_check": "forbidden call: the exercise may not use", "clip_check": "forbidden call: the exercise "
+        "may not use torch.nn.utils.clip_grad",
+        "bpe_check": "forbidden call: the exercise may not use course_utils.checks: reference_merges"}),
 ])
 def test_plausible_mistakes_lose_the_points_they_break(gradebook, name, lost):
-    rows = gradebook[name]
-    failed = {ex for ex, r in rows.items() if r.points < r.max_points}
-    assert failed == set(lost), {ex: r.message for ex, r in rows.items()}
-    assert 0 < total(rows)[0] < TOTAL
-    for exercise, message in lost.items():
-        assert message in rows[exercise].message, (exercise, rows[exercise].message)
+    assert_lost_exactly(gradebook[name], lost, partial=True)

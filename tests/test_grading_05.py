@@ -1,5 +1,7 @@
 """Grading lab 05 end to end: the solution gets full marks, the untouched lab 0, and plausible
-mistakes lose exactly the points of the exercises they break, with a message naming the mistake."""
+mistakes lose exactly the points of the exercises they break, with a message naming the mistake.
+The second wrong notebook also cheats: its reward_loss and gae call the course's own answers
+(course_utils.rlhf, which the lab imports); traced, they lose those exercises and nothing else."""
 from pathlib import Path
 
 import pytest
@@ -37,6 +39,12 @@ rows = torch.arange(len(mask))
 rewards[rows, last] = rewards[rows, last] + scores
 return rewards
 """
+ANSWER_REWARD_LOSS = """
+return rlhf.reward_loss(chosen, rejected, margin)
+"""
+ANSWER_GAE = """
+return rlhf.gae(rewards, values, mask, gamma, lam)
+"""
 MIN_NOT_MAX = """
 ratio = torch.exp(logprobs - old_logprobs)
 losses = torch.min(-ratio * advantages, -ratio.clamp(1 - clip, 1 + clip) * advantages)
@@ -56,7 +64,9 @@ def gradebook(grade_notebooks):
     wrong_versions = {
         "swapped_pair_gae_no_mask_value_unclipped": _replace(solution, reward_loss_impl=SWAPPED_PAIR,
                                                              gae_impl=GAE_NO_MASK, value_loss_impl=VALUE_UNCLIPPED),
-        "kl_flipped_min_not_max": _replace(solution, rewards_impl=KL_FLIPPED, policy_loss_impl=MIN_NOT_MAX),
+        "kl_flipped_min_not_max_answers_called": _replace(
+            solution, rewards_impl=KL_FLIPPED, policy_loss_impl=MIN_NOT_MAX, reward_loss_impl=ANSWER_REWARD_LOSS,
+            gae_impl=ANSWER_GAE),
     }
     return grade_notebooks(SOLUTION, wrong_versions)
 
@@ -75,7 +85,12 @@ def test_untouched_lab_gets_zero(gradebook):
     # GAE check (random values in the padding) catches it, and the outcome check passes
     ("swapped_pair_gae_no_mask_value_unclipped", {"reward_loss_check": "swapped", "gae_check": "mask is ignored",
                                                   "ppo_check": "not clipped"}),
-    ("kl_flipped_min_not_max", {"rewards_check": "wrong sign", "ppo_check": "min instead of max"}),
+    # the course's answers are right, so PPO still trains (the outcome check passes), but calling them loses
+    # their points
+    ("kl_flipped_min_not_max_answers_called", {
+        "rewards_check": "wrong sign", "ppo_check": "min instead of max",
+        "reward_loss_check": "forbidden call: the exercise may not use course_utils.rlhf: reward_loss",
+        "gae_check": "forbidden call: the exercise may not use course_utils.rlhf: gae"}),
 ])
 def test_plausible_mistakes_lose_the_points_they_break(gradebook, name, lost):
     rows = gradebook[name]

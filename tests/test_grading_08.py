@@ -1,5 +1,8 @@
 """Grading lab 08 end to end: the solution gets full marks, the untouched lab 0, and plausible mistakes lose
-exactly the points of the exercises they break, with a message naming the mistake."""
+exactly the points of the exercises they break, with a message naming the mistake. Each wrong notebook also
+calls the course's own answers (course_utils.prompting, which the lab imports as P) in the exercises its mistakes
+leave intact: traced, every one of them loses its points, so each of the lab's five exercises is shown to be
+protected."""
 from pathlib import Path
 
 import pytest
@@ -39,16 +42,40 @@ lines = [template.format(x=x, y=y) for x, y in demos]
 lines.append(template[:template.index("{y}")].format(x=query))
 return delimiter.join(lines)
 """
+ANSWER_PROMPT = """
+return P.build_prompt(demos, query, template, delimiter)
+"""
+ANSWER_ENSEMBLE = """
+return P.ensemble(logprobs)
+"""
+ANSWER_SC = """
+return P.vote([P.extract_answer(c) for c in chains])
+"""
+ANSWER_LABEL = """
+return P.sequence_scores(logits, input_ids, label_mask)
+"""
+ANSWER_APE = """
+return P.ape_select(candidates, score, dev, test)
+"""
+
+
+def replaced(nb, **codes):
+    """``nb`` with the solution region of each grade_id replaced by the given code."""
+    for grade_id, code in codes.items():
+        nb = replace_solution(nb, grade_id, code)
+    return nb
 
 
 @pytest.fixture(scope="module")
 def gradebook(grade_notebooks):
     solution = read_notebook(SOLUTION)
     wrong_versions = {
-        "first_token_and_test_selection": replace_solution(replace_solution(solution, "label_impl", FIRST_TOKEN_ONLY),
-                                                           "ape_impl", SELECT_ON_TEST),
-        "space_averaging_and_ties": replace_solution(replace_solution(replace_solution(
-            solution, "prompt_impl", TRAILING_SPACE), "ensemble_impl", RAW_LOGPROB_AVERAGE), "sc_impl", ALPHABETICAL_TIES),
+        "first_token_and_test_selection_answers_called": replaced(
+            solution, label_impl=FIRST_TOKEN_ONLY, ape_impl=SELECT_ON_TEST, prompt_impl=ANSWER_PROMPT,
+            ensemble_impl=ANSWER_ENSEMBLE, sc_impl=ANSWER_SC),
+        "space_averaging_and_ties_answers_called": replaced(
+            solution, prompt_impl=TRAILING_SPACE, ensemble_impl=RAW_LOGPROB_AVERAGE, sc_impl=ALPHABETICAL_TIES,
+            label_impl=ANSWER_LABEL, ape_impl=ANSWER_APE),
     }
     return grade_notebooks(SOLUTION, wrong_versions)
 
@@ -63,8 +90,15 @@ def test_untouched_lab_gets_zero(gradebook):
 
 
 @pytest.mark.parametrize("name, lost", [  # exercise -> words its message must contain
-    ("first_token_and_test_selection", {"label_check": "first token", "ape_check": "test set"}),
-    ("space_averaging_and_ties", {"prompt_check": "whitespace", "ensemble_check": "raw log-probs", "sc_check": "ties"}),
+    ("first_token_and_test_selection_answers_called", {
+        "label_check": "first token", "ape_check": "test set",
+        "prompt_check": "forbidden call: the exercise may not use course_utils.prompting: build_prompt",
+        "ensemble_check": "forbidden call: the exercise may not use course_utils.prompting: ensemble",
+        "sc_check": "forbidden call: the exercise may not use course_utils.prompting"}),
+    ("space_averaging_and_ties_answers_called", {
+        "prompt_check": "whitespace", "ensemble_check": "raw log-probs", "sc_check": "ties",
+        "label_check": "forbidden call: the exercise may not use course_utils.prompting: sequence_scores",
+        "ape_check": "forbidden call: the exercise may not use course_utils.prompting: ape_select"}),
 ])
 def test_plausible_mistakes_lose_the_points_they_break(gradebook, name, lost):
     rows = gradebook[name]

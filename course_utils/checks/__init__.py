@@ -69,8 +69,11 @@ def forbids_modules(*modules: str):
 
     For an exercise whose reference implementation ships with the course (``course_utils.dpo.dpo_loss``
     for lab 06's ``dpo_loss``) or whose oracle is a library (``trl``). ``course grade`` enforces it: it
-    traces the Python calls the student's code makes and fails the check when one ran a function defined
-    in one of these modules (any module of a package), however it was reached.
+    traces the calls the student's code makes and fails the check when one ran a function defined in one of
+    these modules (any module of a package; Python functions by their file, C and Rust functions by the
+    module they name), however it was reached. What a check hands to the student's code to call (a
+    ``next_logits`` function, a scorer) or what an exercise is given to call (``tie_key``) must therefore
+    live outside the check's modules: ``course_utils.handed`` holds them.
     """
     if not modules or not all(isinstance(m, str) and m and " " not in m for m in modules):
         raise ValueError("forbids_modules() needs one or more module names, e.g. 'course_utils.dpo'")

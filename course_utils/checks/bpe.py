@@ -22,39 +22,15 @@ from collections.abc import Callable
 
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-from . import CheckError, passed
+from . import CheckError, forbids_modules, passed
+# The exercise calls tie_key and is given byte_words: they live in course_utils.handed, outside the modules the check
+# forbids (this one holds reference_merges and library_merges, the answers).
+from ..handed import BYTE_OF_CHAR, BYTE_RANK, byte_words, tie_key  # noqa: F401
+
+# The oracle (the library, Rust: its calls are seen as C calls) and the check's own references.
+ANSWERS = ("tokenizers", "course_utils.checks")
 
 _PRE = pre_tokenizers.ByteLevel(add_prefix_space=False)
-
-
-def _byte_decoder() -> dict[str, int]:
-    """GPT-2's table from byte-level characters back to byte values."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            chars[b] = chr(b)
-        else:
-            chars[b] = chr(256 + extra)
-            extra += 1
-    return {c: b for b, c in chars.items()}
-
-
-BYTE_OF_CHAR = _byte_decoder()
-# The library's number for each byte: the rank of its byte-level character in code-point order.
-_RANK_OF_BYTE = {BYTE_OF_CHAR[c]: rank for rank, c in enumerate(sorted(BYTE_OF_CHAR))}
-BYTE_RANK = [_RANK_OF_BYTE[b] for b in range(256)]
-
-
-def tie_key(pair: tuple[int, int]) -> tuple[int, int]:
-    """The library's order among pairs of equal count: the pair with the smaller key is merged first."""
-    return tuple(BYTE_RANK[t] if t < 256 else t for t in pair)
-
-
-def byte_words(text: str) -> list[list[int]]:
-    """``text`` split into words as GPT-2's byte-level pre-tokenizer does, each word a list of its bytes."""
-    return [[BYTE_OF_CHAR[c] for c in word] for word, _ in _PRE.pre_tokenize_str(text)]
 
 
 def library_merges(text: str, num_merges: int) -> list[tuple[bytes, bytes]]:
@@ -138,6 +114,7 @@ def _as_bytes(merges, what: str) -> list[tuple[bytes, bytes]]:
     return out
 
 
+@forbids_modules(*ANSWERS)
 def check_bpe_trainer(fn: Callable, seed: int = 0, num_merges: int = 40) -> None:
     """``fn(words, num_merges)`` -> merges in order, against ``tokenizers``' BpeTrainer on the same texts."""
     for t, text in enumerate(check_texts(seed)):

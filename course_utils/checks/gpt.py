@@ -21,7 +21,16 @@ from transformers import (GPT2Config, GPT2LMHeadModel, GenerationConfig, Tempera
                           TopKLogitsWarper, TopPLogitsWarper)
 from transformers.pytorch_utils import Conv1D
 
-from . import CheckError, assert_close, forbids, passed
+from . import CheckError, assert_close, forbids, forbids_modules, passed
+from ..handed import NextLogits
+
+# Modules whose code the student's functions may not run while these checks call them: transformers (the oracle:
+# GPT-2's modeling, its loss, generate and the logits warpers), the course's GPT-2 helpers (course_utils.pretrain:
+# build_gpt2, lm_loss) and the checks themselves (reference_beam_search). The decoding exercises call a
+# next_logits function that runs a transformers GPT-2 (course_utils.handed.NextLogits), so they forbid only
+# transformers.generation, where generate and the warpers live.
+MODEL_ANSWERS = ("transformers", "course_utils.pretrain", "course_utils.checks")
+DECODING_ANSWERS = ("transformers.generation", "course_utils.checks")
 
 ATOL = 1e-5
 
@@ -165,6 +174,7 @@ def _attention_variants(x: torch.Tensor, attn, n_head: int) -> dict[str, torch.T
 
 
 @forbids("scaled_dot_product")
+@forbids_modules(*MODEL_ANSWERS)
 def check_causal_self_attention(cls, seed: int = 0, sizes=((32, 2), (48, 4)), lengths=(1, 5, 9)) -> None:
     """Exercise 1: ``cls(n_embd, n_head)`` against GPT-2's attention with the same weights."""
     gen = torch.Generator().manual_seed(seed)
@@ -188,6 +198,7 @@ def check_causal_self_attention(cls, seed: int = 0, sizes=((32, 2), (48, 4)), le
 
 
 @forbids("scaled_dot_product")
+@forbids_modules(*MODEL_ANSWERS)
 def check_block(cls, seed: int = 0, sizes=((32, 2), (24, 3))) -> None:
     """Exercise 2a: ``cls(n_embd, n_head)`` (one transformer block) against GPT-2's block."""
     gen = torch.Generator().manual_seed(seed)
@@ -222,6 +233,7 @@ def check_block(cls, seed: int = 0, sizes=((32, 2), (24, 3))) -> None:
 
 
 @forbids("scaled_dot_product")
+@forbids_modules(*MODEL_ANSWERS)
 def check_gpt(cls, seed: int = 0, sizes=((2, 2, 32, 50, 16), (3, 4, 24, 37, 12))) -> None:
     """Exercise 2b: ``cls(vocab_size, block_size, n_layer, n_head, n_embd)`` logits against GPT2LMHeadModel."""
     gen = torch.Generator().manual_seed(seed)
@@ -257,6 +269,7 @@ def check_gpt(cls, seed: int = 0, sizes=((2, 2, 32, 50, 16), (3, 4, 24, 37, 12))
     passed("GPT (logits equal GPT2LMHeadModel's)")
 
 
+@forbids_modules(*MODEL_ANSWERS)
 def check_lm_loss(fn: Callable, seed: int = 0) -> None:
     """Exercise 3: ``fn(logits, labels)`` against ``GPT2LMHeadModel(input_ids, labels=labels).loss``."""
     gen = torch.Generator().manual_seed(seed)
@@ -295,17 +308,6 @@ def check_lm_loss(fn: Callable, seed: int = 0) -> None:
     passed("lm_loss")
 
 
-class NextLogits:
-    """``ids (B, T) -> logits (B, vocab)`` of the next token (picklable, so a grader can send it)."""
-
-    def __init__(self, model: GPT2LMHeadModel):
-        self.model = model
-
-    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return self.model(ids).logits[:, -1, :]
-
-
 def next_logits_fn(model: GPT2LMHeadModel) -> Callable[[torch.Tensor], torch.Tensor]:
     """``ids (B, T) -> logits (B, vocab)`` of the next token: what the decoding exercises receive."""
     return NextLogits(model)
@@ -340,6 +342,7 @@ def _check_ids(got, ids: torch.Tensor, expected: torch.Tensor, what: str, extra:
                          f"{got[row, col].item()}, generate chose {expected[row, col].item()}")
 
 
+@forbids_modules(*DECODING_ANSWERS)
 def check_greedy(fn: Callable, seed: int = 0) -> None:
     """Exercise 4: ``fn(next_logits, input_ids, max_new_tokens)`` against ``generate(do_sample=False)``."""
     gen = torch.Generator().manual_seed(seed)
@@ -366,6 +369,7 @@ def reference_beam_search(next_logits: Callable, ids: torch.Tensor, num_beams: i
     return beams[:1]
 
 
+@forbids_modules(*DECODING_ANSWERS)
 def check_beam_search(fn: Callable, seed: int = 0, settings=((2, 4), (3, 6), (5, 5), (4, 1))) -> None:
     """Exercise 5: ``fn(next_logits, input_ids, num_beams, max_new_tokens)`` against ``generate(num_beams=k)``."""
     gen = torch.Generator().manual_seed(seed)
@@ -419,6 +423,7 @@ def _looks_like_probabilities(x: torch.Tensor) -> bool:
     return bool(torch.is_tensor(x) and ((x >= 0) & (x <= 1)).all() and torch.allclose(x.sum(-1), torch.ones(1, dtype=x.dtype)))
 
 
+@forbids_modules(*MODEL_ANSWERS)
 def check_temperature(fn: Callable, seed: int = 0) -> None:
     """Exercise 6a: ``fn(logits, temperature)`` against ``TemperatureLogitsWarper``."""
     gen = torch.Generator().manual_seed(seed)
@@ -441,6 +446,7 @@ def check_temperature(fn: Callable, seed: int = 0) -> None:
     passed("apply_temperature (same distribution as TemperatureLogitsWarper)")
 
 
+@forbids_modules(*MODEL_ANSWERS)
 def check_top_k(fn: Callable, seed: int = 0) -> None:
     """Exercise 6b: ``fn(logits, k)`` against ``TopKLogitsWarper``, ties and k > vocabulary included."""
     gen = torch.Generator().manual_seed(seed)
@@ -474,6 +480,7 @@ def _top_p_logits(gen: torch.Generator, top_p: float, rows: int = 6, vocab: int 
             return logits
 
 
+@forbids_modules(*MODEL_ANSWERS)
 def check_top_p(fn: Callable, seed: int = 0) -> None:
     """Exercise 6c: ``fn(logits, top_p, min_tokens_to_keep)`` against ``TopPLogitsWarper``."""
     gen = torch.Generator().manual_seed(seed)
@@ -500,6 +507,7 @@ def check_top_p(fn: Callable, seed: int = 0) -> None:
     passed("top_p_filter (same distribution as TopPLogitsWarper)")
 
 
+@forbids_modules(*MODEL_ANSWERS)
 def check_sampling(fn: Callable, seed: int = 0, draws: int = 20000) -> None:
     """Exercise 7: ``fn(logits, temperature, top_k, top_p, generator)`` draws from the filtered distribution.
 

@@ -18,7 +18,12 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import (LlamaMLP, LlamaRMSNorm, LlamaRotaryEmbedding,
                                                       apply_rotary_pos_emb)
 
-from . import CheckError, assert_close, passed
+from . import CheckError, assert_close, forbids, forbids_modules, passed
+
+# Modules whose code the student's functions may not run while these checks call them: transformers (LLaMA's
+# modeling, the oracle) and the checks' own references (reference_block). torch's fused RMSNorm is a C operator
+# (torch.rms_norm, reached by F.rms_norm too), seen by its name instead (``forbids``).
+ANSWERS = ("transformers", "course_utils.checks")
 
 ATOL = 1e-5
 BLOCK_WEIGHTS = ("input_layernorm", "q_proj", "k_proj", "v_proj", "o_proj", "post_attention_layernorm",
@@ -132,6 +137,8 @@ def _unchanged(inputs: list, copies: list, what: str) -> None:
 
 # --- The checks ------------------------------------------------------------------------------------------------
 
+@forbids("rms_norm")
+@forbids_modules(*ANSWERS)
 def check_rms_norm(fn: Callable, seed: int = 0) -> None:
     """``fn(x, weight, eps)`` against ``LlamaRMSNorm``."""
     gen = torch.Generator().manual_seed(seed)
@@ -155,6 +162,7 @@ def check_rms_norm(fn: Callable, seed: int = 0) -> None:
     passed("rms_norm (equal to LlamaRMSNorm)")
 
 
+@forbids_modules(*ANSWERS)
 def check_rotary(fn: Callable, seed: int = 0) -> None:
     """``fn(x, theta)`` on ``(B, n_heads, T, d_head)`` against ``LlamaRotaryEmbedding`` + ``apply_rotary_pos_emb``."""
     gen = torch.Generator().manual_seed(seed)
@@ -181,6 +189,7 @@ def check_rotary(fn: Callable, seed: int = 0) -> None:
     passed("apply_rotary (equal to LlamaRotaryEmbedding + apply_rotary_pos_emb)")
 
 
+@forbids_modules(*ANSWERS)
 def check_swiglu(fn: Callable, seed: int = 0) -> None:
     """``fn(x, w_gate, w_up, w_down)`` against ``LlamaMLP``."""
     gen = torch.Generator().manual_seed(seed)
@@ -206,6 +215,7 @@ def check_swiglu(fn: Callable, seed: int = 0) -> None:
     passed("swiglu_mlp (equal to LlamaMLP)")
 
 
+@forbids_modules(*ANSWERS)
 def check_llama_block(fn: Callable, seed: int = 0, sizes=((32, 4, 48), (24, 2, 40))) -> None:
     """``fn(x, weights, n_heads, theta, eps)`` against the first layer of ``LlamaForCausalLM``, then its logits."""
     gen = torch.Generator().manual_seed(seed)

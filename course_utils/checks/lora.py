@@ -19,7 +19,14 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from . import CheckError, assert_close, passed
+from . import CheckError, assert_close, forbids_modules, passed
+
+# The oracles are PEFT (the LoRA layer, get_peft_model) and bitsandbytes (NF4, double quantization), and this module
+# holds references (_nf4_variants): when `course grade` calls the student's code, code from none may run.
+# course_utils.lora is not forbidden: it holds no answer, only helpers the exercise itself calls (in_out_features,
+# is_fan_in_fan_out). Nor is transformers: the check hands the student's code GPT-2's Conv1D layers and a GPT-2.
+LORA_ANSWERS = ("peft", "course_utils.checks")
+QUANT_ANSWERS = ("bitsandbytes", "course_utils.checks")
 
 LAYERS = (("Linear", 48, 32, 4, 8), ("Conv1D", 64, 96, 8, 16), ("Linear", 16, 40, 2, 2))
 
@@ -105,6 +112,7 @@ def _call(fn, what: str, *args):
         raise CheckError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
 
 
+@forbids_modules(*LORA_ANSWERS)
 def check_lora_layer(cls, seed: int = 0) -> None:
     """Exercise 1: ``cls(base, r, alpha)`` against PEFT's LoRA layer with the same A and B, then its merge.
 
@@ -196,6 +204,7 @@ def _check_merge(layer, oracle: nn.Module, base: nn.Module, x: torch.Tensor, wha
                      f"{what}: merged output vs unmerged output", atol=1e-8)
 
 
+@forbids_modules(*LORA_ANSWERS)
 def check_add_lora(fn: Callable, seed: int = 0) -> None:
     """Exercise 2: ``fn(model, target_modules, r, alpha)`` against ``get_peft_model``'s counts and wrapped modules.
 
@@ -303,6 +312,7 @@ def _packed_equal(got: torch.Tensor, expected: torch.Tensor, w: torch.Tensor, ab
     return bool((~differs | near).all())
 
 
+@forbids_modules(*QUANT_ANSWERS)
 def check_nf4(quantize: Callable, dequantize: Callable, seed: int = 0) -> None:
     """Exercise 3: ``quantize(w, blocksize)`` and ``dequantize(packed, absmax, shape, blocksize)`` against bitsandbytes."""
     bf = _quiet_bnb()
@@ -353,6 +363,7 @@ def check_nf4(quantize: Callable, dequantize: Callable, seed: int = 0) -> None:
     passed("NF4 quantize / dequantize (bit-identical to bitsandbytes)")
 
 
+@forbids_modules(*QUANT_ANSWERS)
 def check_double_quant(quantize: Callable, dequantize: Callable, seed: int = 0, min_agreement: float = 0.99) -> None:
     """Exercise 4: double quantization of the absmax constants against bitsandbytes' nested state.
 

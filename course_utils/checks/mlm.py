@@ -27,7 +27,12 @@ from transformers import DataCollatorForLanguageModeling
 from ..world.corpus import make_corpus
 from ..mlm import special_mask
 from ..world.tokenization import train_wordpiece
-from . import CheckError, passed
+from . import CheckError, forbids_modules, passed
+
+# The oracle is transformers' DataCollatorForLanguageModeling (transformers.data) and this module holds the runs
+# built on it (collator_run): when `course grade` calls the student's mask_tokens, code from neither may run. Only
+# transformers.data: mask_tokens legitimately calls the tokenizer it is given (transformers' tokenization code).
+ANSWERS = ("transformers.data", "course_utils.checks")
 
 ALPHA = 1e-4  # significance level: a correct implementation fails a test with probability 1e-4
 MIN_CANDIDATES = 100_000  # maskable tokens per statistical test
@@ -150,6 +155,7 @@ def _check_labels(run: MaskingRun, mlm_probability: float) -> None:
                          "changed but their label is -100 (only change selected tokens)")
 
 
+@forbids_modules(*ANSWERS)
 def check_mask_selection(mask_tokens: Callable, tokenizer=None, mlm_probability: float = 0.15, seed: int = 0,
                          pairs: bool = True) -> None:
     """Rule 1: each ordinary token selected with probability ``mlm_probability``, special ones never."""
@@ -175,6 +181,7 @@ def check_mask_selection(mask_tokens: Callable, tokenizer=None, mlm_probability:
     passed(f"selection & labels ({k / n:.2%} of {n} tokens selected; the collator: {k_hf / n:.2%})")
 
 
+@forbids_modules(*ANSWERS)
 def check_mask_split(mask_tokens: Callable, tokenizer=None, seed: int = 0, pairs: bool = True) -> None:
     """Rule 2: of the selected tokens 80% become [MASK], 10% a random token, 10% stay unchanged."""
     tokenizer = tokenizer or course_tokenizer()
@@ -206,6 +213,7 @@ def check_mask_split(mask_tokens: Callable, tokenizer=None, seed: int = 0, pairs
     passed(f"80-10-10 split ({summary} of {total} selected tokens)")
 
 
+@forbids_modules(*ANSWERS)
 def check_random_tokens(mask_tokens: Callable, tokenizer=None, seed: int = 0) -> None:
     """Rule 3: random replacements are drawn uniformly from the real vocabulary, never special tokens."""
     tokenizer = tokenizer or course_tokenizer()
@@ -235,6 +243,7 @@ def check_random_tokens(mask_tokens: Callable, tokenizer=None, seed: int = 0) ->
     passed(f"random replacements ({int(observed.sum())} draws, uniform over {len(real)} real tokens)")
 
 
+@forbids_modules(*ANSWERS)
 def check_reproducible(mask_tokens: Callable, tokenizer=None, seed: int = 0) -> None:
     """Rule 4: the same seeded generator gives the same result; a new seed, the next call or None a new mask."""
     tokenizer = tokenizer or course_tokenizer()

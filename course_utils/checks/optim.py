@@ -15,7 +15,13 @@ from collections.abc import Callable
 import torch
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from . import CheckError, assert_close, passed
+from . import CheckError, assert_close, forbids, forbids_modules, passed
+
+# Modules whose code the student's functions may not run while these checks call them: the oracles (transformers'
+# schedules in transformers.optimization, torch.optim's AdamW and schedulers, torch.nn.utils.clip_grad), the course's
+# training loop that uses them (course_utils.training) and the checks' own references. torch.optim's fused AdamW
+# kernel is a C operator (torch._fused_adamw_), seen by its name instead (``forbids``).
+ANSWERS = ("transformers", "torch.optim", "torch.nn.utils.clip_grad", "course_utils.training", "course_utils.checks")
 
 SCHEDULES = ((3, 10, 1.0, 0.1), (10, 30, 3e-3, 3e-4), (0, 12, 1e-2, 0.0), (4, 4, 0.5, 0.05), (1, 15, 2.0, 0.5))
 
@@ -56,6 +62,7 @@ def _schedule_mistakes(max_lr: float, min_lr: float, warmup: int, total: int) ->
     }
 
 
+@forbids_modules(*ANSWERS)
 def check_lr_schedule(fn: Callable, schedules=SCHEDULES) -> None:
     """Exercise 8: ``fn(step, max_lr, min_lr, warmup_steps, total_steps)`` at every step of each schedule."""
     for warmup, total, max_lr, min_lr in schedules:
@@ -118,6 +125,7 @@ def _clip_cases(gen: torch.Generator) -> list[tuple[str, list[torch.Tensor], flo
     ]
 
 
+@forbids_modules(*ANSWERS)
 def check_clip_grad_norm(fn: Callable, seed: int = 0) -> None:
     """Exercise 9: ``fn(grads, max_norm) -> (clipped_grads, total_norm)`` against ``clip_grad_norm_``."""
     gen = torch.Generator().manual_seed(seed)
@@ -195,6 +203,8 @@ def _adamw_variant(params, grads, state, lr, weight_decay, betas, eps, decay_all
     return out
 
 
+@forbids("_fused_adam")
+@forbids_modules(*ANSWERS)
 def check_adamw_step(fn: Callable, seed: int = 0, settings=((0.05, 0.1, (0.9, 0.999), 1e-8),
                                                           (0.01, 0.5, (0.8, 0.95), 1e-6))) -> None:
     """Exercise 10: ``fn(params, grads, state, lr, weight_decay, betas, eps) -> (params, state)`` against AdamW."""

@@ -14,8 +14,16 @@ from collections.abc import Callable
 
 import torch
 
-from . import CheckError, passed
+from . import CheckError, forbids_modules, passed
 from .. import prompting as ref
+from ..handed import TableScorer
+
+# The course's own answers live in course_utils.prompting (lecture 08 uses them: sequence_scores, build_prompt,
+# ensemble, extract_answer and vote, ape_select) and this module computes the references from them: when
+# `course grade` calls the student's functions, code from neither may run. The label scores' oracle is the model's
+# own loss in transformers, which the student's function (tensors in, tensors out) has no reason to run either.
+# check_ape hands the student's function a scorer to call: it lives in course_utils.handed.
+ANSWERS = ("course_utils.prompting", "course_utils.checks")
 from ..world.reasoning import TEMPLATES, TRIGGER, make_examples, make_problems
 
 MODEL = "tiny-gpt-reasoner"
@@ -45,6 +53,7 @@ def _oracle_logprob(model, ids: torch.Tensor, mask: torch.Tensor) -> float:
     return -float(loss) * n
 
 
+@forbids_modules(*ANSWERS, "transformers")
 def check_label_scores(fn: Callable) -> None:
     """``fn(logits, input_ids, label_mask)`` -> summed log-probs of every label token, per row."""
     model, tokenizer = _model()
@@ -91,6 +100,7 @@ CASES = [  # (demos, query, template, delimiter)
 ]
 
 
+@forbids_modules(*ANSWERS)
 def check_build_prompt(fn: Callable) -> None:
     """``fn(demos, query, template, delimiter)`` must equal the reference k-shot prompt exactly."""
     for demos, query, template, delimiter in CASES:
@@ -129,6 +139,7 @@ def _ensemble_cases() -> list[torch.Tensor]:
     return cases
 
 
+@forbids_modules(*ANSWERS)
 def check_ensemble(fn: Callable) -> None:
     """``fn(logprobs)`` (templates, examples, labels) -> (average-probability predictions, vote predictions)."""
     for lp in _ensemble_cases():
@@ -177,6 +188,7 @@ TIE_CASES = [
 ]
 
 
+@forbids_modules(*ANSWERS)
 def check_self_consistency(fn: Callable) -> None:
     """``fn(chains)`` -> the majority answer of the chains (first 'answer : X' of each), ties to the earliest."""
     for chains in TIE_CASES + [c for cs in _chains() for c in [cs]]:
@@ -197,16 +209,7 @@ def check_self_consistency(fn: Callable) -> None:
     passed("self-consistency: answer extraction and majority vote")
 
 
-class TableScorer:
-    """A stand-in scorer: a fixed accuracy per (instruction, dataset), where dev and test disagree on the best."""
-
-    def __init__(self, table: dict):
-        self.table = table
-
-    def __call__(self, instruction: str, examples: list) -> float:
-        return self.table[instruction][str(examples[0][0])]
-
-
+@forbids_modules(*ANSWERS)
 def check_ape(fn: Callable) -> None:
     """``fn(candidates, score, dev, test)`` selects on dev and reports the chosen instruction's test score."""
     rng = random.Random(0)

@@ -13,7 +13,12 @@ from collections.abc import Callable
 
 import torch
 
-from . import CheckError, assert_close, passed
+from . import CheckError, assert_close, forbids_modules, passed
+
+# The course's own answers live in course_utils.rlhf (lecture 05 uses them: reward_loss, per_token_rewards, gae,
+# ppo_policy_loss, ppo_value_loss), the oracles are TRL and torchrl, and this module holds written-out references
+# (reference_rewards, torchrl_gae): when `course grade` calls the student's functions, code from none may run.
+ANSWERS = ("course_utils.rlhf", "course_utils.checks", "trl", "torchrl")
 
 
 def _close(a, b, atol: float = 1e-5) -> bool:
@@ -74,6 +79,7 @@ def trl_reward_losses(seed: int = 0) -> list[dict]:
     return out
 
 
+@forbids_modules(*ANSWERS)
 def check_reward_loss(fn: Callable) -> None:
     """``fn(chosen_rewards, rejected_rewards, margin=None)`` equals TRL's RewardTrainer loss (+/- margins)."""
     for case in trl_reward_losses():
@@ -121,6 +127,7 @@ def reference_rewards(logprobs, ref_logprobs, scores, mask, beta: float) -> torc
     return out
 
 
+@forbids_modules(*ANSWERS)
 def check_per_token_rewards(fn: Callable) -> None:
     """``fn(logprobs, ref_logprobs, scores, mask, beta)`` is the KL-shaped per-token reward on ragged batches."""
     for seed, beta in [(0, 0.1), (1, 0.5), (2, 0.05)]:
@@ -159,6 +166,7 @@ def torchrl_gae(rewards, values, mask, gamma: float, lam: float) -> tuple[torch.
     return adv.squeeze(-1) * mask, target.squeeze(-1) * mask
 
 
+@forbids_modules(*ANSWERS)
 def check_gae(fn: Callable) -> None:
     """``fn(rewards, values, mask, gamma, lam)`` returns (advantages, returns) equal to torchrl's GAE on real tokens."""
     for seed, gamma, lam in [(3, 0.9, 0.7), (4, 1.0, 0.95), (5, 0.8, 0.5)]:
@@ -226,6 +234,7 @@ def ppo_batch(seed: int) -> dict:
     return b
 
 
+@forbids_modules(*ANSWERS)
 def check_ppo_losses(policy_loss: Callable, value_loss: Callable) -> None:
     """``policy_loss(logprobs, old_logprobs, advantages, mask, clip)`` and ``value_loss(values, old_values, returns,
     mask, clip)`` equal torchrl's ClipPPOLoss (token mean), and the policy loss sends no gradient into advantages."""

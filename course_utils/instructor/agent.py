@@ -105,18 +105,37 @@ def module_paths(names) -> dict[str, str]:
     return paths
 
 
+def c_module(function) -> str:
+    """The module a C function or method belongs to ('tokenizers' for a Rust tokenizer's method), or ''."""
+    module = getattr(function, "__module__", None)
+    if not isinstance(module, str):  # a bound method of a C type: its type's module
+        module = getattr(type(getattr(function, "__self__", None)), "__module__", None)
+    return module if isinstance(module, str) else ""
+
+
 class _WatchCalls:
-    """Records calls of Python functions defined in forbidden modules (a profile hook on every thread)."""
+    """Records calls of functions defined in forbidden modules (a profile hook on every thread).
+
+    Python functions are matched by their source file, C functions and methods (a compiled extension's,
+    e.g. ``tokenizers``' Rust trainer) by the module they name.
+    """
 
     def __init__(self, modules, seen):
         self.paths, self.seen = module_paths(modules), seen
         self.prefixes = tuple(self.paths)
+        self.names = tuple(modules)
+        self.dotted = tuple(f"{m}." for m in modules)
 
     def __call__(self, frame, event, arg):
         if event == "call" and frame.f_code.co_filename.startswith(self.prefixes):
             where = next(p for p in self.prefixes if frame.f_code.co_filename.startswith(p))
             name = getattr(frame.f_code, "co_qualname", frame.f_code.co_name)
             self.seen.append(f"{self.paths[where]}: {name} (the course's own answer or the check's oracle)")
+        elif event == "c_call":
+            module = c_module(arg)
+            if module in self.names or module.startswith(self.dotted):
+                name = getattr(arg, "__qualname__", getattr(arg, "__name__", "?"))
+                self.seen.append(f"{module}: {name} (the check's oracle, compiled code)")
 
     def __enter__(self):
         self.before = sys.getprofile()
