@@ -5,7 +5,8 @@ the first time it is asked for and cached on disk (deterministic, about half a m
 ``load_pretrained("tiny-gpt")`` returns the course's tiny GPT base model (a causal LM with a chat
 tokenizer), pretrained on the training split of the story world, which modules 04-07 start from.
 ``load_pretrained("tiny-gpt-sft")`` is that base model after supervised fine-tuning on imperfect human
-demonstrations (right answers, but often wordy): the shared starting point of RLHF (05) and DPO (06).
+demonstrations (right answers, but often wordy): the shared starting point of RLHF (05) and DPO (06);
+``tiny-gpt-sft-long`` is the same fine-tuning run 4x longer, the starting point of module 05's reward models.
 Any other name is a hub id or a local folder and goes through ``from_pretrained``: that is the path
 the ``gpu`` profile uses for real checkpoints such as ``bert-base-uncased`` or an instruct model.
 Masked or causal LM is read from the config's ``architectures``.
@@ -69,6 +70,14 @@ RECIPES["tiny-gpt-sft"] = {
     "data": {"stories": 1000, "seed": 0, "wordy_rate": 0.6, "sure_rate": 0.08, "styles": list(VERBOSE) + [SURE]},
     "train": {"steps": 400, "batch_size": 32, "lr": 6e-3, "seed": 0},
 }
+
+# Module 05's reward models start from this one: the same base fine-tuned 4x longer on 4x the demonstrations.
+# It answers most held-out questions right (tiny-gpt-sft about a third), so a reward model built on it can
+# learn to judge correctness, not only length. InstructGPT also took its reward model from another SFT model
+# (6B) than its policy (175B); the policy here stays tiny-gpt-sft, whose replies leave room to improve.
+RECIPES["tiny-gpt-sft-long"] = {**RECIPES["tiny-gpt-sft"],
+                                "data": {**RECIPES["tiny-gpt-sft"]["data"], "stories": 4000},
+                                "train": {**RECIPES["tiny-gpt-sft"]["train"], "steps": 1600}}
 
 
 TRAIN_THREADS = 2  # the course machine's cores; the asserted outcomes of the notebooks were measured on these models
@@ -157,7 +166,7 @@ def finetune_tiny_gpt_sft(recipe: dict, progress: bool = True) -> tuple[GPT2LMHe
         return sft_loss(m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"])
 
     train(model, lambda: collate(rng.sample(examples, cfg["batch_size"]), tokenizer.pad_token_id),
-          steps=cfg["steps"], lr=cfg["lr"], loss_fn=loss_fn, progress=progress, desc="SFT of tiny-gpt-sft")
+          steps=cfg["steps"], lr=cfg["lr"], loss_fn=loss_fn, progress=progress, desc="SFT of tiny-gpt")
     return model, tokenizer
 
 
@@ -202,6 +211,7 @@ def pretrain_tiny_gpt_reasoner(recipe: dict, progress: bool = True) -> tuple[GPT
 
 
 PRETRAINERS = {"tiny-bert": pretrain_tiny_bert, "tiny-gpt": pretrain_tiny_gpt, "tiny-gpt-sft": finetune_tiny_gpt_sft,
+               "tiny-gpt-sft-long": finetune_tiny_gpt_sft,
                "tiny-gpt-reasoner": pretrain_tiny_gpt_reasoner}
 
 
