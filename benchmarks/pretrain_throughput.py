@@ -199,8 +199,7 @@ def train_course_launched(args: argparse.Namespace, processes: int = 2) -> dict:
     """The course's pretrain() in ``processes`` data-parallel processes of one thread each (`accelerate launch`, gloo)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run.json"
-        launch = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes",
-                  str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        launch = pt.accelerate_launch(processes)
         subprocess.run(launch + [__file__, "--worker", str(out), "--max-iters", str(args.max_iters),
                                  "--stories", str(args.stories)],
                        env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True, capture_output=True)

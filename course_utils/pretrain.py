@@ -317,13 +317,21 @@ def command_line(args: argparse.Namespace) -> list[str]:
     return argv
 
 
+def accelerate_launch(num_processes: int) -> list[str]:
+    """`accelerate launch` for ``num_processes`` processes on this machine (GPUs, or CPU processes joined by gloo).
+
+    accelerate 1.15 starts several CPU processes only through ``--multi_gpu`` (torchrun); without a GPU the
+    course's Accelerator(cpu=True) then joins them with the gloo backend.
+    """
+    return [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes",
+            str(num_processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+
+
 def launch_command(argv: list[str], num_processes: int, cores: int | None = None) -> tuple[list[str], dict]:
     """The `accelerate launch` command and environment that rerun `course pretrain ARGV` in ``num_processes`` processes."""
     if not isinstance(num_processes, int) or num_processes < 2:
         raise ValueError(f"num_processes must be an int >= 2 to launch, got {num_processes!r}")
-    accelerate = Path(sys.executable).with_name("accelerate")
-    command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "course_utils", "pretrain", *argv]
+    command = accelerate_launch(num_processes) + ["-m", "course_utils", "pretrain", *argv]
     threads = max(1, (cores or os.cpu_count() or 1) // num_processes)  # processes x threads = cores, not more
     return command, {"OMP_NUM_THREADS": str(threads), **os.environ}
 

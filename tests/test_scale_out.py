@@ -8,16 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from course_utils.pretrain import Windows, window_loader
+from course_utils.pretrain import Windows, accelerate_launch, window_loader
 
 ROOT = Path(__file__).resolve().parents[1]
-ACCELERATE = Path(sys.executable).with_name("accelerate")
 SMALL = ["--max-iters", "12", "--eval-interval", "6", "--n-layer", "2", "--n-head", "2", "--n-embd", "32",
          "--block-size", "16", "--no-progress", "--sample", "0", "--seed", "3", "--lr", "1e-2", "--warmup", "2"]
-# accelerate 1.15 starts several CPU processes through torchrun with --multi_gpu (its --cpu flag alone starts
-# one unless MPI is configured); the course's Accelerator then joins them with the gloo backend.
-LAUNCH = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-          "--mixed_precision", "no", "--dynamo_backend", "no"]
+LAUNCH = accelerate_launch(2)  # 2 CPU processes joined with gloo
 
 
 def _env() -> dict:
