@@ -77,6 +77,19 @@ def rm_loss_fn(rm, batch: dict) -> torch.Tensor:
     return reward_loss(*r.chunk(2))
 
 
+def train_reward_model(base, tokenizer, pairs: Sequence[Pair], steps: int, batch_size: int, lr: float,
+                       seed: int = 0, progress: bool = True, desc: str = "reward model"):
+    """A reward model from ``base``'s checkpoint, trained with the reward loss on random batches of ``pairs``."""
+    from .training import train
+
+    torch.manual_seed(seed)  # the new scalar head's initial weights
+    rm = reward_model_from(base, tokenizer).to(base.device)
+    rng, pairs = random.Random(seed), list(pairs)
+    train(rm, lambda: pair_batch(tokenizer, rng.sample(pairs, batch_size)), steps=steps, lr=lr,
+          loss_fn=rm_loss_fn, progress=progress, desc=desc)
+    return rm.eval()
+
+
 @torch.no_grad()
 def rm_scores(rm, tokenizer, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 128) -> torch.Tensor:
     """The reward model's score of each (prompt, response)."""
@@ -336,13 +349,21 @@ def ppo(policy: PolicyWithValue, reference, reward_fn: Callable[[Rollout], torch
 
 
 class RMReward:
-    """Reward function of a rollout: the reward model's score of each (prompt, response)."""
+    """Reward function of a rollout: the reward model's score of each (prompt, response), as (score - mean) / std."""
 
-    def __init__(self, rm, tokenizer):
-        self.rm, self.tokenizer = rm, tokenizer
+    def __init__(self, rm, tokenizer, mean: float = 0.0, std: float = 1.0):
+        if not std > 0:
+            raise ValueError(f"std must be positive, got {std}")
+        self.rm, self.tokenizer, self.mean, self.std = rm, tokenizer, mean, std
+
+    @classmethod
+    def normalized(cls, rm, tokenizer, prompts: Sequence[str], replies: Sequence[str]) -> "RMReward":
+        """Scores shifted and scaled so that ``replies`` (e.g. the SFT model's) get mean 0 and std 1."""
+        scores = rm_scores(rm, tokenizer, prompts, replies)
+        return cls(rm, tokenizer, scores.mean().item(), scores.std().item())
 
     def __call__(self, ro: Rollout) -> torch.Tensor:
-        return rm_scores(self.rm, self.tokenizer, [t.instruction for t in ro.tasks], ro.texts)
+        return (rm_scores(self.rm, self.tokenizer, [t.instruction for t in ro.tasks], ro.texts) - self.mean) / self.std
 
 
 class TrueReward:
@@ -470,4 +491,4 @@ __all__ = ["DenseTrueReward", "LivePPOPlot", "PPOConfig", "PPOHistory", "PolicyW
            "new_policy", "no_dropout", "pair_accuracy", "pair_batch", "pad_right", "per_token_rewards",
            "plot_history", "positions", "ppo", "ppo_policy_loss", "ppo_update", "ppo_value_loss",
            "response_logprobs", "reward_loss", "reward_model_from", "rm_loss_fn", "rm_scores", "rollout", "score",
-           "text_batch", "whiten", "wordiness"]
+           "text_batch", "train_reward_model", "whiten", "wordiness"]

@@ -92,3 +92,29 @@ def test_reward_model_scores_pairs_and_learns(sft):
         torch.testing.assert_close(scores, rm(**batch).logits.squeeze(-1)[:16], atol=1e-5, rtol=1e-4)
     acc = rlhf.pair_accuracy(rm, tok, pairs)
     assert set(acc) == {"labels", "ceiling", "r*"} and 0 <= acc["labels"] <= 1
+
+
+def test_train_reward_model_learns_the_training_pairs(sft):
+    model, tok = sft
+    pairs = sample_pairs(rlhf_split(40, 5, 5)["pairs"], 64, seed=0)
+    before = rlhf.pair_accuracy(rlhf.reward_model_from(model, tok), tok, pairs)["labels"]
+    rm = rlhf.train_reward_model(model, tok, pairs, steps=30, batch_size=16, lr=3e-3, progress=False)
+    assert not rm.training and rlhf.pair_accuracy(rm, tok, pairs)["labels"] >= max(before, 0.5) + 0.15
+    again = rlhf.train_reward_model(model, tok, pairs, steps=30, batch_size=16, lr=3e-3, progress=False)
+    torch.testing.assert_close(rlhf.rm_scores(again, tok, ["a"], ["b"]), rlhf.rm_scores(rm, tok, ["a"], ["b"]))
+
+
+def test_the_zoo_reward_model_recipe_trains_and_loads_as_a_sequence_classifier(sft, tmp_path, monkeypatch):
+    """The zoo's RM recipe at toy size: trained by train_reward_model, saved, loaded back with its scalar head."""
+    from course_utils.world import zoo
+
+    small = {**zoo.RECIPES["tiny-gpt-rm"], "base": "tiny-gpt-sft",
+             "data": {**zoo.RECIPES["tiny-gpt-rm"]["data"], "pair_stories": 40, "prompt_stories": 5, "n_pairs": 64},
+             "train": {**zoo.RECIPES["tiny-gpt-rm"]["train"], "steps": 3, "batch_size": 8}}
+    rm, tok = zoo.train_tiny_gpt_rm(small, progress=False)
+    rm.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    loaded, _ = load_pretrained(str(tmp_path), progress=False)
+    assert type(loaded).__name__ == "GPT2ForSequenceClassification" and loaded.config.num_labels == 1
+    prompt, reply = ["who ran ?"], ["tom"]
+    torch.testing.assert_close(rlhf.rm_scores(loaded, tok, prompt, reply), rlhf.rm_scores(rm, tok, prompt, reply))

@@ -81,6 +81,8 @@ def test_grading_prepares_the_models_each_lab_names():
     assert grading.models_needed(solutions / "03_gpt_pretraining.ipynb") == []  # it trains its own GPT
     assert "tiny-gpt" in grading.models_needed(solutions / "04_instruction_tuning.ipynb")
     assert grading.models_needed(solutions / "07_lora_qlora.ipynb") == ["tiny-gpt-sft"]
+    # the settings file also names the lecture's reward-model models; the lab reads only profile["sft_model"]
+    assert grading.models_needed(solutions / "05_rlhf_ppo.ipynb") == ["tiny-gpt-sft"]
 
 
 @pytest.mark.skipif(sandbox.unavailable_reason() is not None, reason="no sandbox here")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import re
 import shutil
 import subprocess
 import tempfile
@@ -338,17 +339,18 @@ def grade(solution_path: str | Path, submissions: list, out_csv: str | Path, tim
 
 
 def models_needed(solution_path: str | Path) -> list[str]:
-    """The course models a lab uses: each zoo name quoted in its solution's code or in its settings file."""
+    """The course models a lab uses: zoo names quoted in its solution's code or in the settings values it reads."""
+    from ..settings import notebooks, settings_for
     from ..world.zoo import RECIPES
-    from .runner import PACKAGE_ROOT
 
     stem = Path(solution_path).stem
     text = "\n".join(c.source for c in read_notebook(solution_path).cells if c.cell_type == "code")
-    for settings in sorted((PACKAGE_ROOT / "course_utils" / "settings").glob("*.py")):
-        source = settings.read_text(encoding="utf-8")
-        if f'NOTEBOOK = "{stem}"' in source:
-            text += source
-    return [name for name in RECIPES if f'"{name}"' in text or f"'{name}'" in text]
+    names = [name for name in RECIPES if f'"{name}"' in text or f"'{name}'" in text]
+    if stem in notebooks():  # profile["sft_model"] and the like: the values of the keys the solution reads
+        keys = set(re.findall(r"""profile(?:\[|\.get\()\s*["'](\w+)["']""", text))
+        values = [settings_for(stem, p).get(k) for p in PROFILES for k in keys]
+        names += [v for v in values if isinstance(v, str) and v in RECIPES]
+    return [name for name in RECIPES if name in names]
 
 
 def warm_zoo(names: list[str] | None = None) -> None:
