@@ -104,7 +104,7 @@ def test_train_reward_model_learns_the_training_pairs(sft):
     torch.testing.assert_close(rlhf.rm_scores(again, tok, ["a"], ["b"]), rlhf.rm_scores(rm, tok, ["a"], ["b"]))
 
 
-def test_the_zoo_reward_model_recipe_trains_and_loads_as_a_sequence_classifier(sft, tmp_path, monkeypatch):
+def test_the_zoo_reward_model_recipe_trains_and_loads_as_a_sequence_classifier(sft, tmp_path):
     """The zoo's RM recipe at toy size: trained by train_reward_model, saved, loaded back with its scalar head."""
     from course_utils.world import zoo
 
@@ -118,3 +118,19 @@ def test_the_zoo_reward_model_recipe_trains_and_loads_as_a_sequence_classifier(s
     assert type(loaded).__name__ == "GPT2ForSequenceClassification" and loaded.config.num_labels == 1
     prompt, reply = ["who ran ?"], ["tom"]
     torch.testing.assert_close(rlhf.rm_scores(loaded, tok, prompt, reply), rlhf.rm_scores(rm, tok, prompt, reply))
+
+
+def test_normalized_rm_reward_gives_the_reference_replies_mean_0_and_std_1(sft):
+    from types import SimpleNamespace
+
+    model, tok = sft
+    torch.manual_seed(0)
+    rm = rlhf.reward_model_from(model, tok)
+    tasks = rlhf_split(10, 5, 5)["pairs"][:12]
+    prompts, replies = [t.instruction for t in tasks], [t.answer for t in tasks]
+    reward = rlhf.RMReward.normalized(rm, tok, prompts, replies)
+    got = reward(SimpleNamespace(tasks=tasks, texts=replies))
+    torch.testing.assert_close(got, (rlhf.rm_scores(rm, tok, prompts, replies) - reward.mean) / reward.std)
+    assert abs(got.mean().item()) < 1e-5 and abs(got.std().item() - 1) < 1e-5
+    with pytest.raises(ValueError, match="std must be positive"):
+        rlhf.RMReward(rm, tok, std=0.0)

@@ -83,7 +83,7 @@ RECIPES["tiny-gpt-sft-long"] = {**RECIPES["tiny-gpt-sft"],
 
 # Module 05's reward model: tiny-gpt-sft-long with a scalar head, trained with the reward loss on the world's
 # comparison pairs (stories disjoint from PPO's prompts and from every evaluation story). The lecture trains a
-# short run of the same recipe live; this full-length run reaches ~0.95x of the label-noise ceiling.
+# short run of the same recipe live; this full-length run reaches about 0.92x of the label-noise ceiling.
 RECIPES["tiny-gpt-rm"] = {
     "base": "tiny-gpt-sft-long",
     "base_recipe": RECIPES["tiny-gpt-sft-long"],
