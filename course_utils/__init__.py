@@ -1,4 +1,4 @@
-"""Helpers for the LLM course: profiles, the offline world (corpus, tokenizers, model zoo),
+"""Helpers for the LLM course: profiles, the offline world (corpus, tokenizers), the shipped course models,
 training loops, attention views, exercise checks and the instructor's `course` command."""
 import logging
 

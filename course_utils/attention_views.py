@@ -150,7 +150,7 @@ def get_attention(model, tokenizer, text: str | tuple[str, str]) -> tuple[tuple[
     attentions = getattr(out, "attentions", None)
     if not attentions or any(a is None for a in attentions):
         raise ValueError("the model returned no attention weights: load it with attn_implementation='eager' "
-                         "(course_utils.world.zoo.load_pretrained does), e.g. "
+                         "(course_utils.models.load_pretrained does), e.g. "
                          "AutoModel.from_pretrained(name, attn_implementation='eager')")
     return tuple(a.detach().float().cpu() for a in attentions), tokenizer.convert_ids_to_tokens(inputs["input_ids"][0])
 

@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "run": ("instructor.runner", "execute notebooks headless into a build folder and print a table of run times"),
     "release": ("instructor.release", "generate labs/ from solutions/ (--check: fail if labs/ is stale)"),
     "grade": ("instructor.grading", "grade lab submissions into a gradebook CSV"),
+    "models": ("models.build", "build or check the course models shipped with the package (tiny-bert, tiny-gpt, ...)"),
     "pretrain": ("pretrain", "train a small GPT on your own text file and save a checkpoint"),
 }
 

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 import pytest
 
 from course_utils.attention_views import get_attention, head_view, model_view, save_view
-from course_utils.world.zoo import load_pretrained
+from course_utils.models import load_pretrained
 
 SENTENCE = "the red cat chased the dog in the park ."
 INSTALL = "install Debian's chromium: apt-get install -y chromium fonts-liberation"

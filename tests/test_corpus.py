@@ -60,9 +60,14 @@ def test_plurals_are_english():
     assert " boxes " in texts and "boxs" not in texts
 
 
-def test_the_zoo_cache_key_follows_the_world_version(monkeypatch):
-    from course_utils.world import zoo
+def test_the_course_models_key_follows_the_world_text(monkeypatch):
+    """A change to the generated text (not only a bumped version number) makes the shipped weights stale."""
+    from course_utils.models import recipes
 
-    before = zoo._recipe_path("tiny-bert")
-    monkeypatch.setattr(zoo, "WORLD_VERSION", zoo.WORLD_VERSION + 1)
-    assert zoo._recipe_path("tiny-bert") != before, "a changed world must not reuse models trained on the old one"
+    before = recipes.recipe_key("tiny-bert")
+    monkeypatch.setattr(recipes, "make_corpus", lambda n, seed=0: make_corpus(n, seed) + ["a new sentence ."])
+    recipes.world_fingerprint.cache_clear()
+    try:
+        assert recipes.recipe_key("tiny-bert") != before, "a changed world must not reuse models trained on the old one"
+    finally:
+        recipes.world_fingerprint.cache_clear()

@@ -25,7 +25,7 @@ def test_report_lists_everything_and_exits_zero_when_required_work(report):
     code, out, _ = report
     assert code == 0
     for item in [*doctor.PACKAGES, "python", "profile", "CUDA", "bitsandbytes 4-bit", "bertviz offline",
-                 "model cache", "tiny-bert", "model hub"]:
+                 "course models", "model hub"]:
         assert f"  {item} " in out, item
 
 
@@ -107,10 +107,9 @@ def test_bitsandbytes_on_cpu_points_to_the_gpu_profile():
     assert ok and ("needs a CUDA GPU (gpu profile)" in value or value.startswith("not installed"))
 
 
-def test_tiny_bert_cache_status(monkeypatch, tmp_path):
-    monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path))
-    assert doctor._tiny_bert()[0].startswith("not cached yet")
-    assert doctor._cache() == (str(tmp_path / "zoo"), True)
-    from course_utils.world.zoo import _recipe_path
-    _recipe_path("tiny-bert").mkdir(parents=True)
-    assert doctor._tiny_bert() == (f"cached in {_recipe_path('tiny-bert')}", True)
+def test_course_models_status(monkeypatch, tmp_path):
+    """The shipped models pass; a folder without them is reported with the command that fixes it."""
+    assert doctor._course_models()[1], doctor._course_models()[0]
+    monkeypatch.setenv("COURSE_MODELS_DIR", str(tmp_path))
+    value, ok = doctor._course_models()
+    assert not ok and "tiny-bert: missing" in value and "course models check" in value

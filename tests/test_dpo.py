@@ -10,7 +10,7 @@ from course_utils.dpo import (DPOObjective, bradley_terry, collate_pairs, dpo_lo
                               with_reference)
 from course_utils.world.instructions import task_split
 from course_utils.world.preferences import sample_pairs
-from course_utils.world.zoo import load_pretrained
+from course_utils.models import load_pretrained
 
 PAIRS = sample_pairs(task_split(40, "train", seed=5), 6, seed=3)  # the pairs trl_dpo_batch uses
 

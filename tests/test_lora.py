@@ -78,7 +78,7 @@ def test_choice_accuracy_ranks_replies_by_their_loss(kind):
     from peft import PromptTuningConfig, get_peft_model
 
     from course_utils.sft import collate, encode_chat
-    from course_utils.world.zoo import load_pretrained
+    from course_utils.models import load_pretrained
 
     model, tokenizer = load_pretrained("tiny-gpt-sft", progress=False)
     if kind == "prompt tuning":

@@ -36,3 +36,11 @@ def test_bitsandbytes_kernel_notice_is_silenced():
     logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
     assert not logger.isEnabledFor(logging.WARNING), "the kernels-community notice would reach notebooks"
     assert logger.isEnabledFor(logging.ERROR), "real bitsandbytes errors must still show"
+
+
+def test_world_holds_data_generators_only():
+    """The world makes data; the models trained on it (course_utils.models) and the lessons sit above it."""
+    for path in (PACKAGE / "world").glob("*.py"):
+        outside = [n for n in _imports(path) if n.startswith("..") or (n.startswith("course_utils")
+                                                                      and not n.startswith("course_utils.world"))]
+        assert not outside, f"world/{path.name} imports {outside}: the world must not depend on models or lessons"

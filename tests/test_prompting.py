@@ -1,4 +1,4 @@
-"""The prompting helpers of module 08 on a small random GPT-2 (no zoo training needed)."""
+"""The prompting helpers of module 08 on a small random GPT-2 (no course model needed)."""
 import pytest
 import torch
 
@@ -6,7 +6,7 @@ from course_utils import prompting as P
 from course_utils.pretrain import build_gpt2
 from course_utils.world import reasoning as R
 from course_utils.world.tokenization import train_chat_bpe
-from course_utils.world.zoo import load_pretrained
+from course_utils.models import load_pretrained
 
 
 @pytest.fixture(scope="module")

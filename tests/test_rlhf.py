@@ -5,7 +5,7 @@ import torch
 from course_utils.checks import rlhf as checks
 from course_utils import rlhf
 from course_utils.world.preferences import rlhf_split, sample_pairs
-from course_utils.world.zoo import load_pretrained
+from course_utils.models import load_pretrained
 
 
 def test_reward_loss_matches_trl_reward_trainer():
@@ -104,14 +104,14 @@ def test_train_reward_model_learns_the_training_pairs(sft):
     torch.testing.assert_close(rlhf.rm_scores(again, tok, ["a"], ["b"]), rlhf.rm_scores(rm, tok, ["a"], ["b"]))
 
 
-def test_the_zoo_reward_model_recipe_trains_and_loads_as_a_sequence_classifier(sft, tmp_path):
-    """The zoo's RM recipe at toy size: trained by train_reward_model, saved, loaded back with its scalar head."""
-    from course_utils.world import zoo
+def test_the_reward_model_recipe_trains_and_loads_as_a_sequence_classifier(sft, tmp_path):
+    """The shipped RM's recipe at toy size: trained by train_reward_model, saved, loaded back with its scalar head."""
+    from course_utils.models import build, recipes
 
-    small = {**zoo.RECIPES["tiny-gpt-rm"], "base": "tiny-gpt-sft",
-             "data": {**zoo.RECIPES["tiny-gpt-rm"]["data"], "pair_stories": 40, "prompt_stories": 5, "n_pairs": 64},
-             "train": {**zoo.RECIPES["tiny-gpt-rm"]["train"], "steps": 3, "batch_size": 8}}
-    rm, tok = zoo.train_tiny_gpt_rm(small, progress=False)
+    small = {**recipes.RECIPES["tiny-gpt-rm"], "base": "tiny-gpt-sft",
+             "data": {**recipes.RECIPES["tiny-gpt-rm"]["data"], "pair_stories": 40, "prompt_stories": 5, "n_pairs": 64},
+             "train": {**recipes.RECIPES["tiny-gpt-rm"]["train"], "steps": 3, "batch_size": 8}}
+    rm, tok = build.train_tiny_gpt_rm(small, progress=False)
     rm.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     loaded, _ = load_pretrained(str(tmp_path), progress=False)

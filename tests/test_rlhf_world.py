@@ -4,7 +4,7 @@ import pytest
 from course_utils.world.instructions import SEEN_FAMILIES, score, task_split, words
 from course_utils.world.preferences import (CORRECT, SURE, STYLE, VERBOSE, human_demonstrations, rlhf_split,
                                             true_reward, win_rate)
-from course_utils.world.zoo import RECIPES, _recipe_path, load_pretrained
+from course_utils.models import RECIPES, course_model_path, load_pretrained
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +48,12 @@ def test_win_rate_counts_ties_half(tasks):
         win_rate("park", "park", t[:1])
 
 
-def test_tiny_gpt_sft_is_cached_and_below_the_r_star_maximum():
+def test_tiny_gpt_sft_is_shipped_and_below_the_r_star_maximum():
     """The shared SFT model answers in the chat format but far below max r*: RLHF has room to help."""
     from course_utils.sft import respond
 
     model, tok = load_pretrained("tiny-gpt-sft", progress=False)
-    assert (_recipe_path("tiny-gpt-sft") / "config.json").is_file()
+    assert (course_model_path("tiny-gpt-sft") / "config.json").is_file()
     assert RECIPES["tiny-gpt-sft"]["base_recipe"] == RECIPES["tiny-gpt"]
     tasks = rlhf_split(10, 10, 60)["eval"]
     replies = respond(model, tok, [t.instruction for t in tasks], max_new_tokens=16)

@@ -46,43 +46,17 @@ def test_the_course_history_is_hidden(tmp_path):
 
 
 @pytest.mark.skipif(sandbox.unavailable_reason() is not None, reason="no sandbox here")
-def test_the_model_cache_stays_readable_even_under_the_private_tmp(tmp_path, monkeypatch):
-    cache = tmp_path / "cache"  # pytest's tmp_path lives under /tmp, which the sandbox replaces
-    (cache / "zoo").mkdir(parents=True)
-    (cache / "zoo" / "model.txt").write_text("weights")
-    monkeypatch.setenv("COURSE_CACHE_DIR", str(cache))
+def test_the_shipped_course_models_are_readable_not_writable(tmp_path):
+    from course_utils.models.load import SHIPPED
+
     work = tmp_path / "work"
     work.mkdir()
-    script = (f"print(open({str(cache / 'zoo' / 'model.txt')!r}).read())\n"
-              f"try:\n    open({str(cache / 'zoo' / 'new.txt')!r}, 'w')\nexcept OSError:\n    print('read-only')")
+    script = (f"print(len(open({str(SHIPPED / 'manifest.json')!r}).read()) > 0)\n"
+              f"try:\n    open({str(SHIPPED / 'new.txt')!r}, 'w')\nexcept OSError:\n    print('read-only')")
     done = subprocess.run(sandbox.sandbox_prefix(work, []) + ["python3", "-c", script], capture_output=True, text=True,
                           timeout=60, env={"PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["weights", "read-only"], done.stdout
-
-
-def test_grading_prepares_the_course_models_first(monkeypatch):
-    from course_utils.world import zoo
-
-    asked = []
-    monkeypatch.setattr(zoo, "load_pretrained", lambda name, progress=True: asked.append(name))
-    grading.warm_zoo()
-    assert asked == list(zoo.RECIPES)
-    asked.clear()
-    grading.warm_zoo(["tiny-gpt"])
-    assert asked == ["tiny-gpt"]
-
-
-def test_grading_prepares_the_models_each_lab_names():
-    from course_utils.instructor.runner import PACKAGE_ROOT
-
-    solutions = PACKAGE_ROOT / "solutions"
-    assert grading.models_needed(solutions / "01_attention.ipynb") == ["tiny-bert"]
-    assert grading.models_needed(solutions / "03_gpt_pretraining.ipynb") == []  # it trains its own GPT
-    assert "tiny-gpt" in grading.models_needed(solutions / "04_instruction_tuning.ipynb")
-    assert grading.models_needed(solutions / "07_lora_qlora.ipynb") == ["tiny-gpt-sft"]
-    # the settings file also names the lecture's reward-model models; the lab reads only profile["sft_model"]
-    assert grading.models_needed(solutions / "05_rlhf_ppo.ipynb") == ["tiny-gpt-sft"]
+    assert done.stdout.split() == ["True", "read-only"], done.stdout
 
 
 @pytest.mark.skipif(sandbox.unavailable_reason() is not None, reason="no sandbox here")

@@ -1,4 +1,4 @@
-"""The zoo's tiny GPT base model: cached, causal, with the chat tokenizer, and it learned the story world."""
+"""The course's tiny GPT base model: shipped, causal, with the chat tokenizer, and it learned the story world."""
 import math
 from collections import Counter
 
@@ -8,7 +8,7 @@ from transformers import GPT2LMHeadModel
 
 from course_utils.world.corpus import make_split_stories
 from course_utils.world.tokenization import END
-from course_utils.world.zoo import RECIPES, _recipe_path, load_pretrained
+from course_utils.models import RECIPES, course_model_path, load_pretrained
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def tiny_gpt():
 
 def test_tiny_gpt_is_a_cached_causal_lm_with_a_chat_tokenizer(tiny_gpt):
     model, tok = tiny_gpt
-    assert (_recipe_path("tiny-gpt") / "config.json").is_file()
+    assert (course_model_path("tiny-gpt") / "config.json").is_file()
     assert isinstance(model, GPT2LMHeadModel) and not model.training
     assert model.config.n_positions == RECIPES["tiny-gpt"]["config"]["block_size"]
     assert tok.chat_template and "{% generation %}" in tok.chat_template

@@ -1,4 +1,4 @@
-"""The model zoo (course models and the hub path through a local folder) and the training loop."""
+"""The shipped course models, the hub path through a local folder, and the training loop."""
 import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM
@@ -6,7 +6,7 @@ from transformers import BertConfig, BertForMaskedLM
 from course_utils.world.corpus import make_corpus
 from course_utils.world.tokenization import train_wordpiece
 from course_utils.training import History, plot_losses, smooth, train
-from course_utils.world.zoo import RECIPES, _recipe_path, load_pretrained
+from course_utils.models import RECIPES, course_model_path, load_pretrained
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +30,9 @@ def _masked_accuracy(model, tok, texts):
     return hits / total
 
 
-def test_tiny_bert_is_cached_and_learned_the_corpus(tiny_bert):
+def test_tiny_bert_is_shipped_and_learned_the_corpus(tiny_bert):
     model, tok = tiny_bert
-    assert (_recipe_path("tiny-bert") / "config.json").is_file()
+    assert (course_model_path("tiny-bert") / "config.json").is_file()
     held_out = make_corpus(40, seed=999)
     words = [w for t in make_corpus(2000) for w in t.split()]
     unigram = max(words.count(w) for w in set(words)) / len(words)  # always guess the commonest word
@@ -104,48 +104,3 @@ def test_train_stops_on_a_diverging_loss():
 
 def test_smooth():
     assert smooth([1.0, 3.0, 5.0], window=2) == [1.0, 2.0, 4.0]
-
-
-CONCURRENT_LOAD = """
-import sys, time
-from pathlib import Path
-from course_utils.pretrain import build_gpt2
-from course_utils.world import zoo
-from course_utils.world.tokenization import train_char
-
-def note(line):
-    with open(sys.argv[1], "a") as log:
-        log.write(line + "\\n")
-
-def toy(recipe, progress=True):
-    note("trained")
-    deadline = time.time() + 120
-    while Path(sys.argv[1]).read_text().count("arrived") < 2 and time.time() < deadline:
-        time.sleep(0.1)  # keep training until the other process has asked for the model too
-    tokenizer = train_char("abc " * 100)
-    return build_gpt2(len(tokenizer), 1, 1, 8, 8), tokenizer
-
-zoo.RECIPES["toy"], zoo.PRETRAINERS["toy"] = {"n": 1}, toy
-note("arrived")
-model, _ = zoo.load_pretrained("toy", progress=False)
-assert model.config.n_embd == 8
-"""
-
-
-def test_concurrent_first_use_trains_a_course_model_once(tmp_path):
-    """Two processes asking for an uncached course model: one trains it, the other waits and loads it."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    env = {**os.environ, "COURSE_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    log = tmp_path / "log.txt"
-    runs = [subprocess.Popen([sys.executable, "-c", CONCURRENT_LOAD, str(log)], env=env, stderr=subprocess.PIPE,
-                             text=True) for _ in range(2)]
-    for run in runs:
-        assert run.wait(timeout=300) == 0, run.stderr.read()[-2000:]
-    assert log.read_text().count("arrived") == 2
-    assert log.read_text().count("trained") == 1, "both processes trained the model"
-    assert len([p for p in (tmp_path / "cache" / "zoo").iterdir() if p.is_dir()]) == 1

@@ -29,7 +29,7 @@ def _close(a, b, atol: float = 1e-4, rtol: float = 1e-4) -> bool:
 def trl_dpo_batch() -> dict:
     """TRL's DPOTrainer on a few of the world's pairs: its batch, the policy's logits and its per-sequence log-probs.
 
-    The policy is the zoo's tiny GPT with its weights nudged (so it differs from its frozen reference copy).
+    The policy is the course's tiny GPT with its weights nudged (so it differs from its frozen reference copy).
     Returns plain tensors and the trainer (kept for the loss check).
     """
     if "batch" in _CACHE:
@@ -40,7 +40,7 @@ def trl_dpo_batch() -> dict:
 
     from ..world.instructions import task_split
     from ..world.preferences import sample_pairs
-    from ..world.zoo import load_pretrained
+    from ..models import load_pretrained
 
     model, tokenizer = load_pretrained("tiny-gpt", progress=False)
     pairs = sample_pairs(task_split(40, "train", seed=5), 6, seed=3)

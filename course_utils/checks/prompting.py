@@ -31,7 +31,7 @@ MULTI_TOKEN_LABELS = ["terrible", "wonderful", "no", "yes"]
 
 
 def _model():
-    from ..world.zoo import load_pretrained
+    from ..models import load_pretrained
 
     return load_pretrained(MODEL, progress=False)
 

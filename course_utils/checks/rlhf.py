@@ -42,7 +42,7 @@ def trl_reward_losses(seed: int = 0) -> list[dict]:
     from transformers import GPT2Config, GPT2ForSequenceClassification
     from trl import RewardConfig, RewardTrainer
 
-    from ..world.zoo import load_pretrained
+    from ..models import load_pretrained
 
     _, tok = load_pretrained("tiny-gpt", progress=False)
     rows = [("mia has two cups .\nhow many cups does mia have ?", "two", "the answer is five"),

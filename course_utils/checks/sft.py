@@ -92,7 +92,7 @@ def tokenizer_of(tokenizer):
     if not isinstance(tokenizer, str):
         return tokenizer
     if tokenizer not in _TOKENIZERS:
-        from ..world.zoo import RECIPES, hub_reachable, load_pretrained
+        from ..models import RECIPES, hub_reachable, load_pretrained
 
         if tokenizer in RECIPES:
             _TOKENIZERS[tokenizer] = load_pretrained(tokenizer, progress=False)[1]

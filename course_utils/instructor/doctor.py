@@ -1,7 +1,7 @@
 """`course doctor`: a readable report of what this machine can run.
 
 Versions of the course's libraries, the profile and device, bitsandbytes, offline bertviz, the
-model cache and whether the model hub can be reached. Every check catches its own errors, so the
+course models and whether the model hub can be reached. Every check catches its own errors, so the
 report always prints; the exit code is 1 only when a required library is broken.
 """
 from __future__ import annotations
@@ -80,12 +80,13 @@ def _bertviz() -> tuple[str, bool]:
     return f"OK: {', '.join(assets)} shipped with the package", True
 
 
-def _tiny_bert() -> tuple[str, bool]:
-    from ..world.zoo import _recipe_path
-    path = _recipe_path("tiny-bert")
-    if path.exists():
-        return f"cached in {path}", True
-    return "not cached yet: the first notebook that needs it trains it (about half a minute)", True
+def _course_models() -> tuple[str, bool]:
+    from ..models import RECIPES, models_dir
+    from ..models.build import problems
+    found = problems(models_dir())
+    if found:
+        return f"{'; '.join(found)} in {models_dir()}: run `course models check` for what to do", False
+    return f"OK: {len(RECIPES)} models in {models_dir()} match their recipes and SHA-256 sums", True
 
 
 def _hub() -> tuple[str, bool]:
@@ -98,17 +99,12 @@ def _hub() -> tuple[str, bool]:
     return prefix + "huggingface.co reachable: the gpu profile can download checkpoints", True
 
 
-def _cache() -> tuple[str, bool]:
-    from ..world.zoo import cache_dir
-    return str(cache_dir()), True
-
-
 def collect() -> list[tuple[str, str, bool]]:
     """Every line of the report as (item, value, ok)."""
     rows = [("python", sys.version.split()[0], sys.version_info >= (3, 10)), ("platform", platform.platform(), True)]
     rows += [_row(name, lambda name=name: _package(name)) for name in PACKAGES]
     checks = {"profile": _profile, "CUDA": _cuda, "bitsandbytes 4-bit": _bitsandbytes,
-              "bertviz offline": _bertviz, "model cache": _cache, "tiny-bert": _tiny_bert, "model hub": _hub}
+              "bertviz offline": _bertviz, "course models": _course_models, "model hub": _hub}
     return rows + [_row(item, check) for item, check in checks.items()]
 
 

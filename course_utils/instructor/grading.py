@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
-import re
 import shutil
 import subprocess
 import tempfile
@@ -325,7 +324,6 @@ def grade(solution_path: str | Path, submissions: list, out_csv: str | Path, tim
     results: list[ExerciseResult] = []
     submissions = list(submissions)
     hide = [Path(out_csv).resolve().parent, *{Path(p).resolve().parent for p in submissions}]
-    warm_zoo(models_needed(solution_path))
     for submission in tqdm(submissions, desc="grading", unit="submission"):
         try:
             results += grade_submission(submission, solution_path, timeout, profile, hide)
@@ -336,44 +334,6 @@ def grade(solution_path: str | Path, submissions: list, out_csv: str | Path, tim
     write_csv(results, out_csv)
     print(summary(results))
     return results
-
-
-def models_needed(solution_path: str | Path) -> list[str]:
-    """The course models a lab uses: zoo names quoted in its solution's code or in the settings values it reads."""
-    from ..settings import notebooks, settings_for
-    from ..world.zoo import RECIPES
-
-    stem = Path(solution_path).stem
-    text = "\n".join(c.source for c in read_notebook(solution_path).cells if c.cell_type == "code")
-    names = [name for name in RECIPES if f'"{name}"' in text or f"'{name}'" in text]
-    if stem in notebooks():  # profile["sft_model"] and the like: the values of the keys the solution reads
-        keys = set(re.findall(r"""profile(?:\[|\.get\()\s*["'](\w+)["']""", text))
-        values = [settings_for(stem, p).get(k) for p in PROFILES for k in keys]
-        names += [v for v in values if isinstance(v, str) and v in RECIPES]
-    return [name for name in RECIPES if name in names]
-
-
-def warm_zoo(names: list[str] | None = None) -> None:
-    """Train and cache course models now, in the grader: sandboxed kernels can read the cache, not write it.
-
-    ``names``: the models to prepare (default: every course model).
-    """
-    from ..world.zoo import RECIPES, cache_dir, load_pretrained
-
-    for name in RECIPES if names is None else names:
-        try:
-            load_pretrained(name, progress=False)
-        except Exception as exc:  # grading goes on; a lab that needs the model will report it
-            warnings.warn(f"could not prepare the course model {name!r} before grading: {exc}", stacklevel=2)
-    if sandbox.as_root() and cache_dir().is_dir():
-        readable_by_all(cache_dir())  # the zoo writes its folders 0700; kernels run as the sandbox's user
-
-
-def readable_by_all(folder: Path) -> None:
-    """Let every user read ``folder`` and what it holds (a cached model, for kernels run as another user)."""
-    for path in [folder, *folder.rglob("*")]:
-        if not path.is_symlink():
-            path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
 
 
 def find_solution(lab: str, solutions_dir: str | Path = "solutions") -> Path:

@@ -108,12 +108,6 @@ def _git_folder(root: Path) -> Path | None:
     return None
 
 
-def _cache_root() -> Path:
-    from ..world.zoo import cache_dir
-
-    return cache_dir().parent
-
-
 def _inside(path: Path, folders) -> bool:
     return any(path == f or f in path.parents for f in folders)
 
@@ -153,10 +147,9 @@ def sandbox_prefix(workdir: str | Path, hide: list, limits: Limits = Limits()) -
         workdir.chmod(0o770)
     needed = [PACKAGE_ROOT / "course_utils", Path(sys.prefix), Path(sys.base_prefix)]
     needed = sorted({q for p in needed for q in (p.absolute(), p.resolve())})
-    cache = _cache_root().resolve()  # the course's cached models, read-only
     # Folders the sandbox's user may not enter are replaced by empty ones, like the hidden folders, and what
     # the kernel needs inside them is bound back (e.g. a Python installed under /root, 0700).
-    closed = _closed_folders(needed + [cache])
+    closed = _closed_folders(needed)
     git = _git_folder(PACKAGE_ROOT)  # the course's history: solutions of every lab
     hide = [*hide, *([git] if git else [])]
     hidden = sorted({Path(h).resolve() for h in hide} - {Path("/")} | closed, key=lambda p: len(p.parts))
@@ -173,14 +166,11 @@ def sandbox_prefix(workdir: str | Path, hide: list, limits: Limits = Limits()) -
     for path in needed:
         if _inside(path, covered):
             args += _bind("--ro-bind", path.resolve(), path, covered)
-    if cache.is_dir() and _inside(cache, covered):
-        args += _bind("--ro-bind", cache, cache, covered)
     args += _bind("--bind", workdir, workdir, covered)
     args += ["--chdir", str(workdir), "--setenv", "HOME", str(workdir),
              "--setenv", "TMPDIR", str(workdir), "--setenv", "MPLCONFIGDIR", str(workdir),
              # torch's compiler cache: the grader's process may have set it to a folder of its own
              "--setenv", "TORCHINDUCTOR_CACHE_DIR", str(workdir / "torchinductor"),
-             "--setenv", "COURSE_CACHE_DIR", str(_cache_root()),  # cached tiny models: readable, not writable
              # ipykernel would watch for its parent's PID, which a PID namespace hides; --die-with-parent does it
              "--unsetenv", "JPY_PARENT_PID"]
     args += _drop_to(uid)

@@ -1,4 +1,4 @@
-"""Sizes for 04_instruction_tuning: SFT of the zoo's tiny GPT on the world's instruction tasks."""
+"""Sizes for 04_instruction_tuning: SFT of the course's tiny GPT on the world's instruction tasks."""
 NOTEBOOK = "04_instruction_tuning"
 
 CI = {"base_model": "tiny-gpt", "train_stories": 1500, "eval_stories": 60, "sft_steps": 500, "batch_size": 32,

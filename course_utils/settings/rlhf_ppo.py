@@ -1,14 +1,14 @@
-"""Sizes for 05_rlhf_ppo: reward models from the zoo's longer SFT run, PPO, reward hacking, PPO-ptx, fine-grained rewards."""
+"""Sizes for 05_rlhf_ppo: reward models from the longer SFT run (tiny-gpt-sft-long), PPO, reward hacking, PPO-ptx, fine-grained rewards."""
 NOTEBOOK = "05_rlhf_ppo"
 
 _PPO = {"steps": 20, "batch_size": 48, "lr": 2e-4, "beta": 0.1, "epochs": 2, "minibatches": 2, "max_new_tokens": 12}
-# section 5's PPO against the zoo RM, its scores normalised to mean 0, std 1 on the SFT model's replies (raw, they spread
+# section 5's PPO against the shipped RM (tiny-gpt-rm), its scores normalised to mean 0, std 1 on the SFT model's replies (raw, they spread
 # about 4: at beta 0.1 PPO drifted to KL 12.5). Normalised, 20 rollouts: beta 0.1 won 0.75 at KL 0.5; 30 at 0.05: 0.79
 _MAIN_PPO = {**_PPO, "steps": 30, "beta": 0.05}
 CI = {"sft_model": "tiny-gpt-sft", "pair_stories": 2000, "prompt_stories": 300, "eval_stories": 60,
       # the reward models start from tiny-gpt-sft-long (same base, 4x the SFT; right on most held-out questions) and
       # see each training pair about once (fresh pairs): from tiny-gpt-sft it judged correctness at chance, whatever
-      # the steps. The lecture trains rm_steps live; PPO uses rm_model, the zoo's full run of the same recipe
+      # the steps. The lecture trains rm_steps live; PPO uses rm_model, the shipped full run of the same recipe
       # (its pair stories are these 2000, disjoint from the prompts and the evaluation stories)
       "rm_base": "tiny-gpt-sft-long", "rm_model": "tiny-gpt-rm", "n_pairs": 10000, "held_out_pairs": 300,
       "bt_beta": 4.0, "rm_steps": 300, "rm_batch": 32, "rm_lr": 2e-3, "trl_rm_steps": 10, "ppo": _MAIN_PPO,
@@ -20,11 +20,11 @@ CI = {"sft_model": "tiny-gpt-sft", "pair_stories": 2000, "prompt_stories": 300, 
       "ptx_coef": 0.25,  # 0.5 held the LM loss but cost win rate (0.62 < 0.7) against this reward model
       "ptx_batch": 16, "fg_steps": 8, "max_new_tokens": 16, "lab_ppo_steps": 6, "lab_batch": 32,
       # asserted outcomes (margins for the ci sizes; the lecture's closing note gives the measured values). The live
-      # reward model reached 78-84% of the noise ceiling (seeds 0-2); the zoo's full run (2,400 steps) 92-93%
+      # reward model reached 78-84% of the noise ceiling (seeds 0-2); the shipped full run (2,400 steps) 92-93%
       "live_rm_ceiling_frac": 0.75, "rm_ceiling_frac": 0.9, "min_win_rate": 0.7, "max_kl": 6.0, "hack_margin": 0.15}
 CPU = {**CI, "n_pairs": 40000, "rm_steps": 1200, "rm_lr": 1e-3, "trl_rm_steps": 100,
        "ppo": {**_MAIN_PPO, "steps": 40, "batch_size": 64}, "hack_betas": [0.0, 0.1, 0.5, 1.0, 2.0],
        "fg_steps": 20, "eval_stories": 150, "lab_ppo_steps": 20, "lab_batch": 48,
        "live_rm_ceiling_frac": 0.85, "min_win_rate": 0.75}
-# the same tiny models with more data and steps (no larger SFT model in the zoo yet)
+# the same tiny models with more data and steps (no larger SFT model among the course models yet)
 GPU = {**CPU, "ppo": {**_MAIN_PPO, "steps": 80, "batch_size": 128}, "fg_steps": 40, "rm_steps": 2000, "n_pairs": 64000}

@@ -1,2 +1,2 @@
-"""The course's offline world: seeded text with known ground truth (corpus), tokenizers trained on it
-(tokenization) and the model zoo of tiny models pretrained on it (zoo). Nothing here needs the network."""
+"""The course's offline world: seeded text with known ground truth (corpus, instructions, preferences, reasoning)
+and tokenizers trained on it. Data only: the models trained on it live in ``course_utils.models``. No network."""

@@ -22,7 +22,7 @@ ACTIONS = ["chased", "found", "saw", "followed", "helped", "watched"]
 POSITIVE = ["happy", "glad", "excited", "proud"]
 NEGATIVE = ["sad", "angry", "scared", "upset"]
 NUMBERS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-# Bumped whenever the generated text changes, so models the zoo cached on the old text are retrained.
+# Bumped whenever the generated text changes (the shipped course models must then be rebuilt: `course models build`).
 WORLD_VERSION = 2  # 2: "boxes", not "boxs"
 
 

@@ -151,8 +151,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
            tuple(NAMES)),
 ]}
 SEEN_FAMILIES = ("where", "how_many", "sentiment", "who_gave", "names")
-# A digest of every family's wording: the zoo's tiny-gpt tokenizer is fitted on these texts, so its cache
-# key must change whenever a template or family changes.
+# A digest of every family's wording: tiny-gpt's tokenizer is fitted on these texts, so the course models' recipe
+# key (course_utils.models.recipes) must change whenever a template or family changes.
 TEMPLATES_DIGEST = hashlib.sha256(repr([(f.name, f.templates, f.choices) for f in FAMILIES.values()]).encode()
                                   ).hexdigest()[:12]
 HELD_OUT_FAMILIES = ("give_place", "person_sentiment", "who_felt")

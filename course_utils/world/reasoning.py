@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from .corpus import NAMES, NUMBERS, OBJECTS, _chase, _count, _feeling, _give, plural, sentence_split
 
 SPLITS = ("train", "eval")
-REASONING_VERSION = 3  # bumped whenever the generated text changes (the zoo retrains tiny-gpt-reasoner)
+REASONING_VERSION = 3  # bumped whenever the generated text changes (then run `course models build`)
 NUMBER_WORDS = ["zero", *NUMBERS]
 DELIMITER = "\n"
 # Prompt templates: {x} the input, {y} the label words. "cloze" templates put text after the label.
