@@ -2,24 +2,39 @@
 # PYTHON picks the interpreter for the virtual environment (Python 3.11+).
 PYTHON ?= python3
 VENV   ?= .venv
-# torch is installed first and on its own so a CPU-only machine can pin a CPU build.
+# torch is installed first and on its own so a CPU-only machine can pin a CPU build; keep its version equal to
+# requirements-lock.txt's `# installed by TORCH_SPEC:` line (`make lock` writes it; tests check it).
 TORCH_SPEC ?= torch==2.13.0
+# Everything else comes from the lock: exact versions with hashes, written by `make lock` (see README).
+LOCK := requirements-lock.txt
 BIN := $(VENV)/bin
 # Idle OpenMP threads sleep instead of spinning: as fast on a quiet machine, and it keeps PyTorch from
 # stalling when other jobs share a small CPU (measured: a notebook went from 431 s to 79 s under load).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: start test install
+.PHONY: start test install lock
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# torch first (with what it needs, e.g. CUDA libraries), then the lock's exact versions, hash-checked and
+# without dependency resolution (they replace any other version torch brought), then the course itself from
+# this checkout with the lock's build backend; `pip check` proves the set is consistent.
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed, found " + sys.version.split()[0]'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -c 'import torch' 2>/dev/null || $(BIN)/python -m pip install "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -e ".[dev]"
+	$(BIN)/python -m pip install "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/python -m pip install --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
 	touch $@
+
+# Refresh the lock from pyproject.toml (keeps today's versions where they still fit; `make lock UPGRADE=1` takes
+# the newest in pyproject's ranges), then run `make test`. uv, the resolver, lives in a throwaway venv.
+UV_SPEC ?= uv==0.13.9
+lock:
+	tool=$$(mktemp -d) && $(PYTHON) -m venv $$tool && $$tool/bin/python -m pip install -q "$(UV_SPEC)" && \
+	  $$tool/bin/python .ci/lock.py --uv $$tool/bin/uv --torch "$(TORCH_SPEC)" $(if $(UPGRADE),--upgrade); \
+	  status=$$?; rm -rf $$tool; exit $$status
 
 # Jupyter refuses to run as root unless told (containers, some cloud machines).
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)

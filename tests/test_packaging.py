@@ -1,5 +1,6 @@
-"""environment.yml's pip list mirrors pyproject.toml, dependency ranges are tested ones, and the console
-script is wired up."""
+"""requirements-lock.txt pins pyproject.toml's dependencies (inside its ranges, with hashes, torch agreeing with the
+Makefile), environment.yml leaves the libraries to it, dependency ranges are tested ones, and the console script is
+wired up."""
 import re
 import tomllib
 from importlib import metadata
@@ -18,21 +19,122 @@ def _pyproject() -> dict:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
-def _environment_pip() -> list[str]:
-    lines = (ROOT / "environment.yml").read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if line.strip() == "- pip:")
-    return [line.strip()[2:] for line in lines[start + 1:] if line.strip().startswith("- ") and "-e" not in line]
+LOCK = ROOT / "requirements-lock.txt"
 
 
-def test_environment_yml_mirrors_pyproject():
+def _environment_yml() -> str:
+    return (ROOT / "environment.yml").read_text()
+
+
+def _environment_dependencies() -> list[str]:
+    """environment.yml's top-level `dependencies:` entries (conda packages, and `pip:` if it has one)."""
+    lines = _environment_yml().splitlines()
+    start = lines.index("dependencies:")
+    return [line.strip()[2:] for line in lines[start + 1:] if line.startswith("  - ")]
+
+
+def _lock_entries() -> dict[str, tuple[str, str, int]]:
+    """requirements-lock.txt as {name: (version, environment marker, number of hashes)}."""
+    entries: dict[str, list] = {}
+    name = None
+    for line in LOCK.read_text().splitlines():
+        if line and not line[0].isspace() and not line.startswith("#"):
+            pin, _, marker = line.rstrip(" \\").partition(" ; ")
+            name, version = pin.split("==")
+            assert name.lower() not in entries, f"{name} is pinned twice in the lock"
+            name = name.lower()
+            entries[name] = [version, marker, 0]
+        elif line.strip().startswith("--hash=sha256:") and name is not None:
+            entries[name][2] += 1
+    return {key: tuple(value) for key, value in entries.items()}
+
+
+def _lock_comment(prefix: str) -> str:
+    return next(line.removeprefix(prefix) for line in LOCK.read_text().splitlines() if line.startswith(prefix))
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_environment_yml_leaves_every_library_to_the_lock():
+    """conda gives Python and pip only; `make install VENV="$CONDA_PREFIX"` installs the lock into the env, so
+    environment.yml cannot drift from pyproject.toml or from what CI tested."""
+    assert sorted(_environment_dependencies()) == ["pip", "python=3.11"], (
+        "environment.yml lists libraries of its own: leave them to requirements-lock.txt (make install)")
+    assert "make install VENV=\"$CONDA_PREFIX\"" in _environment_yml()
+    assert "for Python 3.11+" in LOCK.read_text()[:1000], "environment.yml's python=3.11 must be the lock's Python"
+
+
+def test_the_lock_pins_every_dependency_inside_pyprojects_range():
     project = _pyproject()["project"]
-    wanted = project["dependencies"] + project["optional-dependencies"]["dev"]
-    assert sorted(_environment_pip()) == sorted(wanted), (
-        "environment.yml's pip list and pyproject.toml (dependencies + dev extras) differ: edit both together")
+    entries = _lock_entries()
+    torch_pin = Requirement(_lock_comment("# installed by TORCH_SPEC: "))
+    build = _pyproject()["build-system"]["requires"]
+    for line in project["dependencies"] + project["optional-dependencies"]["dev"] + build:
+        req = Requirement(line)
+        if _normal(req.name) == "torch":
+            version = next(iter(torch_pin.specifier)).version
+        else:
+            assert _normal(req.name) in entries, f"{req.name} is in pyproject.toml but not in the lock: run `make lock`"
+            version = entries[_normal(req.name)][0]
+        assert req.specifier.contains(version, prereleases=True), (
+            f"the lock pins {req.name}=={version}, outside pyproject's {line}: run `make lock`")
 
 
-def test_environment_yml_installs_the_course_package():
-    assert "- -e ." in (ROOT / "environment.yml").read_text(), "environment.yml must install the course itself"
+def test_every_lock_entry_is_exact_and_hashed_and_torch_is_left_to_torch_spec():
+    entries = _lock_entries()
+    assert len(entries) > 100, "the lock looks truncated"
+    for name, (version, _, hashes) in entries.items():
+        assert re.fullmatch(r"[0-9][0-9A-Za-z.+!-]*", version), f"{name}=={version} is not an exact pin"
+        assert hashes >= 1, f"{name}=={version} has no hash: `pip install --require-hashes` would refuse the lock"
+    cuda = [name for name in entries if name == "torch" or name == "triton" or name.startswith(("nvidia-", "cuda-"))]
+    assert not cuda, f"torch and its CUDA-only packages come from TORCH_SPEC, not the lock: {cuda}"
+
+
+def test_torch_pin_in_the_lock_agrees_with_the_makefiles_torch_spec():
+    makefile = (ROOT / "Makefile").read_text()
+    spec = re.search(r"^TORCH_SPEC \?= (\S+)$", makefile, re.M).group(1)
+    assert _lock_comment("# installed by TORCH_SPEC: ") == spec, (
+        "the lock was resolved against another torch than the Makefile installs: run `make lock`")
+
+
+def test_make_install_installs_the_lock_and_reinstalls_when_it_changes():
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^LOCK := requirements-lock\.txt$", makefile, re.M)
+    assert re.search(r"^\$\(VENV\)/\.installed: .*\$\(LOCK\)", makefile, re.M), "a refreshed lock must reinstall"
+    assert "pip install --require-hashes --no-deps -r $(LOCK)" in makefile
+    assert "pip install --no-deps --no-build-isolation -e ." in makefile and "pip check" in makefile
+
+
+def test_lock_script_leaves_out_only_what_torchs_cuda_build_alone_needs():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lock_script", ROOT / ".ci" / "lock.py")
+    lock = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lock)
+    text = """\
+torch==2.13.0 \\
+    --hash=sha256:aa
+    # via llm-course (pyproject.toml)
+sympy==1.14.0 \\
+    --hash=sha256:bb
+    # via torch
+nvidia-cublas==13.1 ; sys_platform == 'linux' \\
+    --hash=sha256:cc
+    # via
+    #   cuda-toolkit
+    #   torch
+cuda-toolkit==13.0 ; sys_platform == 'linux' \\
+    --hash=sha256:dd
+    # via torch
+nvidia-shared==1.0 ; sys_platform == 'linux' \\
+    --hash=sha256:ee
+    # via
+    #   bitsandbytes
+    #   torch
+"""
+    assert lock.left_out(lock._blocks(text)) == {"torch", "nvidia-cublas", "cuda-toolkit"}
 
 
 def test_console_script_points_at_cli_main():
