@@ -7,6 +7,7 @@ difference so that a LoRA layer can wrap either kind.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Sequence
 
 import torch
@@ -17,6 +18,7 @@ from .sft import IGNORE_INDEX, collate, encode_chat
 from .world.instructions import Task, task_split
 
 __all__ = ["in_out_features", "is_fan_in_fan_out", "trainable_parameters", "full_finetune_bytes", "opposite", "opposite_task",
+           "trainable_4bit",
            "choice_accuracy", "OPPOSITE", "TRAIN_FAMILY", "EVAL_FAMILY",
            "lora_finetune_bytes", "tensor_bytes", "module_bytes", "GiB"]
 
@@ -90,6 +92,39 @@ def module_bytes(module: nn.Module) -> int:
         scb = getattr(t, "SCB", None)  # int8 weights keep one fp32 scale per row
         total += tensor_bytes(scb)
     return total
+
+
+def trainable_4bit(model: nn.Module) -> nn.Module:
+    """Keep every bitsandbytes ``Linear4bit`` of ``model`` on the path that trains, on every CPU; returns ``model``.
+
+    On a CPU with AVX512-BF16, bitsandbytes 0.50 (``Linear4bit.forward``) repacks a layer's NF4 weight into a
+    CPU inference layout the first time the layer runs in eval mode on an input that needs no gradient (an
+    evaluation before training, say), and from then on ``matmul_4bit`` sends *every* call, training ones too,
+    to its fused bf16 inference kernel ``gemv_4bit``, which has no backward: the ``result += bias`` after it
+    fails with "a view of a leaf Variable that requires grad is being used in an in-place operation". This
+    clears the flag bitsandbytes set from the CPU (``support_avx512bf16_for_cpu``), so no forward repacks, and
+    undoes a repacking that already happened, so every forward dequantizes the NF4 weight and multiplies in
+    the layer's compute dtype (``MatMul4Bit``, which has a backward), as on CPUs without AVX512-BF16.
+    The frozen NF4 codes are not changed, but the repacking rounded a layer's block constants (absmax) to
+    bf16, which undoing it cannot restore: call this before the model's first forward.
+    """
+    if "bitsandbytes" not in sys.modules:  # no 4-bit layer can exist before bitsandbytes is imported
+        return model
+    import bitsandbytes as bnb
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+    for layer in model.modules():
+        if not isinstance(layer, bnb.nn.Linear4bit):
+            continue
+        layer.support_avx512bf16_for_cpu = False
+        weight = layer.weight
+        state = getattr(weight, "quant_state", None)
+        if state is not None and getattr(state, "packing_format_for_cpu", False):
+            weight.data, state = _convert_weight_packed_for_cpu_inverse(weight.data, state)
+            if not state.nested:  # bitsandbytes restores a nested state's absmax only; this one is (blocks, out) bf16
+                state.absmax = state.absmax.T.reshape(-1).float()
+            weight.quant_state = layer.quant_state = state
+    return model
 
 
 # ---------------------------------------------------------------- the fine-tuning task of module 07
