@@ -282,7 +282,12 @@ def instrument_source(source: str, cell_index: int) -> str | None:
     if not transformer.count:
         return None
     # a trailing ";" hides the cell's last value in IPython; keep it
-    return ast.unparse(tree) + (";" if source.rstrip().endswith(";") else "")
+    code = ast.unparse(tree) + (";" if source.rstrip().endswith(";") else "")
+    try:
+        ast.parse(code)
+    except SyntaxError:  # ast.unparse could not write it back (never seen): run the cell as it is
+        return None
+    return code
 
 
 def instrument_notebook(nb):

@@ -38,7 +38,7 @@ TOY = [
                   "assert os.environ['COURSE_SEED'] == '1'\nassert os.environ['OMP_NUM_THREADS'] == '1'\n"
                   "assert os.environ['COURSE_PROFILE'] == 'ci'\n"
                   "assert course_utils.__file__.startswith(os.environ['PYTHONPATH'].split(os.pathsep)[0])"),
-    new_code_cell("assert bool(calls)"),                                                     # 8: no comparison
+    new_code_cell("assert bool(calls)\nassert 'make_recorder' not in globals()"),             # 8: no comparison
 ]
 
 
@@ -75,6 +75,7 @@ def test_every_assert_comparison_is_recorded_with_its_values_and_margin(toy_run)
     strings = asserts["'cat' == 'cat'"]
     assert strings["passed"] and strings["margin"] is None and strings["left_value"] == "'cat'"
     assert asserts["bool(calls)"]["op"] == "holds" and asserts["bool(calls)"]["passed"]
+    assert asserts["'make_recorder' not in globals()"]["passed"]  # the hidden cell leaves only the helper behind
 
 
 def test_a_failing_assert_fails_its_cell_and_later_cells_still_run(toy_run):
@@ -98,6 +99,16 @@ def test_the_notebooks_on_disk_are_untouched(toy_run):
     tiny = json.loads(rb.result_path(toy_run["root"] / "results", MACHINE["slug"], "native-s1",
                                      toy_run["notebooks"][1]).read_text())
     assert tiny["status"] == "passed" and tiny["asserts"][0]["margin"] == 1.0
+
+
+def test_a_notebook_past_its_timeout_is_stopped_with_what_it_recorded(tmp_path):
+    (tmp_path / "lectures").mkdir()
+    notebook = tmp_path / "lectures" / "03_slow.ipynb"
+    cells = [new_code_cell("assert 1 < 2"), new_code_cell("import time\ntime.sleep(120)"), new_code_cell("assert 3 > 2")]
+    nbformat.write(new_notebook(cells=cells), notebook)
+    result, = rb.run_matrix([rb.Cell("native", 0)], [notebook], tmp_path / "results", timeout=12, machine=MACHINE)
+    assert result["status"] == "stopped" and result["stopped"].startswith("timed out in cell 1"), result["stopped"]
+    assert [a["source"] for a in result["asserts"]] == ["1 < 2"] and result["seconds"] < 60
 
 
 def test_finished_pairs_are_skipped_unless_forced(toy_run, monkeypatch, capsys):
