@@ -365,9 +365,7 @@ def execute(nb, cwd: Path, env: dict, timeout: float) -> str | None:
         return f"timed out in cell {current['index']} ({timeout:g} s per notebook)"
     except DeadKernelError:
         return f"the kernel died in cell {current['index']}"
-    except Exception as exc:  # noqa: BLE001 (a kernel that cannot start, a broken notebook)
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    return None
+    return None  # anything else (no kernel could start) is raised: it is this machine's fault, not a result
 
 
 def cell_errors(nb) -> list[dict]:
@@ -383,13 +381,13 @@ def cell_errors(nb) -> list[dict]:
 
 def run_one(cell: Cell, notebook: Path, out: Path, timeout: float, machine: dict, capability: str | None) -> dict:
     """Run one notebook in one matrix cell, write its result JSON to ``out`` and return it."""
-    from course_utils.instructor.notebooks import read_notebook
+    import nbformat
 
     out.parent.mkdir(parents=True, exist_ok=True)
     outcomes = out.with_suffix(".jsonl.tmp")
     outcomes.unlink(missing_ok=True)
     started, start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), time.perf_counter()
-    nb = instrument_notebook(read_notebook(notebook))
+    nb = instrument_notebook(nbformat.read(notebook, as_version=4))
     stopped = execute(nb, notebook.resolve().parent, kernel_env(cell, outcomes), timeout)
     records = [json.loads(line) for line in outcomes.read_text().splitlines() if line.strip()] if outcomes.exists() else []
     errors = cell_errors(nb)
@@ -433,9 +431,13 @@ def run_matrix(cells: list[Cell], notebooks: list[Path], results: Path = RESULTS
     with ThreadPoolExecutor(max(1, jobs)) as pool:
         futures = [pool.submit(run_one, c, nb, result_path(results, machine["slug"], c.name, nb), timeout, machine,
                                capabilities[c.numerics]) for c, nb in todo]
-        for future in as_completed(futures):
-            finished.append(future.result())
-            print(progress_line(len(finished), len(todo), finished[-1]), flush=True)
+        try:
+            for future in as_completed(futures):
+                finished.append(future.result())
+                print(progress_line(len(finished), len(todo), finished[-1]), flush=True)
+        except BaseException:  # an error or Ctrl-C: drop the queued notebooks; the running ones finish and are kept
+            pool.shutdown(cancel_futures=True)
+            raise
     return finished
 
 

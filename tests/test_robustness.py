@@ -162,6 +162,21 @@ def test_model_cells_build_their_models_once_and_are_left_out_when_that_fails(tm
     assert commands == [] and ran[2:].count("native-s0-m3") == 2  # (the stub writes no results: native-s0 reruns)
 
 
+def test_an_error_outside_the_notebooks_stops_the_run_without_starting_the_rest(tmp_path, monkeypatch):
+    ran = []
+
+    def broken(cell, notebook, *args):
+        ran.append(notebook)
+        raise RuntimeError("No such kernel named python3")
+
+    monkeypatch.setattr(rb, "run_one", broken)
+    monkeypatch.setattr(rb, "aten_capability", lambda cell: None)
+    notebooks = [tmp_path / "lectures" / f"0{i}_x.ipynb" for i in range(1, 5)]
+    with pytest.raises(RuntimeError, match="No such kernel"):
+        rb.run_matrix([rb.Cell("native", 0)], notebooks, tmp_path / "results", jobs=1, machine=MACHINE)
+    assert len(ran) < len(notebooks) and not (tmp_path / "results").exists()
+
+
 def test_cells_and_their_environments():
     assert rb.parse_cell("avx2-s1-m2", True) == rb.Cell("avx2", 1, 2)
     assert rb.cell_env(rb.Cell("avx2", 1))["ATEN_CPU_CAPABILITY"] == "avx2"
