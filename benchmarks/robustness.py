@@ -12,7 +12,7 @@ Each matrix cell is named ``<numerics>-s<seed>[-m<k>]``:
 Every notebook runs in a fresh kernel in the ``ci`` profile, like ``make test``, with errors allowed so
 that later asserts still run. Before it runs, each comparison inside an ``assert`` is rewritten in memory
 (the notebook files are never written) into a call that evaluates it exactly as Python would and appends
-its operands and margin to a JSONL file. One JSON result per (machine, cell, notebook) goes to
+its operands and margin to a JSONL file; an assert without a comparison is recorded as passed or failed. One JSON result per (machine, cell, notebook) goes to
 ``benchmarks/robustness/results/<machine>/<cell>/<folder>__<name>.json``; existing ones are skipped, so
 the matrix can be run in pieces. ``report`` gathers them into ``benchmarks/robustness/summary.json`` and
 a table in ``benchmarks/README.md``.
@@ -421,9 +421,10 @@ def run_matrix(cells: list[Cell], notebooks: list[Path], results: Path = RESULTS
     """Run every (cell, notebook) without a result yet (all with ``force``), ``jobs`` at a time; returns the new results."""
     machine = machine or machine_info()
     pairs = [(c, nb) for c in cells for nb in notebooks]
-    todo = [(c, nb) for c, nb in pairs if force or not result_path(results, machine["slug"], c.name, nb).exists()]
-    print(f"{machine['slug']}: {len(todo)} notebook runs to do, {len(pairs) - len(todo)} already done "
-          f"(results in {results}; --force reruns them)", flush=True)
+    done = [(c, nb) for c, nb in pairs if result_path(results, machine["slug"], c.name, nb).exists()]
+    todo = pairs if force else [pair for pair in pairs if pair not in done]
+    print(f"{machine['slug']}: {len(todo)} notebook runs to do, {len(done)} of {len(pairs)} have a result "
+          f"{'(rerun: --force)' if force else '(skipped; --force reruns them)'}; results in {results}", flush=True)
     failed_builds = {k for k in {c.model_seed for c, _ in todo} - {None} if not ensure_models(k)}
     todo = [(c, nb) for c, nb in todo if c.model_seed not in failed_builds]
     capabilities = {numerics: aten_capability(c) for numerics, c in {c.numerics: c for c, _ in todo}.items()}

@@ -124,7 +124,7 @@ def test_finished_pairs_are_skipped_unless_forced(toy_run, monkeypatch, capsys):
     cells = [rb.parse_cell("native-s1", True), rb.parse_cell("avx2-s0", True)]
     rb.run_matrix(cells, notebooks, results, machine=MACHINE)
     assert sorted(ran) == [("avx2-s0", "01_toy.ipynb"), ("avx2-s0", "02_tiny.ipynb")]
-    assert "2 notebook runs to do, 2 already done" in capsys.readouterr().out
+    assert "2 notebook runs to do, 2 of 4 have a result (skipped" in capsys.readouterr().out
     ran.clear()
     rb.run_matrix(cells[:1], notebooks, results, machine=MACHINE, force=True)
     assert sorted(ran) == [("native-s1", "01_toy.ipynb"), ("native-s1", "02_tiny.ipynb")]
