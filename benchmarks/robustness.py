@@ -200,7 +200,7 @@ def make_recorder(path):
         try:
             passed = bool(result)
         except Exception:  # noqa: BLE001 (bool() of an array, or of anything, may raise anything)
-            passed = None
+            return  # an element-wise comparison (a tensor of results) is an intermediate value, not an outcome
         row = {"cell": cell, "source": source, "op": op, "left": a, "right": b, "margin": margin, "passed": passed}
         if op == "holds":
             row |= {"left": None, "right": None}

@@ -39,6 +39,7 @@ TOY = [
                   "assert os.environ['COURSE_PROFILE'] == 'ci'\n"
                   "assert course_utils.__file__.startswith(os.environ['PYTHONPATH'].split(os.pathsep)[0])"),
     new_code_cell("assert bool(calls)\nassert 'make_recorder' not in globals()"),             # 8: no comparison
+    new_code_cell("t = torch.tensor([1, 2])\nassert not (t == 5).any()"),                      # 9: element-wise
 ]
 
 
@@ -76,6 +77,7 @@ def test_every_assert_comparison_is_recorded_with_its_values_and_margin(toy_run)
     assert strings["passed"] and strings["margin"] is None and strings["left_value"] == "'cat'"
     assert asserts["bool(calls)"]["op"] == "holds" and asserts["bool(calls)"]["passed"]
     assert asserts["'make_recorder' not in globals()"]["passed"]  # the hidden cell leaves only the helper behind
+    assert "t == 5" not in asserts, "an element-wise comparison is an intermediate tensor, not an outcome"
 
 
 def test_a_failing_assert_fails_its_cell_and_later_cells_still_run(toy_run):
