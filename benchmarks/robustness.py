@@ -45,6 +45,8 @@ RESULTS = ROOT / "benchmarks" / "robustness" / "results"
 SUMMARY = ROOT / "benchmarks" / "robustness" / "summary.json"
 README = ROOT / "benchmarks" / "README.md"
 MARKERS = ("<!-- robustness:start -->", "<!-- robustness:end -->")
+COURSE_README = ROOT / "README.md"
+OUTCOME_MARKERS = ("<!-- outcomes:start -->", "<!-- outcomes:end -->")
 HELPER = "__course_outcome__"  # dunder names are not mangled inside class bodies
 OUTCOMES_ENV = "COURSE_OUTCOMES_FILE"
 SEEDS = (0, 1, 2)
@@ -571,24 +573,42 @@ def markdown(summary: dict, notebooks: int) -> str:
     return "\n".join(lines)
 
 
-def update_readme(readme: Path, section: str) -> None:
-    """Replace the text between the robustness markers of ``readme`` with ``section``."""
+def outcomes_markdown(summary: dict) -> str:
+    """The course README's table: each numeric asserted outcome as median [min, max] over the runs, with its bound."""
+    lines = [f"_Written by `benchmarks/robustness.py report` from {summary['results']} notebook runs "
+             f"(see [benchmarks/README.md](benchmarks/README.md) for the matrix); do not edit by hand._", "",
+             "| notebook | asserted outcome | measured: median [min, max] | bound | worst margin | held / runs |",
+             "|---|---|---|---|---:|---:|"]
+    for nb, s in summary["notebooks"].items():
+        for a in s["asserts"]:
+            if a["left"] is None or a["op"] not in (">", ">=", "<", "<="):
+                continue
+            source = short(a["source"], 70).replace("|", "\\|")
+            lines.append(f"| {nb} | `{source}` | {value_cell(a['left'])} | {value_cell(a['bound'], False)} "
+                         f"| {number(a['worst_margin'])} | {a['passed']}/{a['run']} |")
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, section: str, markers: tuple[str, str] = MARKERS) -> None:
+    """Replace the text between ``markers`` in ``readme`` with ``section``."""
     text = readme.read_text()
-    start, end = text.find(MARKERS[0]), text.find(MARKERS[1])
+    start, end = text.find(markers[0]), text.find(markers[1])
     if start < 0 or end < start:
-        raise SystemExit(f"{readme} lacks the markers {MARKERS[0]} ... {MARKERS[1]}; add them where the table goes")
-    readme.write_text(text[: start + len(MARKERS[0])] + "\n" + section + "\n" + text[end:])
+        raise SystemExit(f"{readme} lacks the markers {markers[0]} ... {markers[1]}; add them where the table goes")
+    readme.write_text(text[: start + len(markers[0])] + "\n" + section + "\n" + text[end:])
 
 
 def report(results: Path = RESULTS, summary_path: Path = SUMMARY, readme: Path = README,
-           notebooks: list[str] | None = None) -> dict:
-    """Gather every result into ``summary_path`` and the README's robustness section; returns the summary."""
+           notebooks: list[str] | None = None, course_readme: Path | None = COURSE_README) -> dict:
+    """Gather every result into ``summary_path``, the robustness section and the course README's outcome table."""
     notebooks = notebooks or [notebook_key(p) for p in default_notebooks()]
     summary = summarize(load_results(results), notebooks)
     summary_path.parent.mkdir(parents=True, exist_ok=True)
     summary_path.write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
     section = markdown(summary, len(notebooks))
     update_readme(readme, section)
+    if course_readme is not None:
+        update_readme(course_readme, outcomes_markdown(summary), OUTCOME_MARKERS)
     print(section)
     return summary
 

@@ -233,8 +233,11 @@ def written(tmp_path):
         path.write_text(json.dumps(r))
     readme = tmp_path / "README.md"
     readme.write_text(f"# Benchmarks\n\nprose before\n\n{rb.MARKERS[0]}\nold table\n{rb.MARKERS[1]}\n\nprose after\n")
-    summary = rb.report(results, tmp_path / "summary.json", readme, ["lectures/01_x", "solutions/01_x"])
-    return {"summary": summary, "readme": readme.read_text(), "path": tmp_path / "summary.json"}
+    course = tmp_path / "COURSE.md"
+    course.write_text(f"# Course\n\n{rb.OUTCOME_MARKERS[0]}\nold outcomes\n{rb.OUTCOME_MARKERS[1]}\n")
+    summary = rb.report(results, tmp_path / "summary.json", readme, ["lectures/01_x", "solutions/01_x"], course)
+    return {"summary": summary, "readme": readme.read_text(), "path": tmp_path / "summary.json",
+            "course": course.read_text()}
 
 
 def test_report_gives_median_range_bound_and_worst_margin(written):
@@ -263,6 +266,12 @@ def test_report_rewrites_only_the_marked_section(written):
     assert "native-s0, native-s1, avx2-s0" not in readme  # cells are listed sorted
     assert "`test-cpu-avx512-2c`: avx2-s0, native-s0, native-s1" in readme
     assert "Errored: cell 9 AssertionError in 1 runs" in readme
+
+
+def test_report_writes_the_course_readme_outcome_table(written):
+    course = written["course"]
+    assert "old outcomes" not in course and "from 3 notebook runs" in course
+    assert "| lectures/01_x | `purity > 3 * chance` | 0.6 [0.5, 0.9] | 0.3 [0.3, 0.35] | 0.15 | 3/3 |" in course
 
 
 def test_report_refuses_a_readme_without_markers(tmp_path):
