@@ -16,16 +16,22 @@ import transformers
 
 from .settings import PROFILES, settings_for
 
-__all__ = ["PROFILES", "Profile", "detect_profile", "pick_device", "seed_everything", "setup"]
+__all__ = ["PROFILES", "Profile", "detect_profile", "pick_device", "seed_everything", "seed_from_env", "setup"]
 
 
 @dataclass(frozen=True)
 class Profile:
-    """The active profile: its name, the torch device and the notebook's settings."""
+    """The active profile: its name, the torch device, the notebook's settings and the seed.
+
+    Notebooks derive the seeds of the lesson's own training and sampling from ``seed`` (e.g.
+    ``seed=profile.seed + 1``), so ``COURSE_SEED`` reruns a lesson with other seeds; the seeds that
+    define the data the lesson is evaluated on stay fixed.
+    """
 
     name: str
     device: torch.device
     settings: dict = field(default_factory=dict)
+    seed: int = 0
 
     def __getitem__(self, key: str):
         if key not in self.settings:
@@ -52,6 +58,18 @@ def pick_device(profile: str) -> torch.device:
     return torch.device("cpu")
 
 
+def seed_from_env() -> int:
+    """The seed in $COURSE_SEED (an int), or 0 when it is unset or empty."""
+    raw = os.environ.get("COURSE_SEED", "").strip()
+    if not raw:
+        return 0
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"COURSE_SEED={raw!r} is not an int; set it to a whole number such as 0, 1 or 2, "
+                         "or unset it for seed 0") from None
+
+
 def seed_everything(seed: int = 0) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA) so runs are repeatable."""
     if not isinstance(seed, int) or isinstance(seed, bool):
@@ -61,19 +79,22 @@ def seed_everything(seed: int = 0) -> None:
     torch.manual_seed(seed)
 
 
-def setup(notebook: str | None = None, seed: int = 0, profile: str | None = None, verbose: bool = True) -> Profile:
+def setup(notebook: str | None = None, seed: int | None = None, profile: str | None = None, verbose: bool = True) -> Profile:
     """Pick the profile, seed everything, choose the device and print the notebook's settings.
 
     It also turns off transformers' own progress bars ("Loading weights", "Writing model shards"): for
     the course's tiny models they flash by as noise beside the course's bars (hub downloads keep theirs).
+    The seed is ``seed`` when given, else $COURSE_SEED (default 0); it is ``profile.seed``.
     """
     name = profile.lower() if profile else detect_profile()
     if name not in PROFILES:
         raise ValueError(f"profile {name!r} is unknown; use one of {PROFILES}")
     settings = settings_for(notebook, name) if notebook is not None else {}
+    if seed is None:
+        seed = seed_from_env()
     seed_everything(seed)
     transformers.utils.logging.disable_progress_bar()
-    prof = Profile(name=name, device=pick_device(name), settings=settings)
+    prof = Profile(name=name, device=pick_device(name), settings=settings, seed=seed)
     if verbose:
         print(f"profile: {prof.name}  device: {prof.device}  torch {torch.__version__}  seed: {seed}")
         for key, value in settings.items():

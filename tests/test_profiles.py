@@ -82,3 +82,37 @@ def test_setup_turns_off_transformers_progress_bars():
     transformers.utils.logging.enable_progress_bar()
     setup(settings.notebooks()[0], profile="ci", verbose=False)
     assert not transformers.utils.logging.is_progress_bar_enabled(), "'Loading weights' bars would show in notebooks"
+
+
+def test_seed_defaults_to_zero_and_is_printed(monkeypatch, capsys):
+    monkeypatch.delenv("COURSE_SEED", raising=False)
+    prof = setup(settings.notebooks()[0], profile="ci")
+    assert prof.seed == 0 and "seed: 0" in capsys.readouterr().out
+    assert torch.rand(1).item() == torch.rand(1, generator=torch.Generator().manual_seed(0)).item()
+
+
+def test_course_seed_env_seeds_everything(monkeypatch, capsys):
+    monkeypatch.setenv("COURSE_SEED", " 7 ")
+    prof = setup(settings.notebooks()[0], profile="ci")
+    drawn = (random.random(), np.random.rand(), torch.rand(1).item())
+    assert prof.seed == 7 and "seed: 7" in capsys.readouterr().out
+    assert drawn == (random.Random(7).random(), np.random.RandomState(7).rand(),
+                     torch.rand(1, generator=torch.Generator().manual_seed(7)).item())
+
+
+def test_explicit_seed_wins_over_course_seed(monkeypatch):
+    monkeypatch.setenv("COURSE_SEED", "7")
+    prof = setup(None, seed=2, profile="ci", verbose=False)
+    assert prof.seed == 2 and random.random() == random.Random(2).random()
+
+
+def test_empty_course_seed_means_zero(monkeypatch):
+    monkeypatch.setenv("COURSE_SEED", "")
+    assert setup(None, profile="ci", verbose=False).seed == 0
+
+
+@pytest.mark.parametrize("bad", ["one", "1.5", "0x1"])
+def test_non_int_course_seed_says_what_to_set(monkeypatch, bad):
+    monkeypatch.setenv("COURSE_SEED", bad)
+    with pytest.raises(ValueError, match="COURSE_SEED.*set it to a whole number"):
+        setup(None, profile="ci", verbose=False)
