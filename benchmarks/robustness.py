@@ -474,12 +474,15 @@ def missing_cells(results: list[dict], notebooks: list[str]) -> dict[str, dict[s
 def summarize_asserts(runs: list[dict]) -> list[dict]:
     """Per (assert cell, comparison) over the runs of one notebook: left value and bound spread, worst margin, passes."""
     by_key: dict[tuple, list[tuple[str, dict]]] = {}
-    for r in runs:
-        for a in r["asserts"]:
-            by_key.setdefault((a["cell"], a["source"]), []).append((f"{r['machine']['slug']}:{r['cell']}", a))
+    for r in runs:  # keyed by source and occurrence, not cell index: a markdown cell added above must not split rows
+        occurrence: dict[str, int] = {}
+        for a in sorted(r["asserts"], key=lambda a: a["cell"]):
+            occurrence[a["source"]] = occurrence.get(a["source"], -1) + 1
+            by_key.setdefault((a["source"], occurrence[a["source"]]), []).append((f"{r['machine']['slug']}:{r['cell']}", a))
     rows = []
-    for (cell, source), seen in sorted(by_key.items(), key=lambda kv: kv[0][0]):
+    for (source, _), seen in sorted(by_key.items(), key=lambda kv: max(a["cell"] for _, a in kv[1])):
         entries = [a for _, a in seen]
+        cell = max(a["cell"] for a in entries)  # the newest notebook's index (cells are only ever added above)
         margins = [a["margin"] for a in entries if a["margin"] is not None]
         rows.append({"cell": cell, "source": source, "op": entries[0]["op"],
                      "left": spread([a["left"] for a in entries if a["left"] is not None]),

@@ -274,6 +274,18 @@ def test_report_writes_the_course_readme_outcome_table(written):
     assert "| lectures/01_x | `purity > 3 * chance` | 0.6 [0.5, 0.9] | 0.3 [0.3, 0.35] | 0.15 | 3/3 |" in course
 
 
+def test_an_assert_keeps_one_row_when_cells_are_added_above_it():
+    """Runs before and after a markdown cell was inserted: the same assert, one row; a repeated source, two rows."""
+    old = synthetic("native-s0", [outcome(0.6, 0.3, cell=7), outcome(0.1, 0.0, "err < 1", cell=9),
+                                  outcome(0.2, 0.0, "err < 1", cell=12)])
+    new = synthetic("native-s1", [outcome(0.8, 0.3, cell=8), outcome(0.3, 0.0, "err < 1", cell=10),
+                                  outcome(0.4, 0.0, "err < 1", cell=13)])
+    rows = rb.summarize_asserts([old, new])
+    assert [(r["source"], r["cell"], r["run"]) for r in rows] == [
+        ("purity > 3 * chance", 8, 2), ("err < 1", 10, 2), ("err < 1", 13, 2)]
+    assert rows[2]["left"] == {"median": pytest.approx(0.3), "min": 0.2, "max": 0.4}
+
+
 def test_report_refuses_a_readme_without_markers(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("# no markers\n")
