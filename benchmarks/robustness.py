@@ -223,10 +223,12 @@ def make_recorder(path):
     return outcome
 
 
+RECORDER_SOURCE = inspect.getsource(make_recorder)  # read once: an edit of this file during a run must not change it
+
+
 def helper_cell_source() -> str:
     """The hidden first cell: defines the helper from ``make_recorder`` and removes the factory again."""
-    return (inspect.getsource(make_recorder)
-            + f"\n{HELPER} = make_recorder(__import__('os').environ['{OUTCOMES_ENV}'])\ndel make_recorder\n")
+    return RECORDER_SOURCE + f"\n{HELPER} = make_recorder(__import__('os').environ['{OUTCOMES_ENV}'])\ndel make_recorder\n"
 
 
 class _AssertComparisons(ast.NodeTransformer):
