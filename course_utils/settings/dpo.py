@@ -6,7 +6,8 @@ CI = {"sft_model": "tiny-gpt-sft", "pair_stories": 1000, "prompt_stories": 300, 
       # the toy: a few pair tasks, six candidate responses each, enumerated exactly
       "toy_tasks": 3, "toy_beta": 0.5, "toy_betas": [0.1, 0.5, 2.0],
       # DPO from scratch, the beta sweep, TRL, the seeds of the DPO-vs-PPO comparison
-      "beta": 0.1, "betas": [0.03, 0.1, 1.0], "steps": 100, "batch_size": 16, "lr": 5e-4, "trl_steps": 20,
+      "beta": 0.1, "betas": [0.03, 0.1, 1.0], "steps": 100, "batch_size": 16, "lr": 3e-4, "trl_steps": 20,
+      # lr 3e-4, not 5e-4: at 5e-4 an occasional seed runs away from the reference (KL ~20 nats) and loses to SFT
       "seeds": [0, 1],
       # PPO as module 05 runs it (its ci settings): a reward model on the same pairs, then PPO on the prompt tasks
       "rm_steps": 60, "rm_batch_size": 32, "rm_lr": 3e-3, "ppo_steps": 20, "ppo_batch_size": 48, "ppo_beta": 0.05,
@@ -14,7 +15,7 @@ CI = {"sft_model": "tiny-gpt-sft", "pair_stories": 1000, "prompt_stories": 300, 
       "win_margin": 0.7, "max_kl": 4.0,  # asserted: win rate over SFT under r* >= 70% at KL <= 4 nats
       # lab: your pieces train DPO from the SFT model
       "lab_beta": 0.1, "lab_steps": 100, "lab_win_rate": 0.6, "lab_max_kl": 5.0}
-CPU = {**CI, "pair_stories": 2000, "pairs": 3000, "eval_stories": 150, "steps": 200, "batch_size": 32,
+CPU = {**CI, "pair_stories": 2000, "pairs": 3000, "eval_stories": 150, "steps": 200, "batch_size": 32, "lr": 5e-4,
        "betas": [0.03, 0.1, 0.3, 1.0], "trl_steps": 60, "seeds": [0, 1], "lab_steps": 200,
        "rm_steps": 300, "rm_lr": 1e-3, "ppo_steps": 30, "ppo_batch_size": 48}
 GPU = {**CPU, "sft_model": "Qwen/Qwen2.5-0.5B-Instruct", "lr": 5e-7, "batch_size": 8, "steps": 200,
