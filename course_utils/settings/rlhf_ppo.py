@@ -18,7 +18,8 @@ CI = {"sft_model": "tiny-gpt-sft", "pair_stories": 2000, "prompt_stories": 300, 
       "blind_pairs": 2000, "blind_rm_steps": 60, "blind_rm_lr": 3e-3, "hack_betas": [0.0, 1.0],
       "hack_ppo": {**_PPO, "lr": 1e-3},
       "ptx_coef": 0.25,  # 0.5 held the LM loss but cost win rate (0.62 < 0.7) against this reward model
-      "ptx_batch": 16, "fg_steps": 8, "max_new_tokens": 16, "lab_ppo_steps": 6, "lab_batch": 32,
+      # lab: 14 rollouts (6 raised r* by only 0.01 at COURSE_SEED 2; at 14 the solution gains 0.16-0.35 over seeds 0-3)
+      "ptx_batch": 16, "fg_steps": 8, "max_new_tokens": 16, "lab_ppo_steps": 14, "lab_batch": 32,
       # asserted outcomes (margins for the ci sizes; the lecture's closing note gives the measured values). The live
       # reward model reached 78-84% of the noise ceiling (seeds 0-2); the shipped full run (2,400 steps) 92-93%
       "live_rm_ceiling_frac": 0.75, "rm_ceiling_frac": 0.9, "min_win_rate": 0.7, "max_kl": 6.0, "hack_margin": 0.15}
