@@ -28,7 +28,7 @@ from ..world.instructions import FAMILIES, make_tasks, task_split
 from ..world.preferences import human_demonstrations
 from ..world.reasoning import copy_document, make_mixture
 from ..world.tokenization import END, train_chat_bpe, train_wordpiece
-from .load import SHIPPED, load_pretrained, read_manifest
+from .load import SHIPPED, load_pretrained, read_manifest, rebuild_command
 from .recipes import RECIPES, TRAIN_THREADS, check_name, recipe_key, with_seed
 
 
@@ -257,8 +257,7 @@ def main(args: argparse.Namespace) -> int:
     for line in found:
         print(line, file=sys.stderr)
     if found:
-        extra = "" if args.out == SHIPPED else f" --seed {read_manifest(args.out).get('seed', 0)} --out {args.out}"
-        print(f"rebuild with `course models build{extra}`", file=sys.stderr)
+        print(f"rebuild with `{rebuild_command(args.out)}`", file=sys.stderr)
         return 1
     print(f"all {len(RECIPES)} course models in {args.out} match their recipes, the world and their SHA-256 sums")
     return 0

@@ -19,7 +19,6 @@ from transformers.utils import logging as hf_logging
 from .recipes import RECIPES, recipe_key
 
 SHIPPED = Path(__file__).with_name("weights")
-BUILD_COMMAND = "course models build"
 
 
 def models_dir() -> Path:
@@ -33,12 +32,19 @@ def read_manifest(folder: Path | None = None) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def rebuild_command(folder: Path) -> str:
+    """The command that rebuilds the course models in ``folder`` with the seed its manifest records."""
+    if Path(folder) == SHIPPED:
+        return "course models build"
+    return f"course models build --seed {read_manifest(Path(folder)).get('seed', 0)} --out {folder}"
+
+
 def course_model_path(name: str) -> Path:
     """The folder of course model ``name``, after checking that it was built from today's recipe and world."""
     folder = models_dir()
     manifest = read_manifest(folder)
     entry = manifest.get("models", {}).get(name)
-    rebuild = f"{BUILD_COMMAND}" + ("" if folder == SHIPPED else f" --seed {manifest.get('seed', 0)} --out {folder}")
+    rebuild = rebuild_command(folder)
     if entry is None or not (folder / name / "config.json").is_file():
         raise FileNotFoundError(f"course model {name!r} is missing from {folder}; build it with `{rebuild}`")
     if entry["key"] != recipe_key(name, manifest.get("seed", 0)):
