@@ -19,7 +19,8 @@ from transformers import AutoModelForSequenceClassification
 
 from .sft import end_of_turn_ids
 from .world.instructions import Task, words
-from .world.preferences import Pair, true_reward
+from .stats import Estimate, mean_ci
+from .world.preferences import Pair, true_reward, win_outcomes
 
 
 # ----------------------------------------------------------------------------------------------- reward model
@@ -492,3 +493,9 @@ __all__ = ["DenseTrueReward", "LivePPOPlot", "PPOConfig", "PPOHistory", "PolicyW
            "plot_history", "positions", "ppo", "ppo_policy_loss", "ppo_update", "ppo_value_loss",
            "response_logprobs", "reward_loss", "reward_model_from", "rm_loss_fn", "rm_scores", "rollout", "score",
            "text_batch", "train_reward_model", "whiten", "wordiness"]
+
+
+def win_rate_ci(policy_replies: Sequence[str], reference_replies: Sequence[str], tasks: Sequence[Task],
+                level: float = 0.95) -> Estimate:
+    """Win rate under r* (ties half) with a bootstrap CI that resamples stories: a story's questions move together."""
+    return mean_ci(win_outcomes(policy_replies, reference_replies, tasks), [t.story for t in tasks], level)

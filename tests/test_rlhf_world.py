@@ -62,3 +62,15 @@ def test_tiny_gpt_sft_is_shipped_and_below_the_r_star_maximum():
     assert 0.2 < accuracy < 0.8, accuracy  # it learned the tasks, but is not saturated
     assert mean_r < 0.7 * (CORRECT + STYLE), mean_r
     assert win_rate([t.answer for t in tasks], replies, tasks) > 0.8  # a perfect policy would win easily
+
+
+def test_the_win_rate_interval_resamples_stories_and_brackets_the_win_rate(tasks):
+    from course_utils.rlhf import win_rate_ci
+
+    t = tasks[:40]
+    best = [x.answer for x in t]
+    mixed = [a if i % 3 else VERBOSE[0].format(a=a) for i, a in enumerate(best)]
+    wordy = [VERBOSE[0].format(a=x.answer) for x in t]
+    est = win_rate_ci(mixed, wordy, t)
+    assert est.mean == win_rate(mixed, wordy, t) and est.low < est.mean < est.high
+    assert len({x.story for x in t}) < len(t)  # several questions per story: the story is the resampled unit

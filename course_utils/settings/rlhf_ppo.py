@@ -5,7 +5,7 @@ _PPO = {"steps": 20, "batch_size": 48, "lr": 2e-4, "beta": 0.1, "epochs": 2, "mi
 # section 5's PPO against the shipped RM (tiny-gpt-rm), its scores normalised to mean 0, std 1 on the SFT model's replies (raw, they spread
 # about 4: at beta 0.1 PPO drifted to KL 12.5). Normalised, 20 rollouts: beta 0.1 won 0.75 at KL 0.5; 30 at 0.05: 0.79
 _MAIN_PPO = {**_PPO, "steps": 30, "beta": 0.05}
-CI = {"sft_model": "tiny-gpt-sft", "pair_stories": 2000, "prompt_stories": 300, "eval_stories": 60,
+CI = {"sft_model": "tiny-gpt-sft", "pair_stories": 2000, "prompt_stories": 300, "eval_stories": 150,
       # the reward models start from tiny-gpt-sft-long (same base, 4x the SFT; right on most held-out questions) and
       # see each training pair about once (fresh pairs): from tiny-gpt-sft it judged correctness at chance, whatever
       # the steps. The lecture trains rm_steps live; PPO uses rm_model, the shipped full run of the same recipe
@@ -20,12 +20,15 @@ CI = {"sft_model": "tiny-gpt-sft", "pair_stories": 2000, "prompt_stories": 300, 
       "ptx_coef": 0.25,  # 0.5 held the LM loss but cost win rate (0.62 < 0.7) against this reward model
       # lab: 14 rollouts (6 raised r* by only 0.01 at COURSE_SEED 2; at 14 the solution gains 0.16-0.35 over seeds 0-3)
       "ptx_batch": 16, "fg_steps": 8, "max_new_tokens": 16, "lab_ppo_steps": 14, "lab_batch": 32,
-      # asserted outcomes (margins for the ci sizes; the lecture's closing note gives the measured values). The live
-      # reward model reached 78-84% of the noise ceiling (seeds 0-2); the shipped full run (2,400 steps) 92-93%
-      "live_rm_ceiling_frac": 0.75, "rm_ceiling_frac": 0.9, "min_win_rate": 0.7, "max_kl": 6.0, "hack_margin": 0.15}
+      # asserted outcomes. Win rates over SFT are asserted through their 95% bootstrap interval over the 150 evaluation
+      # stories (about 350 questions): its lower end must clear 0.5. The reward models' accuracies on 300 held-out
+      # pairs have a standard error of about 0.026; over the robustness matrix (seeds 0-2, both numerics, rebuilt
+      # course models) the live run reached 0.70-0.79 (78-88% of the 0.904 ceiling) and the shipped full run
+      # 0.83-0.87 (91-97%), so the bounds below sit 2.3 or more standard errors under the worst run
+      "live_rm_ceiling_frac": 0.7, "rm_ceiling_frac": 0.85, "max_kl": 6.0, "hack_margin": 0.15}
 CPU = {**CI, "n_pairs": 40000, "rm_steps": 1200, "rm_lr": 1e-3, "trl_rm_steps": 100,
        "ppo": {**_MAIN_PPO, "steps": 40, "batch_size": 64}, "hack_betas": [0.0, 0.1, 0.5, 1.0, 2.0],
-       "fg_steps": 20, "eval_stories": 150, "lab_ppo_steps": 20, "lab_batch": 48,
-       "live_rm_ceiling_frac": 0.85, "min_win_rate": 0.75}
+       "fg_steps": 20, "lab_ppo_steps": 20, "lab_batch": 48,
+       "live_rm_ceiling_frac": 0.85}
 # the same tiny models with more data and steps (no larger SFT model among the course models yet)
 GPU = {**CPU, "ppo": {**_MAIN_PPO, "steps": 80, "batch_size": 128}, "fg_steps": 40, "rm_steps": 2000, "n_pairs": 64000}

@@ -149,15 +149,22 @@ def rlhf_split(n_pair_stories: int, n_prompt_stories: int, n_eval_stories: int, 
             "eval": make_tasks(make_split_stories(n_eval_stories, "eval", seed=1000 + seed), families, seed=seed + 2)}
 
 
-def win_rate(policy_replies: Sequence[str], reference_replies: Sequence[str], tasks: Sequence[Task]) -> float:
-    """Share of tasks where the policy's reply has the higher r* than the reference's; a tie counts half."""
+def win_outcomes(policy_replies: Sequence[str], reference_replies: Sequence[str], tasks: Sequence[Task]) -> list[float]:
+    """Per task: 1 if the policy's reply has the higher r* than the reference's, 0.5 for a tie, else 0."""
     if isinstance(policy_replies, str) or isinstance(reference_replies, str):
         raise TypeError("pass lists of replies, one per task")
     if not len(policy_replies) == len(reference_replies) == len(tasks) > 0:
         raise ValueError(f"need one reply of each model per task; got {len(policy_replies)}, "
                          f"{len(reference_replies)} replies for {len(tasks)} tasks")
-    total = 0.0
+    outcomes = []
     for task, mine, ref in zip(tasks, policy_replies, reference_replies):
         a, b = true_reward(task, mine), true_reward(task, ref)
-        total += 0.5 if math.isclose(a, b) else float(a > b)
-    return total / len(tasks)
+        outcomes.append(0.5 if math.isclose(a, b) else float(a > b))
+    return outcomes
+
+
+def win_rate(policy_replies: Sequence[str], reference_replies: Sequence[str], tasks: Sequence[Task]) -> float:
+    """Share of tasks where the policy's reply has the higher r* than the reference's; a tie counts half."""
+    outcomes = win_outcomes(policy_replies, reference_replies, tasks)
+    return sum(outcomes) / len(outcomes)
+
