@@ -8,6 +8,7 @@ for a list of instructions and ``evaluate`` scores them per task family.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 
 import torch
@@ -41,11 +42,29 @@ def quiet_hf() -> None:
 
 def encode_chat(tokenizer, messages: list[dict]) -> dict:
     """``input_ids`` of the chat and ``labels`` equal to them on the assistant's tokens (reply + <|end|>), else -100."""
-    enc = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
-                                        return_assistant_tokens_mask=True)
+    enc = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
+                                        chat_template=training_template(tokenizer))
     ids = list(enc["input_ids"])
     labels = [t if m else IGNORE_INDEX for t, m in zip(ids, enc["assistant_masks"])]
+    if ids and all(label == IGNORE_INDEX for label in labels) and any(m["role"] == "assistant" for m in messages):
+        raise ValueError("the chat template marked no assistant token: it needs {% generation %} markers")
     return {"input_ids": ids, "labels": labels}
+
+
+_GENERATION_MARKER = re.compile(r"{%-?\s*generation\s*-?%}")
+
+
+def training_template(tokenizer) -> str | None:
+    """None if the tokenizer's chat template marks replies with {% generation %}; else TRL's training version of it.
+
+    Hub chat templates (e.g. Qwen2.5's) have no markers, so ``return_assistant_tokens_mask`` would mask every token;
+    TRL's ``SFTTrainer`` swaps in its patched copy of the template, and so do we (same labels as TRL's).
+    """
+    if _GENERATION_MARKER.search(tokenizer.chat_template or ""):
+        return None
+    from trl.chat_template_utils import get_training_chat_template  # slow import: only for hub templates
+
+    return get_training_chat_template(tokenizer)
 
 
 def collate(examples: Sequence[dict], pad_token_id: int) -> dict:

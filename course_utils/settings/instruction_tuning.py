@@ -8,5 +8,8 @@ CI = {"base_model": "tiny-gpt", "train_stories": 1500, "eval_stories": 60, "sft_
       "lab_steps": 500, "seen_margin": 0.25, "unseen_margin": 0.1}
 CPU = {**CI, "lr": 5e-3, "train_stories": 4000, "eval_stories": 150, "sft_steps": 1500, "trl_steps": 200,
        "lima_steps": 1500, "lab_steps": 1500, "seen_margin": 0.4}
-GPU = {**CPU, "base_model": "Qwen/Qwen2.5-0.5B-Instruct", "lr": 1e-5, "batch_size": 16, "sft_steps": 300,
+# gpu: a *base* (not instruction-tuned) hub model, so that SFT is what teaches it to follow instructions. Its chat
+# template has no {% generation %} markers: encode_chat then masks with TRL's training copy of the template, as
+# SFTTrainer does (tests/test_sft_hub_template.py checks that path on a local model with that template)
+GPU = {**CPU, "base_model": "Qwen/Qwen2.5-0.5B", "lr": 1e-5, "batch_size": 16, "sft_steps": 300,
        "trl_steps": 300, "lima_steps": 300, "lab_steps": 300}
