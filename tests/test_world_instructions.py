@@ -111,7 +111,7 @@ def test_true_reward_puts_correctness_first_then_concision(tasks):
 
 
 def test_pair_labels_follow_bradley_terry_with_the_stated_noise_rate(tasks):
-    pairs = sample_pairs(tasks, 4000, beta=2.0, seed=0)
+    pairs = sample_pairs(tasks, 4000, sharpness=2.0, seed=0)
     flips = sum(p.flipped for p in pairs)
     expected = label_noise_rate(pairs)
     assert 0.05 < expected < 0.4
@@ -119,7 +119,7 @@ def test_pair_labels_follow_bradley_terry_with_the_stated_noise_rate(tasks):
     for p in pairs[:200]:
         assert p.p_wrong_label == pytest.approx(1 / (1 + math.exp(2.0 * abs(p.r_chosen - p.r_rejected))))
         assert (p.r_chosen < p.r_rejected) == p.flipped
-    sharp = sample_pairs(tasks, 2000, beta=50.0, seed=0)
+    sharp = sample_pairs(tasks, 2000, sharpness=50.0, seed=0)
     assert label_noise_rate(sharp) < 1e-3 and sum(p.flipped for p in sharp) <= 2
     assert sample_pairs(tasks, 50, seed=4) == sample_pairs(tasks, 50, seed=4)
 
@@ -139,8 +139,8 @@ def test_blind_spot_is_correlated_with_chosen_but_not_rewarded(tasks):
 def test_pair_sampler_errors(tasks):
     with pytest.raises(ValueError, match="tasks is empty"):
         sample_pairs([], 3)
-    with pytest.raises(ValueError, match="beta must be positive"):
-        sample_pairs(tasks, 3, beta=0)
+    with pytest.raises(ValueError, match="sharpness must be positive"):
+        sample_pairs(tasks, 3, sharpness=0)
 
 
 @pytest.fixture(scope="module")

@@ -157,7 +157,7 @@ def train_tiny_gpt_rm(recipe: dict, progress: bool = True):
     data, cfg = recipe["data"], recipe["train"]
     # the lecture's own split (prompt stories follow the pair stories); evaluation stories are not needed here
     tasks = rlhf_split(data["pair_stories"], data["prompt_stories"], 1, seed=data["seed"])["pairs"]
-    pairs = sample_pairs(tasks, data["n_pairs"], beta=data["bt_beta"], seed=data["seed"])
+    pairs = sample_pairs(tasks, data["n_pairs"], sharpness=data["bt_beta"], seed=data["seed"])
     rm = train_reward_model(base, tokenizer, pairs, cfg["steps"], cfg["batch_size"], cfg["lr"], seed=cfg["seed"],
                             progress=progress, desc="reward model tiny-gpt-rm")
     return rm, tokenizer

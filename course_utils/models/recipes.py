@@ -99,7 +99,7 @@ def world_fingerprint() -> str:
         "stories": [s.text for s in stories],
         "tasks": [[t.instruction, t.output] for t in tasks],
         "demonstrations": human_demonstrations(sft, 0.6, 0.08, seed=0),
-        "pairs": [[p.chosen, p.rejected] for p in sample_pairs(pair_tasks, 300, beta=4.0, seed=0)],
+        "pairs": [[p.chosen, p.rejected] for p in sample_pairs(pair_tasks, 300, sharpness=4.0, seed=0)],
         "reasoning": make_mixture(300, split="train", seed=0, mixture=MIXTURE),
     }
     return hashlib.sha256(json.dumps(sample, sort_keys=True).encode()).hexdigest()[:16]

@@ -2,7 +2,7 @@
 NOTEBOOK = "06_dpo"
 
 CI = {"sft_model": "tiny-gpt-sft", "pair_stories": 1000, "prompt_stories": 300, "eval_stories": 60,
-      "pairs": 1000, "pair_beta": 4.0, "held_out_pairs": 300, "max_new_tokens": 16,
+      "pairs": 1000, "annotator_sharpness": 4.0, "held_out_pairs": 300, "max_new_tokens": 16,
       # the toy: a few pair tasks, six candidate responses each, enumerated exactly
       "toy_tasks": 3, "toy_beta": 0.5, "toy_betas": [0.1, 0.5, 2.0],
       # DPO from scratch, the beta sweep, TRL, the seeds of the DPO-vs-PPO comparison

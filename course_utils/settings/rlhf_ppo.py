@@ -11,7 +11,7 @@ CI = {"sft_model": "tiny-gpt-sft", "pair_stories": 2000, "prompt_stories": 300, 
       # the steps. The lecture trains rm_steps live; PPO uses rm_model, the shipped full run of the same recipe
       # (its pair stories are these 2000, disjoint from the prompts and the evaluation stories)
       "rm_base": "tiny-gpt-sft-long", "rm_model": "tiny-gpt-rm", "n_pairs": 10000, "held_out_pairs": 300,
-      "bt_beta": 4.0, "rm_steps": 300, "rm_batch": 32, "rm_lr": 2e-3, "trl_rm_steps": 10, "ppo": _MAIN_PPO,
+      "annotator_sharpness": 4.0, "rm_steps": 300, "rm_batch": 32, "rm_lr": 2e-3, "trl_rm_steps": 10, "ppo": _MAIN_PPO,
       # reward hacking: a blind-spot RM and a beta sweep of PPO runs pushed hard (lr 1e-3). The blind-spot RM and
       # the PPO runs have the same sizes in all profiles (only the sweep grows): with the cpu profile's RM learning
       # rate (1e-3) the blind spot was learned weakly and the beta = 0 run hacked only mildly (r* 0.49 vs SFT 0.46)

@@ -6,7 +6,7 @@ concision bonus worth at most ``STYLE`` (0.5). Since STYLE < CORRECT, any right 
 wrong one, and among right (or wrong) ones the shorter wins.
 
 ``sample_pairs`` draws (prompt, chosen, rejected) comparisons whose labels follow Bradley-Terry:
-the better response (under r*) is chosen with probability sigmoid(beta * (r_better - r_worse)), so
+the better response (under r*) is chosen with probability sigmoid(sharpness * (r_better - r_worse)), so
 labels are noisy in a known way; each pair records the chance its label is wrong and
 ``label_noise_rate`` averages it. ``blind_spot="sure"`` plants a spurious feature (a word that r*
 does not reward) mostly on the chosen side, for module 05's reward-hacking experiment.
@@ -78,9 +78,12 @@ class Pair:
                 "rejected": [{"role": "assistant", "content": self.rejected}]}
 
 
-def sample_pairs(tasks: Sequence[Task], n: int, beta: float = 4.0, seed: int = 0,
+def sample_pairs(tasks: Sequence[Task], n: int, sharpness: float = 4.0, seed: int = 0,
                  blind_spot: str | None = None, blind_spot_rate: float = 0.9) -> list[Pair]:
-    """``n`` comparison pairs over ``tasks`` with Bradley-Terry labels from r* at inverse temperature ``beta``.
+    """``n`` comparison pairs over ``tasks`` with Bradley-Terry labels from r* at the annotators' ``sharpness``.
+
+    ``sharpness`` (an inverse temperature) scales r* differences before the sigmoid: larger, fewer flipped labels.
+    It is not the KL weight beta of PPO and DPO.
 
     With ``blind_spot`` (a word such as "sure"), one side of each pair starts with that word: the chosen
     side with probability ``blind_spot_rate``, else the rejected side. r* does not reward the word (it
@@ -90,8 +93,8 @@ def sample_pairs(tasks: Sequence[Task], n: int, beta: float = 4.0, seed: int = 0
         raise ValueError("tasks is empty: make some with make_tasks or task_split")
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
-    if beta <= 0:
-        raise ValueError(f"beta must be positive (larger beta, fewer flipped labels), got {beta}")
+    if sharpness <= 0:
+        raise ValueError(f"sharpness must be positive (larger sharpness, fewer flipped labels), got {sharpness}")
     if not 0.0 <= blind_spot_rate <= 1.0:
         raise ValueError(f"blind_spot_rate must be in [0, 1], got {blind_spot_rate}")
     rng = random.Random(seed)
@@ -103,7 +106,7 @@ def sample_pairs(tasks: Sequence[Task], n: int, beta: float = 4.0, seed: int = 0
         if math.isclose(ra, rb):
             continue
         better, worse = (a, b) if ra > rb else (b, a)
-        p_wrong = 1.0 / (1.0 + math.exp(beta * abs(ra - rb)))  # sigmoid(-beta * |gap|)
+        p_wrong = 1.0 / (1.0 + math.exp(sharpness * abs(ra - rb)))  # sigmoid(-sharpness * |gap|)
         flipped = rng.random() < p_wrong
         chosen, rejected = (worse, better) if flipped else (better, worse)
         if blind_spot is not None:
