@@ -6,7 +6,9 @@ difference so that a LoRA layer can wrap either kind.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import random
 import sys
 from collections.abc import Sequence
 
@@ -15,11 +17,13 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from .sft import IGNORE_INDEX, collate, encode_chat
+from .training import train
 from .world.instructions import Task, task_split
 
 __all__ = ["in_out_features", "is_fan_in_fan_out", "trainable_parameters", "full_finetune_bytes", "opposite", "opposite_task",
            "trainable_4bit",
-           "choice_accuracy", "OPPOSITE", "TRAIN_FAMILY", "EVAL_FAMILY",
+           "choice_accuracy", "OPPOSITE", "TRAIN_FAMILY", "EVAL_FAMILY", "opposite_dev_tasks",
+           "freeze_all_but", "BottleneckAdapter", "PEFT_METHODS", "peft_variant", "finetune_on",
            "lora_finetune_bytes", "tensor_bytes", "module_bytes", "GiB"]
 
 GiB = 1024 ** 3
@@ -151,6 +155,81 @@ def opposite_task(n_train_stories: int = 1500, n_eval_stories: int = 600, seed: 
     train = [opposite(t) for t in task_split(n_train_stories, "train", families=[TRAIN_FAMILY], seed=seed)]
     held_out = [opposite(t) for t in task_split(n_eval_stories, "eval", families=[EVAL_FAMILY], seed=seed)]
     return train, held_out
+
+
+def opposite_dev_tasks(train_tasks: Sequence[Task], n_stories: int = 400, seed: int = 7) -> list[Task]:
+    """The held-out question family on training-split stories that ``train_tasks`` do not use: for choosing settings.
+
+    Learning rates are chosen on these, never on the held-out tasks that report the result.
+    """
+    used = {t.story for t in train_tasks}
+    return [opposite(t) for t in task_split(n_stories, "train", families=[EVAL_FAMILY], seed=seed) if t.story not in used]
+
+
+def freeze_all_but(model: nn.Module, keep) -> nn.Module:
+    """Freeze every parameter whose name does not satisfy ``keep(name)``; returns the model."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(keep(name))
+    return model
+
+
+class BottleneckAdapter(nn.Module):
+    """A layer followed by a residual bottleneck MLP (Houlsby et al.) whose up-projection starts at zero."""
+
+    def __init__(self, layer: nn.Module, size: int):
+        super().__init__()
+        self.layer, width = layer, in_out_features(layer)[1]
+        self.down, self.up = nn.Linear(width, size), nn.Linear(size, width)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.layer(x)
+        return h + self.up(torch.relu(self.down(h)))
+
+
+PEFT_METHODS = ("full", "top", "bitfit", "adapter", "prompt", "prefix", "lora")
+
+
+def peft_variant(base: nn.Module, method: str, profile) -> nn.Module:
+    """A fresh copy of ``base`` whose trainable parameters are those of ``method`` (one of PEFT_METHODS)."""
+    from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, get_peft_model
+
+    model = copy.deepcopy(base)
+    if method == "full":
+        return model
+    if method == "top":  # the last top_k_layers blocks and the final layer norm
+        n = model.config.n_layer
+        top = [f"h.{i}." for i in range(n - profile["top_k_layers"], n)] + ["ln_f"]
+        return freeze_all_but(model, lambda name: any(t in name for t in top))
+    if method == "bitfit":
+        return freeze_all_but(model, lambda name: name.endswith("bias"))
+    if method == "adapter":  # after each block's two output projections
+        freeze_all_but(model, lambda name: False)
+        for block in model.transformer.h:
+            block.attn.c_proj = BottleneckAdapter(block.attn.c_proj, profile["adapter_size"])
+            block.mlp.c_proj = BottleneckAdapter(block.mlp.c_proj, profile["adapter_size"])
+        return model
+    if method == "prompt":
+        return get_peft_model(model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=profile["virtual_tokens"]))
+    if method == "prefix":
+        return get_peft_model(model, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=profile["virtual_tokens"]))
+    if method == "lora":  # GPT-2's Conv1D stores W as (in, out): fan_in_fan_out
+        return get_peft_model(model, LoraConfig(r=profile["lora_r"], lora_alpha=profile["lora_alpha"],
+                                                target_modules=["c_attn"], lora_dropout=0.0, fan_in_fan_out=True))
+    raise ValueError(f"unknown method {method!r}: use one of {PEFT_METHODS}")
+
+
+def finetune_on(model: nn.Module, examples: Sequence[dict], pad_token_id: int, steps: int, lr: float,
+                batch_size: int, seed: int):
+    """Train ``model``'s trainable parameters with the SFT loss on random batches of encoded ``examples``.
+
+    The batches come from ``random.Random(seed)``, so two methods trained with one seed see the same batches.
+    Returns the training history (``.losses``).
+    """
+    rng = random.Random(seed)
+    return train(model, lambda: collate(rng.sample(list(examples), batch_size), pad_token_id), steps=steps, lr=lr,
+                 progress=False)
 
 
 @torch.no_grad()

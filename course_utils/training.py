@@ -191,8 +191,11 @@ def smooth(values: list[float], window: int = 20) -> list[float]:
 
 
 def plot_losses(history: History, baseline: float | None = None, baseline_label: str = "baseline",
-                title: str = "training loss", ax=None):
-    """Plot the (smoothed) training loss, evaluations and an optional baseline; returns the axes."""
+                title: str = "training loss", ax=None, unit: str = "nats / token"):
+    """Plot the (smoothed) training loss, evaluations and an optional baseline; returns the axes.
+
+    ``unit`` labels the y axis: a language-model loss is per token, DPO's or a reward model's per pair.
+    """
     import matplotlib.pyplot as plt
 
     if ax is None:
@@ -204,7 +207,7 @@ def plot_losses(history: History, baseline: float | None = None, baseline_label:
     if baseline is not None and math.isfinite(baseline):
         ax.axhline(baseline, color="gray", linestyle="--", label=baseline_label)
     ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats / token)")
+    ax.set_ylabel(f"loss ({unit})")
     ax.set_title(title)
     ax.legend()
     return ax

@@ -9,7 +9,7 @@ from transformers.pytorch_utils import Conv1D
 
 from course_utils.lora import (EVAL_FAMILY, OPPOSITE, TRAIN_FAMILY, choice_accuracy, full_finetune_bytes,
                                in_out_features, is_fan_in_fan_out, lora_finetune_bytes, module_bytes, opposite,
-                               opposite_task, trainable_parameters)
+                               opposite_dev_tasks, opposite_task, PEFT_METHODS, peft_variant, trainable_parameters)
 from course_utils.pretrain import build_gpt2
 
 
@@ -99,3 +99,46 @@ def test_choice_accuracy_ranks_replies_by_their_loss(kind):
     assert choice_accuracy(model, tokenizer, tasks, batch_size=5) == pytest.approx(right / len(tasks))
     with pytest.raises(ValueError, match="tasks is empty"):
         choice_accuracy(model, tokenizer, [])
+
+
+def test_dev_tasks_ask_the_held_out_question_on_unused_training_stories():
+    train, held_out = opposite_task(300, 200)
+    dev = opposite_dev_tasks(train, n_stories=300)
+    assert dev and {t.family for t in dev} == {EVAL_FAMILY}
+    assert not {t.story for t in dev} & {t.story for t in train}  # never a story the methods trained on
+    assert not {t.story for t in dev} & {t.story for t in held_out}  # dev and held-out are disjoint
+    assert all(t.answer == t.output for t in dev)
+
+
+SETTINGS = {"top_k_layers": 1, "adapter_size": 4, "virtual_tokens": 3, "lora_r": 2, "lora_alpha": 4}
+
+
+@pytest.mark.parametrize("method, trains", [
+    ("full", lambda name: True),
+    ("top", lambda name: ".h.1." in name or "ln_f" in name),
+    ("bitfit", lambda name: name.endswith("bias")),
+    ("adapter", lambda name: ".down." in name or ".up." in name),
+    ("lora", lambda name: "lora_" in name),
+    ("prompt", lambda name: "prompt_encoder" in name),
+    ("prefix", lambda name: "prompt_encoder" in name),
+])
+def test_peft_variant_trains_exactly_its_parameters_and_leaves_the_base_alone(method, trains):
+    base = build_gpt2(vocab_size=40, n_layer=2, n_head=2, n_embd=32, block_size=8)
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = peft_variant(base, method, SETTINGS)
+    trained = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trained and all(trains(n) for n in trained)
+    assert all(torch.equal(v, base.state_dict()[k]) for k, v in before.items())  # a copy: the base is untouched
+    assert all(p.requires_grad for p in base.parameters())
+    ids = torch.randint(0, 40, (2, 5))
+    if method in ("adapter", "lora"):  # both start as the identity change: same logits as the base
+        torch.testing.assert_close(model(input_ids=ids).logits, base(input_ids=ids).logits)
+
+
+def test_peft_variant_names_the_methods_it_knows():
+    base = build_gpt2(vocab_size=40, n_layer=1, n_head=2, n_embd=16, block_size=8)
+    with pytest.raises(ValueError, match="unknown method 'ia3'"):
+        peft_variant(base, "ia3", SETTINGS)
+    assert set(PEFT_METHODS) == {"full", "top", "bitfit", "adapter", "prompt", "prefix", "lora"}

@@ -2,17 +2,20 @@
 NOTEBOOK = "07_lora_qlora"
 
 CI = {"base_model": "tiny-gpt-sft", "train_stories": 1500, "eval_stories": 600, "batch_size": 16,
-      # lecture: every method trains this many steps on the opposite world's story sentiment; each learning rate
-      # is the best of a small sweep at 60 steps (held-out accuracy): full 1e-3 .63, 3e-3 .74, 1e-2 .79; top 3e-3
-      # .94, 1e-2 .94; BitFit 3e-2 .30, 1e-1 .44; adapter 3e-3 .96, 1e-2 .95; prompt 1e-1 .59, 3e-1 .67; prefix
-      # 3e-2 .10, 1e-1 .64; LoRA 1e-2 .96, 3e-2 .96; subspace (d=64) 0.3 .40, 1.0 .75. Prefix tuning at 1e-1 was
-      # unstable on tiny-gpt-sft rebuilt from seed 1 (0.13 / 0.58 / 0.14 over three seeds, its base 0.08); at 2e-1 it
-      # learned on both builds (shipped 0.45-0.46 from 0.19, rebuilt 0.41-0.76 from 0.08)
-      "steps": 60, "lr": {"full": 1e-2, "top": 1e-2, "bitfit": 1e-1, "adapter": 1e-2, "prompt": 3e-1,
-                          "prefix": 2e-1, "lora": 1e-2, "subspace": 1.0},
+      # lecture: every method trains this many steps on the opposite world's story sentiment, once per seed (peft_seeds),
+      # at the learning rate that scored best on the dev split (benchmarks/peft_lr_sweep.py, table in
+      # benchmarks/README.md; each choice bracketed by a worse rate on both sides). Dev means over seeds 0-2: full 3e-3
+      # .928, top 3e-3 .826, BitFit 0.3 .464, adapter 0.1 .862, prompt 0.3 .430, prefix 0.5 .652, LoRA 3e-2 .894
+      "steps": 60, "lr": {"full": 3e-3, "top": 3e-3, "bitfit": 3e-1, "adapter": 1e-1, "prompt": 3e-1,
+                          "prefix": 5e-1, "lora": 3e-2, "subspace": 1.0},
       "top_k_layers": 1, "adapter_size": 8, "virtual_tokens": 8, "lora_r": 4, "lora_alpha": 8,
       "intrinsic_dims": [16, 64], "ranks": [1, 16], "alphas": [1, 64], "qlora_steps": 60,
-      "full_margin": 0.3, "train_margin": 0.1, "score_ratio": 0.9, "max_trainable": 0.05, "gpu_steps": 0,
+      # asserted on the means over peft_seeds seeds. LoRA at 60 steps is the most seed-sensitive method: at its dev-best
+      # rate, seeds 0-4 scored 0.90 / 0.96 / 0.81 / 0.87 / 0.59 on the held-out tasks (full fine-tuning 0.85-0.96), so
+      # its 3-seed mean reached 0.76-0.96 over the robustness matrix (full fine-tuning's 0.74-0.92); score_ratio
+      # demands 75% of full fine-tuning's mean
+      "full_margin": 0.3, "train_margin": 0.1, "score_ratio": 0.75, "max_trainable": 0.05, "gpu_steps": 0,
+      "peft_seeds": 3,  # section 3 trains every method once per seed and compares the means
       # lab: your NF4 + your LoRA
       "blocksize": 64, "nested_blocksize": 256, "targets": ["c_attn"], "lab_steps": 60, "lab_lr": 1e-2,
       "loss_margin": 0.05,
