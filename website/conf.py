@@ -7,7 +7,8 @@ from sphinx.search.en import SearchEnglish
 import course_utils
 
 project = "LLM course"
-author = "the course authors"
+author = "The LLM course authors"
+copyright = "2026, The LLM course authors (MIT License)"
 release = course_utils.__version__
 extensions = ["myst_nb", "sphinx.ext.autodoc", "sphinx.ext.mathjax"]
 
