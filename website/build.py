@@ -57,6 +57,9 @@ def rewrite_links(text: str, source: str, pages: set[str]) -> str:
             return match.group(0)
         path, _, anchor = target.partition("#")
         resolved = os.path.normpath(os.path.join(os.path.dirname(source), path))
+        if resolved == "README.md":  # the home page
+            home = os.path.relpath("index.md", os.path.dirname(source))
+            return f"{match.group(1)}{home}{'#' + anchor if anchor else ''}{match.group(3)}"
         if resolved in pages or not (ROOT / resolved).exists():
             return match.group(0)  # a page, or a broken link that Sphinx reports
         return f"{match.group(1)}{repository_url(resolved)}{'#' + anchor if anchor else ''}{match.group(3)}"
@@ -156,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         print("site: not built: every lecture must come from a passing `make test` run", file=sys.stderr)
         return 1
     done = subprocess.run([sys.executable, "-m", "sphinx", "-b", "html", "-q", "-W", "--keep-going",
-                           "-c", str(ROOT / "website"), str(SRC), str(HTML)])
+                           "-c", str(ROOT / "website"), "-d", str(BUILD / "doctrees"), str(SRC), str(HTML)])
     if done.returncode:
         return done.returncode
     print(f"site: {HTML.relative_to(ROOT)}/index.html, {size_mb(HTML):.1f} MB, "

@@ -28,6 +28,7 @@ mathjax_path = "mathjax/tex-svg.js"
 html_theme = "furo"
 html_title = f"LLM course {release}"
 html_show_sourcelink = False
+html_copy_source = False  # the notebooks are offered for download on their pages instead
 # Search runs in the browser from searchindex.js; its result snippets would fetch each page, which browsers refuse
 # for a site opened from disk (file://), so results show titles only and the site works the same offline.
 html_show_search_summary = False
