@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import pkgutil
 import re
@@ -30,7 +29,7 @@ SRC, STATIC, HTML = BUILD / "src", BUILD / "static", BUILD / "html"
 MATHJAX = Path(importlib.util.find_spec("mathjax").submodule_search_locations[0]) / "static" / "mathjax"  # v3
 BADGE = re.compile(r"\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)\s*")
 DISPLAY_MATH = re.compile(r"^(\$\$.+\$\$)[ \t]*$", re.MULTILINE)
-LINK = re.compile(r"(\]\()([^)\s]+)(\))")
+LINK = re.compile(r"\]\(([^)\s]+)\)")
 TOC = """
 
 ```{{toctree}}
@@ -52,17 +51,18 @@ def repository_url(path: str) -> str:
 def rewrite_links(text: str, source: str, pages: set[str]) -> str:
     """Point relative links of ``source`` (a repository path) that are not site pages at the repository."""
     def fix(match: re.Match) -> str:
-        target = match.group(2)
+        target = match.group(1)
         if re.match(r"^[a-z]+:|^#|^/", target):
             return match.group(0)
         path, _, anchor = target.partition("#")
         resolved = os.path.normpath(os.path.join(os.path.dirname(source), path))
-        if resolved == "README.md":  # the home page
-            home = os.path.relpath("index.md", os.path.dirname(source))
-            return f"{match.group(1)}{home}{'#' + anchor if anchor else ''}{match.group(3)}"
-        if resolved in pages or not (ROOT / resolved).exists():
+        if resolved == "README.md":  # staged as the home page
+            path = os.path.relpath("index.md", os.path.dirname(source) or ".")
+        elif resolved in pages or not (ROOT / resolved).exists():
             return match.group(0)  # a page, or a broken link that Sphinx reports
-        return f"{match.group(1)}{repository_url(resolved)}{'#' + anchor if anchor else ''}{match.group(3)}"
+        else:
+            path = repository_url(resolved)
+        return f"]({path}{'#' + anchor if anchor else ''})"
 
     return LINK.sub(fix, text)
 
@@ -75,33 +75,46 @@ def banner(path: str, execution: dict | None) -> str:
     if path.startswith("labs/"):
         origin = "The lab as students receive it (`course release`): run it to see outputs and checks."
     elif execution is None:
-        origin = "**Not executed**: this page has no outputs. Run `make test`, then `make site`."
+        origin = "**Not executed**: no outputs here (`make site` said why). Run `make test`, then `make site`."
     else:
         origin = (f"Outputs of the `{execution['profile']}` profile, produced {execution['date']} "
                   f"by `make test`; your numbers may differ in another profile.")
     return f"```{{note}}\n{origin}\n\n{links}\n```\n"
 
 
+def code(nb) -> list[str]:
+    return [cell.source for cell in nb.cells if cell.cell_type == "code"]
+
+
+def saved_execution(path: str, problems: list[str]):
+    """The lecture's notebook as `make test` last executed it, or None (with the reason added to ``problems``)."""
+    executed = EXECUTED / path
+    if not executed.exists():
+        problems.append(f"{path} was not executed: no saved run in build/executed/ (run `make test` first)")
+        return None
+    nb = nbformat.read(executed, as_version=4)
+    execution = nb.metadata.get("course_execution")
+    if code(nb) != code(nbformat.read(ROOT / path, as_version=4)):
+        problems.append(f"{path} changed since `make test` executed it: run `make test` again")
+    elif not execution or execution["failed_cells"]:
+        problems.append(f"{path}: cells {execution and execution['failed_cells']} failed in `make test`")
+    else:
+        return nb
+    return None
+
+
 def stage_notebook(path: str, pages: set[str], problems: list[str]) -> None:
     """Copy one lecture (its saved execution) or lab to the sources, with the banner and fixed links."""
     source = ROOT / path
-    nb = nbformat.read(source, as_version=4)
-    execution = None
-    if path.startswith("lectures/"):
-        executed = EXECUTED / path
-        if not executed.exists():
-            problems.append(f"{path} was not executed: no {executed.relative_to(ROOT)} (run `make test` first)")
-        else:
-            nb = nbformat.read(executed, as_version=4)
-            execution = nb.metadata.get("course_execution", {})
-            if execution.get("failed_cells"):
-                problems.append(f"{path}: cells {execution['failed_cells']} failed in `make test`")
+    executed = saved_execution(path, problems) if path.startswith("lectures/") else None
+    nb = executed or nbformat.read(source, as_version=4)
     for cell in nb.cells:
         if cell.cell_type == "markdown":  # a $$...$$ line inside a paragraph: its own block, as Jupyter shows it
             cell.source = DISPLAY_MATH.sub(r"\n\1\n", rewrite_links(BADGE.sub("", cell.source), path, pages))
-    first = nb.cells[0]
-    title, _, rest = first.source.partition("\n")
-    first.source = f"{title}\n\n{banner(path, execution)}\n{rest}"
+    if nb.cells[0].cell_type != "markdown":
+        nb.cells.insert(0, nbformat.v4.new_markdown_cell(f"# {source.stem}"))
+    title, _, rest = nb.cells[0].source.partition("\n")
+    nb.cells[0].source = f"{title}\n\n{banner(path, executed and executed.metadata.course_execution)}\n{rest}"
     for folder in (SRC, SRC / "download"):
         (folder / path).parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(source, SRC / "download" / path)
