@@ -190,6 +190,8 @@ def test_bertviz_views_render_on_lecture_01(browser):
     assert len(views) == 2, views  # the head view and the model view
     assert all(v["lines"] > 100 and v["rects"] > 10 and v["texts"] >= 8 for v in views), views
     browser.screenshot(SHOTS / "lecture-01.png")
+    browser.evaluate("document.querySelector(\"div[id^='bertviz-']\").scrollIntoView({behavior: 'instant'}); true")
+    browser.screenshot(SHOTS / "lecture-01-bertviz.png")
     browser.open("index.html")
     browser.screenshot(SHOTS / "home.png")
 
