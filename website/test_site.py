@@ -4,6 +4,7 @@ then opened in headless Chromium with the network blocked (DevTools protocol, we
 Run after `make test` (.ci/run does): `.venv/bin/python -m pytest website`. Under CI every lecture must have a
 passing execution; elsewhere a missing one only shows as a banner on its page.
 """
+import base64
 import json
 import re
 import subprocess
@@ -92,8 +93,8 @@ class Browser:
     def open(self, page: str) -> list[str]:
         """Load a page of the build (with its query, if any) and let it settle; returns what went wrong."""
         self.events.clear()
-        self.call("Page.navigate", url=(HTML / page.split("?")[0]).as_uri() + ("?" + page.split("?")[1]
-                                                                              if "?" in page else ""))
+        path, _, query = page.partition("?")
+        self.call("Page.navigate", url=(HTML / path).as_uri() + (f"?{query}" if query else ""))
         deadline = time.time() + 60
         while not any(e.get("method") == "Page.loadEventFired" for e in self.events) and time.time() < deadline:
             self.events.append(json.loads(self.socket.recv()))
@@ -118,8 +119,6 @@ class Browser:
         return found
 
     def screenshot(self, path: Path) -> None:
-        import base64
-
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
 
