@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 # stalling when other jobs share a small CPU (measured: a notebook went from 431 s to 79 s under load).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: start test install lock
+.PHONY: start test install lock site
 
 install: $(VENV)/.installed
 
@@ -51,3 +51,8 @@ TEST_WORKERS ?= 2
 test: install
 	COURSE_PROFILE=$${COURSE_PROFILE:-ci} OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} \
 	  $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+
+# The course website: the lectures with the outputs of the last `make test` (saved in build/executed/), the labs,
+# the guides, the benchmark tables and a course_utils reference, in build/site/html (open index.html; offline).
+site: install
+	$(BIN)/python website/build.py

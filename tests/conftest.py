@@ -1,4 +1,4 @@
-"""Shared test fixtures."""
+"""Shared test fixtures, and the hook that saves the notebooks the suite executes (for `make site`)."""
 from pathlib import Path
 
 import nbformat
@@ -7,6 +7,36 @@ import pytest
 from course_utils.instructor.grading import grade
 from course_utils.instructor.notebooks import read_notebook
 from course_utils.instructor.release import release_notebook
+from course_utils.profiles import detect_profile
+from notebook_helpers import keep_cell, record_cell, save_executed, stop_recording
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class SaveExecutedNotebooks:
+    """Each notebook cell nbval runs keeps its outputs; after the last one the notebook is saved under
+    build/executed/ (the website renders these outputs instead of executing the course again)."""
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_call(self, item):
+        from nbval.plugin import IPyNbCell
+
+        if not isinstance(item, IPyNbCell):
+            yield
+            return
+        recording = record_cell(item)
+        try:
+            outcome = yield
+        finally:
+            stop_recording(item)
+        error = outcome.excinfo[1] if outcome.excinfo else None
+        keep_cell(item, recording, failed=error is not None and not isinstance(error, pytest.skip.Exception))
+        save_executed(item, ROOT, detect_profile())
+
+
+def pytest_configure(config):
+    """Registered as a plugin (not a conftest hook) so it also sees the notebooks in lectures/ and solutions/."""
+    config.pluginmanager.register(SaveExecutedNotebooks(), "save-executed-notebooks")
 
 
 @pytest.fixture(scope="session")
