@@ -22,10 +22,10 @@ CI = {"sft_model": "tiny-gpt-sft", "pair_stories": 2000, "prompt_stories": 300, 
       "ptx_batch": 16, "fg_steps": 8, "max_new_tokens": 16, "lab_ppo_steps": 14, "lab_batch": 32,
       # asserted outcomes. Win rates over SFT are asserted through their 95% bootstrap interval over the 150 evaluation
       # stories (about 350 questions): its lower end must clear 0.5. The reward models' accuracies on 300 held-out
-      # pairs have a standard error of about 0.026; over the robustness matrix (seeds 0-2, both numerics, rebuilt
-      # course models) the live run reached 0.70-0.79 (78-88% of the 0.904 ceiling) and the shipped full run
-      # 0.83-0.87 (91-97%), so the bounds below sit 2.3 or more standard errors under the worst run
-      "live_rm_ceiling_frac": 0.7, "rm_ceiling_frac": 0.85, "max_kl": 6.0, "hack_margin": 0.15}
+      # pairs (noise ceiling 0.914) have a standard error of about 0.026; over the robustness matrix (seeds 0-2, both
+      # numerics, rebuilt course models) the live run reached 0.68-0.79 (mean 0.73, sd 0.04) and the shipped full run
+      # 0.857-0.867: the bounds (0.594 and 0.777) sit more than 3 standard errors under the worst run
+      "live_rm_ceiling_frac": 0.65, "rm_ceiling_frac": 0.85, "max_kl": 6.0, "hack_margin": 0.15}
 CPU = {**CI, "n_pairs": 40000, "rm_steps": 1200, "rm_lr": 1e-3, "trl_rm_steps": 100,
        "ppo": {**_MAIN_PPO, "steps": 40, "batch_size": 64}, "hack_betas": [0.0, 0.1, 0.5, 1.0, 2.0],
        "fg_steps": 20, "lab_ppo_steps": 20, "lab_batch": 48,
