@@ -14,7 +14,9 @@ SUBCOMMANDS = {
     "doctor": ("instructor.doctor", "check versions, profile, device, bitsandbytes/bertviz and offline status"),
     "run": ("instructor.runner", "execute notebooks headless into a build folder and print a table of run times"),
     "release": ("instructor.release", "generate labs/ from solutions/ (--check: fail if labs/ is stale)"),
-    "grade": ("instructor.grading", "grade lab submissions into a gradebook CSV"),
+    "grade": ("instructor.grading", "grade lab submissions into gradebooks (long, per student, Canvas, Moodle) "
+                                    "and a feedback page per student"),
+    "merge": ("instructor.gradebook", "merge the gradebooks of `course grade --shard i/N` runs into one"),
     "models": ("models.build", "build or check the course models shipped with the package (tiny-bert, tiny-gpt, ...)"),
     "pretrain": ("pretrain", "train a small GPT on your own text file and save a checkpoint"),
 }
