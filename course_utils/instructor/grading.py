@@ -369,7 +369,7 @@ def grade(solution_path: str | Path, submissions: list, out_csv: str | Path, tim
         book.add(results, ids[submission], flag)
         total, most = sum(r.points for r in results), sum(r.max_points for r in results)
         print(f"[{n}/{len(todo)}] {ids[submission]}: {total:g} / {most:g}{'  ' + flag if flag else ''} "
-              f"({seconds:.0f} s)", flush=True)
+              f"({seconds:.1f} s)", flush=True)
         if flag == gradebook.UNREADABLE:
             print(f"course grade: {submission}: {results[0].message}", file=sys.stderr, flush=True)
     rows = [r for r in book.rows if r["submission"] in set(submissions)]
