@@ -94,7 +94,7 @@ def test_old_python_fails(monkeypatch, capsys):
     assert doctor._python((3, 11, 0)) == ("3.11.0", True)
     assert doctor._python((3, 10, 12)) == ("3.10.12: the course needs Python 3.11+ (as its package does)", False)
     monkeypatch.setattr(doctor, "_python", lambda version: ("3.10.12: old", False))
-    monkeypatch.setattr(doctor, "_course_models", lambda: [])
+    monkeypatch.setattr(doctor, "_course_models", list)
     monkeypatch.setattr(doctor, "_hub", lambda: ("offline", True))
     assert doctor.main(None) == 1
     out = capsys.readouterr().out

@@ -171,7 +171,7 @@ def test_shards_partition_the_class_and_merge_exactly(course, capsys):
     merged = course["root"] / "merged.csv"
     assert gradebook.main(argparse.Namespace(shards=[str(s) for s in shards], out=str(merged))) == 0
     assert "merged 5 students from 3 gradebooks" in capsys.readouterr().out
-    key = lambda r: (r["student"], r["exercise"])  # noqa: E731
+    key = lambda r: (r["student"], r["exercise"])
     assert sorted(read(merged), key=key) == sorted(read(whole), key=key)
     assert read(course["root"] / "merged.students.csv") == read(course["root"] / "whole.students.csv")
     assert read(course["root"] / "merged.canvas.csv") == read(course["root"] / "whole.canvas.csv")

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import nbformat
 
+from ..settings import PROFILES
 from . import gradebook, remote, sandbox
 from .feedback import write_feedback
 from .notebooks import nbgrader_meta, read_notebook, strip_outputs
-from ..settings import PROFILES
 from .runner import error_line, kernel_env
 
 # Error text in a cell that means the submission hit the sandbox, and the rule the gradebook names.
