@@ -340,11 +340,12 @@ def graded(submissions: list[str], solution_path: str, timeout: float, profile: 
 
 
 def grade(solution_path: str | Path, submissions: list, out_csv: str | Path, timeout: float = 120,
-          profile: str = "ci", jobs: int = 1, fresh: bool = False) -> list[ExerciseResult]:
+          profile: str = "ci", jobs: int = 1, fresh: bool = False, sheets: bool = True) -> list[ExerciseResult]:
     """Grade the submissions into the gradebook files (``gradebook.py``); returns their rows.
 
     ``out_csv`` is checked before anything is graded and gets each submission's rows as soon as it is
     graded; submissions already in it are not graded again (unless ``fresh``), so a stopped run resumes.
+    ``sheets``: also write the per-student sheet, LMS files and feedback pages (a shard leaves them to the merge).
     """
     _check_args(timeout, profile)
     if not isinstance(jobs, int) or jobs < 1:
@@ -373,8 +374,9 @@ def grade(solution_path: str | Path, submissions: list, out_csv: str | Path, tim
         if flag == gradebook.UNREADABLE:
             print(f"course grade: {submission}: {results[0].message}", file=sys.stderr, flush=True)
     rows = [r for r in book.rows if r["submission"] in set(submissions)]
-    gradebook.write_sheets(book.rows, out)
-    write_feedback(book.rows, out)
+    if sheets:
+        gradebook.write_sheets(book.rows, out)
+        write_feedback(book.rows, out)
     return [ExerciseResult(r["submission"], r["exercise"], float(r["points"]), float(r["max_points"]), r["message"])
             for r in rows]
 
@@ -445,11 +447,16 @@ def main(args: argparse.Namespace) -> int:
         submissions = expand(args.submissions)
         if args.shard:
             submissions = shard(submissions, args.shard)
-        results = grade(solution, submissions, args.out, args.timeout, args.profile, args.jobs, args.fresh)
+        results = grade(solution, submissions, args.out, args.timeout, args.profile, args.jobs, args.fresh,
+                        sheets=not args.shard)
     except (ValueError, RuntimeError) as exc:
         print(f"course grade: {exc}", file=sys.stderr)
         return 2
-    print(f"gradebook written to {args.out} (per student: {Path(args.out).with_suffix('')}.students.csv)")
+    if args.shard:
+        print(f"shard {args.shard} written to {args.out}; when every shard is done, merge them: "
+              "course merge --out GRADEBOOK.csv SHARD.csv ...")
+    else:
+        print(f"gradebook written to {args.out} (per student: {Path(args.out).with_suffix('')}.students.csv)")
     if results and all(r.message.startswith(gradebook.UNREADABLE_MESSAGE) for r in results):
         print("course grade: no submission could be read; check that these are the students' notebooks",
               file=sys.stderr)
