@@ -298,6 +298,10 @@ def grade_submission(submission_path: str | Path, solution_path: str | Path, tim
 def _grade_one(submission: str, solution_path: str, timeout: float, profile: str,
                hide: list) -> tuple[str, list[ExerciseResult], float]:
     """(submission, its rows, seconds taken); a failure of the grader itself gives zeros, never a crash."""
+    import transformers
+
+    # The checks tokenize long texts on purpose; transformers' length warnings would only clutter the log.
+    transformers.utils.logging.set_verbosity_error()
     start = time.perf_counter()
     try:
         results = grade_submission(submission, solution_path, timeout, profile, hide)
