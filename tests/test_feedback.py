@@ -56,7 +56,8 @@ def test_feedback_page_in_a_browser(chromium, pages):  # noqa: F811
     assert "not run: the notebook stopped in cell 6 (timed out after 5 s)" in text
     assert "ben's loop" in dom and "Cell 6 of your notebook" in text, "the notebook's own failing cell is shown"
     assert "<script>alert" not in dom and "&lt;script&gt;alert" in dom, "messages are shown as text"
-    assert "assert neg(2) == -2" in dom and "HIDDEN" not in dom, "the check as the student has it, no hidden tests"
+    assert "Cell 8 of your notebook" in text and "Write your solution here" in dom, "neg's answer cell, above its check"
+    assert "HIDDEN" not in dom and "assert neg(-3)" not in dom, "no hidden tests"
     assert "3 students, median 2 / 6" in text
     bars = re.findall(r'<rect [^>]*fill="(#[0-9a-f]+)"', dom)
     assert len(bars) == feedback.BINS and bars.count("#1f4e79") == 1, "ten bars, the student's own dark"

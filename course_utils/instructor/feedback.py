@@ -1,8 +1,8 @@
 """Feedback pages of `course grade`: one self-contained HTML file per student, readable offline.
 
 Each page shows the student's points per exercise with the check's message, the notebook's own cell
-where the message names one (or the exercise's check cell as the student has it: hidden tests never
-appear), and the class's distribution of totals for the lab with the student's place marked.
+where the message names one (else the student's answer cell above the check, or the check cell as the
+student has it: hidden tests never appear), and the class's distribution of totals with the student's bar.
 """
 from __future__ import annotations
 
@@ -33,11 +33,14 @@ def _cells(submission: str) -> list:
 
 
 def _excerpt(row: dict, cells: list) -> str:
-    """The notebook cell behind a lost exercise: the one its message names, else its check cell."""
+    """The notebook cell behind a lost exercise: the one its message names, else the student's answer cell
+    above the exercise's check cell (else the check cell itself)."""
     named = re.search(r"\bcell (\d+)\b", row["message"])
     index = int(named.group(1)) - 1 if named else None
     if index is None:
-        index = next((i for i, c in enumerate(cells) if nbgrader_meta(c).get("grade_id") == row["exercise"]), None)
+        check = next((i for i, c in enumerate(cells) if nbgrader_meta(c).get("grade_id") == row["exercise"]), None)
+        answers = [i for i in range(check or 0) if nbgrader_meta(cells[i]).get("solution")]
+        index = answers[-1] if answers else check
     if index is None or not 0 <= index < len(cells):
         return ""
     return f"<p>Cell {index + 1} of your notebook:</p><pre>{html.escape(cells[index].source)}</pre>"
