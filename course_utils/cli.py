@@ -11,9 +11,10 @@ import importlib
 import sys
 
 SUBCOMMANDS = {
-    "doctor": ("instructor.doctor", "check versions, profile, device, bitsandbytes/bertviz and offline status"),
+    "doctor": ("instructor.doctor", "check Python, versions, profile, device, each course model and offline status"),
     "run": ("instructor.runner", "execute notebooks headless into a build folder and print a table of run times"),
-    "release": ("instructor.release", "generate labs/ from solutions/ (--check: fail if labs/ is stale)"),
+    "release": ("instructor.release", "generate labs/ from solutions/ (--check: fail if labs/ is stale; "
+                                      "--student-copy DIR: the course without its answers)"),
     "grade": ("instructor.grading", "grade lab submissions into gradebooks (long, per student, Canvas, Moodle) "
                                     "and a feedback page per student"),
     "merge": ("instructor.gradebook", "merge the gradebooks of `course grade --shard i/N` runs into one"),
