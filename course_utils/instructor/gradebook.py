@@ -89,6 +89,16 @@ def read_rows(path: str | Path) -> list[dict]:
         return list(reader)
 
 
+def write_rows(rows: list[dict], out: Path) -> None:
+    """Write a long gradebook whole: to a temporary file first, then renamed, so a crash never leaves half of it."""
+    partial = out.with_name(out.name + ".partial")
+    with partial.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    partial.replace(out)
+
+
 class Gradebook:
     """The long gradebook CSV: rows of earlier runs kept, new ones appended and flushed per submission."""
 
@@ -104,10 +114,7 @@ class Gradebook:
         # A submission whose rows are incomplete (a run killed while writing) is graded again.
         self.rows = [r for rs in per_submission.values() if [x["exercise"] for x in rs] == exercises for r in rs]
         self.done = {r["submission"] for r in self.rows}
-        with out.open("w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=FIELDS)
-            writer.writeheader()
-            writer.writerows(self.rows)
+        write_rows(self.rows, out)
 
     def add(self, results: list, student: str, flag: str) -> None:
         """Append one submission's rows (ExerciseResult objects) and flush them to disk."""
@@ -185,10 +192,7 @@ def merge(shards: list, out: str | Path) -> list[dict]:
         got = [r["exercise"] for r in rows if r["student"] == student]
         if got != exercises:
             raise ValueError(f"student {student!r} has exercises {got}, expected {exercises}")
-    with out.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(rows, out)
     return rows
 
 
