@@ -120,6 +120,16 @@ def test_out_is_checked_before_anything_is_graded(course, capsys):
     assert course["calls"] == []
 
 
+def test_a_student_graded_from_another_file_is_not_graded_twice(course, tmp_path):
+    out = course["root"] / "g.csv"
+    grading.grade(course["solution"], course["paths"][:1], out)
+    moved = tmp_path / "elsewhere" / "alice.ipynb"
+    moved.parent.mkdir()
+    moved.write_bytes(course["paths"][0].read_bytes())
+    with pytest.raises(ValueError, match="already grades student 'alice' from"):
+        grading.grade(course["solution"], [moved], out)
+
+
 def test_other_labs_gradebook_is_not_resumed(course, capsys):
     out = course["root"] / "g.csv"
     grading.grade(course["solution"], course["paths"][:1], out)

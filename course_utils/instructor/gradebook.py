@@ -114,6 +114,7 @@ class Gradebook:
         # A submission whose rows are incomplete (a run killed while writing) is graded again.
         self.rows = [r for rs in per_submission.values() if [x["exercise"] for x in rs] == exercises for r in rs]
         self.done = {r["submission"] for r in self.rows}
+        self.students = {r["student"]: r["submission"] for r in self.rows}
         write_rows(self.rows, out)
 
     def add(self, results: list, student: str, flag: str) -> None:

@@ -363,6 +363,10 @@ def grade(solution_path: str | Path, submissions: list, out_csv: str | Path, tim
     ids = gradebook.student_ids(submissions, lab)
     book = gradebook.Gradebook(out, lab, list(checks), fresh)
     todo = [s for s in submissions if s not in book.done]
+    for s in todo:
+        if ids[s] in book.students:
+            raise ValueError(f"{out} already grades student {ids[s]!r} from {book.students[ids[s]]}, not {s}; "
+                             "pass --fresh to grade everything again, or give another --out")
     if len(todo) < len(submissions):
         print(f"resuming {out}: {len(submissions) - len(todo)} of {len(submissions)} submissions already graded "
               "(pass --fresh to grade them again)")
