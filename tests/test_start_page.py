@@ -20,7 +20,7 @@ PAGE = ROOT / "START_HERE.ipynb"
 
 
 def test_make_start_opens_the_start_page_at_the_root():
-    recipe = re.search(r"^start: install\n\t(.*)$", (ROOT / "Makefile").read_text(), re.M).group(1)
+    recipe = re.search(r"^start: install\n\t(.*)$", (ROOT / "Makefile").read_text(), re.MULTILINE).group(1)
     assert recipe == "$(BIN)/jupyter lab $(ROOT_FLAG) START_HERE.ipynb"
 
 
@@ -69,7 +69,7 @@ def test_start_page_renders_in_jupyterlab(chromium, jupyterlab, tmp_path):  # no
     command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                f"--user-data-dir={tmp_path / 'profile'}", *NO_NETWORK, "--virtual-time-budget=20000",
                "--window-size=1200,900", "--dump-dom", f"{jupyterlab}/lab/tree/START_HERE.ipynb"]
-    dom = subprocess.run(command, capture_output=True, text=True, timeout=120).stdout
+    dom = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
     assert '<h1 data-jupyter-id="Start-here"' in dom, "the start page is open and its markdown rendered"
     assert "How the checks give feedback" in dom and "How to submit" in dom
     listed = set(re.findall(r'class="jp-DirListing-itemText"[^>]*><span>([^<]+)', dom))

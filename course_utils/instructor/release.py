@@ -141,7 +141,7 @@ def student_copy(dest: str | Path, root: str | Path = ".", repo_url: str | None 
         raise ValueError(f"{dest} exists and is not empty; give a new folder for the student copy")
     if dest.resolve().is_relative_to(root):
         raise ValueError(f"{dest} is inside the course ({root}); write the student copy outside it")
-    listed = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, text=True)
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, text=True, check=False)
     if listed.returncode:
         raise ValueError(f"{root} is not a git checkout ({listed.stderr.strip()}); run this in the course repository")
     files = [f for f in listed.stdout.split("\0") if f and not f.startswith(PRIVATE) and (root / f).is_file()]
