@@ -39,8 +39,9 @@ lock:
 # Jupyter refuses to run as root unless told (containers, some cloud machines).
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
+# JupyterLab at the repository root (lectures, labs and docs in its file browser), on the start page.
 start: install
-	$(BIN)/jupyter lab $(ROOT_FLAG) lectures/
+	$(BIN)/jupyter lab $(ROOT_FLAG) START_HERE.ipynb
 
 # Two test processes (pytest-xdist), each notebook or test file whole in one of them, one thread each:
 # on the 2-core CI machine that keeps both cores busy while a notebook waits on its kernel or the grader.

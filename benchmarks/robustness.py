@@ -45,7 +45,7 @@ RESULTS = ROOT / "benchmarks" / "robustness" / "results"
 SUMMARY = ROOT / "benchmarks" / "robustness" / "summary.json"
 README = ROOT / "benchmarks" / "README.md"
 MARKERS = ("<!-- robustness:start -->", "<!-- robustness:end -->")
-COURSE_README = ROOT / "README.md"
+COURSE_README = ROOT / "docs" / "outcomes.md"  # the course's outcome table (linked from README.md)
 OUTCOME_MARKERS = ("<!-- outcomes:start -->", "<!-- outcomes:end -->")
 HELPER = "__course_outcome__"  # dunder names are not mangled inside class bodies
 OUTCOMES_ENV = "COURSE_OUTCOMES_FILE"
@@ -579,9 +579,9 @@ def markdown(summary: dict, notebooks: int) -> str:
 
 
 def outcomes_markdown(summary: dict) -> str:
-    """The course README's table: each numeric asserted outcome as median [min, max] over the runs, with its bound."""
+    """The course's outcome table (docs/outcomes.md): each numeric asserted outcome as median [min, max] over the runs, with its bound."""
     lines = [f"_Written by `benchmarks/robustness.py report` from {summary['results']} notebook runs "
-             f"(see [benchmarks/README.md](benchmarks/README.md) for the matrix); do not edit by hand._", "",
+             f"(see [benchmarks/README.md](../benchmarks/README.md) for the matrix); do not edit by hand._", "",
              "| notebook | asserted outcome | measured: median [min, max] | bound | worst margin | held / runs |",
              "|---|---|---|---|---:|---:|"]
     for nb, s in summary["notebooks"].items():
@@ -605,7 +605,7 @@ def update_readme(readme: Path, section: str, markers: tuple[str, str] = MARKERS
 
 def report(results: Path = RESULTS, summary_path: Path = SUMMARY, readme: Path = README,
            notebooks: list[str] | None = None, course_readme: Path | None = COURSE_README) -> dict:
-    """Gather every result into ``summary_path``, the robustness section and the course README's outcome table."""
+    """Gather every result into ``summary_path``, the robustness section and the course's outcome table."""
     notebooks = notebooks or [notebook_key(p) for p in default_notebooks()]
     summary = summarize(load_results(results), notebooks)
     summary_path.parent.mkdir(parents=True, exist_ok=True)

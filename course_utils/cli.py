@@ -11,10 +11,13 @@ import importlib
 import sys
 
 SUBCOMMANDS = {
-    "doctor": ("instructor.doctor", "check versions, profile, device, bitsandbytes/bertviz and offline status"),
+    "doctor": ("instructor.doctor", "check Python, versions, profile, device, each course model and offline status"),
     "run": ("instructor.runner", "execute notebooks headless into a build folder and print a table of run times"),
-    "release": ("instructor.release", "generate labs/ from solutions/ (--check: fail if labs/ is stale)"),
-    "grade": ("instructor.grading", "grade lab submissions into a gradebook CSV"),
+    "release": ("instructor.release", "generate labs/ from solutions/ (--check: fail if labs/ is stale; "
+                                      "--student-copy DIR: the course without its answers)"),
+    "grade": ("instructor.grading", "grade lab submissions into gradebooks (long, per student, Canvas, Moodle) "
+                                    "and a feedback page per student"),
+    "merge": ("instructor.gradebook", "merge the gradebooks of `course grade --shard i/N` runs into one"),
     "models": ("models.build", "build or check the course models shipped with the package (tiny-bert, tiny-gpt, ...)"),
     "pretrain": ("pretrain", "train a small GPT on your own text file and save a checkpoint"),
 }

@@ -120,6 +120,26 @@ def make_blocks(data: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torc
     return data[: n * block_size].view(n, block_size), data[1 : n * block_size + 1].view(n, block_size)
 
 
+def divisibility_message(n_embd: int, n_head: int, embd: str = "n_embd={}", head: str = "n_head={}") -> str:
+    """Why ``n_embd`` must be a multiple of ``n_head``, with the nearest multiples below and above."""
+    below, above = n_head * (n_embd // n_head), n_head * (n_embd // n_head + 1)
+    near = f"{below} or {above}" if below else f"{above}"
+    return (f"{embd.format(n_embd)} is not divisible by {head.format(n_head)} (each head gets n_embd / n_head "
+            f"dimensions): use a multiple of {n_head} such as {near}, or a number of heads that divides {n_embd}")
+
+
+def check_out_dir(out: str | Path) -> None:
+    """Raise ValueError unless a checkpoint folder can be written at ``out`` (checked before training)."""
+    out = Path(out)
+    existing = next(p for p in (out, *out.parents) if p.exists() or p == Path(p.anchor))
+    if existing != out and not existing.is_dir():
+        raise ValueError(f"--out {out}: {existing} is a file, so no folder can be made under it; choose another path")
+    if existing == out and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder for the checkpoint")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: {existing} is not writable for you; choose another path")
+
+
 def build_gpt2(vocab_size: int, n_layer: int = 4, n_head: int = 4, n_embd: int = 128, block_size: int = 64,
                dropout: float = 0.0, eos_token_id: int | None = None) -> GPT2LMHeadModel:
     """A freshly initialised GPT-2 of the given size, with PyTorch's sdpa attention and exact GELU.
@@ -131,8 +151,7 @@ def build_gpt2(vocab_size: int, n_layer: int = 4, n_head: int = 4, n_embd: int =
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if n_embd % n_head:
-        raise ValueError(f"n_embd={n_embd} is not divisible by n_head={n_head}: pick n_embd as a multiple "
-                         f"of n_head, e.g. {n_head * max(1, round(n_embd / n_head))}")
+        raise ValueError(divisibility_message(n_embd, n_head, "n_embd={}", "n_head={}"))
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     config = GPT2Config(vocab_size=vocab_size, n_positions=block_size, n_embd=n_embd, n_layer=n_layer,
@@ -279,9 +298,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text", required=True, help="a UTF-8 text file to train on")
     parser.add_argument("--tokenizer", choices=TOKENIZERS, default="char", help="char (default) or bpe")
     parser.add_argument("--vocab-size", type=int, default=512, help="BPE vocabulary size (default: 512)")
-    parser.add_argument("--n-layer", type=int, default=4)
-    parser.add_argument("--n-head", type=int, default=4)
-    parser.add_argument("--n-embd", type=int, default=128)
+    parser.add_argument("--n-layer", type=int, default=4, help="transformer blocks (default: 4)")
+    parser.add_argument("--n-head", type=int, default=4, help="attention heads per block (default: 4)")
+    parser.add_argument("--n-embd", type=int, default=128,
+                        help="embedding width, a multiple of --n-head (default: 128)")
     parser.add_argument("--block-size", type=int, default=64, help="context length in tokens (default: 64)")
     parser.add_argument("--batch-size", type=int, default=12,
                         help="windows per step over all processes (default: 12); split between processes")
@@ -289,16 +309,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="batches accumulated per optimizer step (default: 1): a larger batch in the same memory")
     parser.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default=None,
                         help="autocast on GPU (default: what `accelerate config`/`accelerate launch` set, else no)")
-    parser.add_argument("--max-iters", type=int, default=2000)
+    parser.add_argument("--max-iters", type=int, default=2000, help="optimizer steps (default: 2000)")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: 1e-3)")
     parser.add_argument("--warmup", type=int, default=100, help="warm-up steps (default: 100)")
-    parser.add_argument("--dropout", type=float, default=0.0)
-    parser.add_argument("--eval-interval", type=int, default=250, help="steps between validation losses")
+    parser.add_argument("--dropout", type=float, default=0.0, help="dropout probability, in [0, 1) (default: 0)")
+    parser.add_argument("--eval-interval", type=int, default=250,
+                        help="steps between validation losses (default: 250)")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="auto (default), cpu, cuda or mps")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed of data order and weights (default: 0)")
     parser.add_argument("--out", default="out-pretrain", help="checkpoint folder to write (default: out-pretrain)")
-    parser.add_argument("--sample", type=int, default=200, help="tokens to sample at the end, at most block size - 1 (0: none)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    parser.add_argument("--sample", type=int, default=200,
+                        help="tokens to sample at the end, at most block size - 1; 0: none (default: 200)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only; default: a bar)")
     parser.add_argument("--num-processes", type=int, default=1,
                         help="data-parallel processes on this machine (default: 1); >1 restarts the command under "
                              "`accelerate launch`, on CPU with an equal share of the cores per process")
@@ -353,6 +375,13 @@ def main(args: argparse.Namespace) -> int:
     transformers.utils.logging.disable_progress_bar()  # our own bar reports training; no "Writing model shards"
     if args.num_processes < 1:
         print(f"course pretrain: --num-processes must be at least 1, got {args.num_processes}", file=sys.stderr)
+        return 2
+    try:  # mistakes in the arguments are found now, not after training
+        if args.n_head >= 1 and args.n_embd % args.n_head:
+            raise ValueError(divisibility_message(args.n_embd, args.n_head, "--n-embd {}", "--n-head {}"))
+        check_out_dir(args.out)
+    except ValueError as exc:
+        print(f"course pretrain: {exc}", file=sys.stderr)
         return 2
     if args.num_processes > 1 and "LOCAL_RANK" not in os.environ:  # not started by a launcher yet: become one
         command, env = launch_command(command_line(args), args.num_processes)

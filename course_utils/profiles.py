@@ -16,7 +16,12 @@ import transformers
 
 from .settings import PROFILES, settings_for
 
-__all__ = ["PROFILES", "Profile", "detect_profile", "pick_device", "seed_everything", "seed_from_env", "setup"]
+# What each profile means, printed by setup() (the sizes themselves are in course_utils/settings/).
+MEANING = {"ci": "the smallest sizes, the ones the tests run: each notebook within 120 s on a 2-core CPU",
+           "cpu": "larger sizes for a laptop or desktop CPU: several minutes per notebook",
+           "gpu": "the largest sizes, for a CUDA GPU (not yet run on one: see docs/students.md)"}
+
+__all__ = ["MEANING", "PROFILES", "Profile", "detect_profile", "pick_device", "seed_everything", "seed_from_env", "setup"]
 
 
 @dataclass(frozen=True)
@@ -96,9 +101,9 @@ def setup(notebook: str | None = None, seed: int | None = None, profile: str | N
     transformers.utils.logging.disable_progress_bar()
     prof = Profile(name=name, device=pick_device(name), settings=settings, seed=seed)
     if verbose:
-        print(f"profile: {prof.name}  device: {prof.device}  torch {torch.__version__}  seed: {seed}")
-        for key, value in settings.items():
-            print(f"  {key}: {value}")
-        if name != "gpu":
-            print("  (set COURSE_PROFILE=cpu or gpu, or run on a GPU, for larger sizes)")
+        print(f"profile: {prof.name} ({MEANING[name]})  device: {prof.device}  seed: {seed}")
+        print("  yours to change: COURSE_PROFILE=ci|cpu|gpu and COURSE_SEED=<whole number> (set before starting "
+              "Jupyter), or setup(..., profile=..., seed=...)")
+        if settings:
+            print(f"  this notebook's {len(settings)} sizes: print(profile.settings)")
     return prof

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from course_utils.instructor import doctor
+from course_utils.models import RECIPES
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +17,7 @@ def report():
     """One full run of `course doctor` (imports are slow; the tests share it)."""
     rows, out = doctor.collect(), io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
-        mp.setattr(doctor, "collect", lambda: rows)
+        mp.setattr(doctor, "rows", lambda: iter(rows))
         code = doctor.main(None)
     return code, out.getvalue(), rows
 
@@ -25,7 +26,7 @@ def test_report_lists_everything_and_exits_zero_when_required_work(report):
     code, out, _ = report
     assert code == 0
     for item in [*doctor.PACKAGES, "python", "profile", "CUDA", "bitsandbytes 4-bit", "bertviz offline",
-                 "course models", "model hub"]:
+                 *(f"model {name}" for name in RECIPES), "model hub"]:
         assert f"  {item} " in out, item
 
 
@@ -64,13 +65,40 @@ def test_broken_required_package_fails(monkeypatch, capsys):
     assert "required but broken: tokenizers" in out
 
 
-def test_offline_is_reported_as_normal(monkeypatch):
+def test_offline_mode_opens_no_connection(monkeypatch):
     def refuse(*args, **kwargs):
-        raise OSError("no route to host")
+        raise AssertionError("HF_HUB_OFFLINE=1 but doctor opened a connection")
     monkeypatch.setattr(doctor.socket, "create_connection", refuse)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     value, ok = doctor._hub()
-    assert ok and value == "HF_HUB_OFFLINE=1; " + doctor.OFFLINE
+    assert ok and value == "HF_HUB_OFFLINE=1: not contacted; " + doctor.OFFLINE
+
+
+def test_unreachable_hub_is_reported_as_normal(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError("no route to host")
+    monkeypatch.setattr(doctor.socket, "create_connection", refuse)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    value, ok = doctor._hub()
+    assert ok and value == "HF_HUB_OFFLINE not set; " + doctor.OFFLINE
+
+
+def test_python_requirement_matches_the_package():
+    import tomllib
+    from pathlib import Path
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert pyproject["project"]["requires-python"] == ">=" + ".".join(map(str, doctor.PYTHON))
+
+
+def test_old_python_fails(monkeypatch, capsys):
+    assert doctor._python((3, 11, 0)) == ("3.11.0", True)
+    assert doctor._python((3, 10, 12)) == ("3.10.12: the course needs Python 3.11+ (as its package does)", False)
+    monkeypatch.setattr(doctor, "_python", lambda version: ("3.10.12: old", False))
+    monkeypatch.setattr(doctor, "_course_models", list)
+    monkeypatch.setattr(doctor, "_hub", lambda: ("offline", True))
+    assert doctor.main(None) == 1
+    out = capsys.readouterr().out
+    assert "!!  python " in out and " 3.10.12: old" in out and "required but broken: python" in out
 
 
 def test_online_is_reported(monkeypatch):
@@ -108,8 +136,9 @@ def test_bitsandbytes_on_cpu_points_to_the_gpu_profile():
 
 
 def test_course_models_status(monkeypatch, tmp_path):
-    """The shipped models pass; a folder without them is reported with the command that fixes it."""
-    assert doctor._course_models()[1], doctor._course_models()[0]
+    """One row per shipped model; a folder without them is reported model by model with the command to run."""
+    rows = doctor._course_models()
+    assert [item for item, _, _ in rows] == [f"model {name}" for name in RECIPES] and all(ok for *_, ok in rows)
     monkeypatch.setenv("COURSE_MODELS_DIR", str(tmp_path))
-    value, ok = doctor._course_models()
-    assert not ok and "tiny-bert: missing" in value and "course models check" in value
+    for (item, value, ok), name in zip(doctor._course_models(), RECIPES, strict=True):
+        assert not ok and value == f"{name}: missing: run `course models check`"

@@ -172,7 +172,7 @@ def test_csv_has_one_row_per_submission_and_exercise(graded):
     with open(graded["root"] / "out" / "grades.csv", newline="") as f:
         reader = csv.DictReader(f)
         rows = list(reader)
-    assert reader.fieldnames == ["submission", "exercise", "points", "max_points", "message"]
+    assert reader.fieldnames == ["submission", "exercise", "points", "max_points", "message", "student", "lab", "flags"]
     assert len(rows) == len(graded["paths"]) * len(EXERCISES)
     by_key = {(os.path.basename(r["submission"]), r["exercise"]): r for r in rows}
     assert float(by_key["wrong.ipynb", "neg_check"]["points"]) == 0
@@ -211,15 +211,33 @@ def test_bad_arguments_are_rejected(tmp_path):
         grading.grade(tmp_path / "98_none.ipynb", [], tmp_path / "g.csv")
 
 
-def test_main_writes_the_gradebook_and_exits_zero(tmp_path, capsys):
+def test_main_writes_the_gradebook_and_says_when_nothing_could_be_read(tmp_path, capsys):
     (tmp_path / "solutions").mkdir()
     nbformat.write(solution_notebook(), tmp_path / "solutions" / "99_demo.ipynb")
     (tmp_path / "subs").mkdir()
     (tmp_path / "subs" / "alice.ipynb").write_text("not a notebook")  # no kernel needed for this one
     args = argparse.Namespace(lab="99", out=str(tmp_path / "g.csv"), solutions=str(tmp_path / "solutions"),
-                              timeout=TIMEOUT, profile="ci", submissions=[str(tmp_path / "subs")])
-    assert grading.main(args) == 0
-    assert "alice.ipynb  0 / 6" in capsys.readouterr().out
+                              timeout=TIMEOUT, profile="ci", submissions=[str(tmp_path / "subs")], jobs=1,
+                              shard=None, fresh=False)
+    assert grading.main(args) == 1
+    captured = capsys.readouterr()
+    assert "alice: 0 / 6  unreadable" in captured.out and "no submission could be read" in captured.err
     assert len((tmp_path / "g.csv").read_text().splitlines()) == 1 + len(EXERCISES)
     args.lab = "42"
     assert grading.main(args) == 2
+
+
+PARALLEL = ("solution.ipynb", "hang.ipynb", "exit.ipynb", "wrong.ipynb")
+
+
+def test_two_jobs_grade_exactly_as_one_in_sandboxed_kernels(graded, tmp_path, monkeypatch):
+    """--jobs 2: each kernel keeps its sandbox, limits and timeout; rows equal the one-at-a-time run's."""
+    private_tmp = tmp_path / "tmp"
+    private_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(private_tmp))  # the grading processes' temporary folders
+    paths = [p for p in graded["paths"] if p.name in PARALLEL]
+    results = grading.grade(graded["root"] / "99_demo.ipynb", paths, tmp_path / "out" / "g.csv", TIMEOUT, "cpu", jobs=2)
+    got = {(os.path.basename(r.submission), r.exercise): (r.points, r.message) for r in results}
+    want = {k: (r.points, r.message) for k, r in graded["rows"].items() if k[0] in PARALLEL}
+    assert got == want
+    assert list(private_tmp.glob("course-grade-*")) == []

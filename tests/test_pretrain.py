@@ -136,13 +136,43 @@ def _main(argv):
 @pytest.mark.parametrize("content, extra, words", [
     (b"\xff\xfe\x00 not utf-8 " * 50, [], "not UTF-8"),
     (b"short", [], "at least"),
-    (TEXT.encode(), ["--n-embd", "30", "--n-head", "4"], "not divisible"),
+    (TEXT.encode(), ["--n-embd", "30", "--n-head", "4"],
+     "--n-embd 30 is not divisible by --n-head 4 (each head gets n_embd / n_head dimensions): use a multiple of 4 "
+     "such as 28 or 32"),
+    (TEXT.encode(), ["--out", "t.txt/ckpt"], "is a file, so no folder can be made under it"),
+    (TEXT.encode(), ["--out", "t.txt"], "is a file; give a folder"),
     (TEXT[:2000].encode(), ["--block-size", "4096"], "smaller block size"),
 ])
 def test_cli_bad_inputs_say_what_to_do(tmp_path, content, extra, words):
     (tmp_path / "t.txt").write_bytes(content)
+    extra = [str(tmp_path / a) if a.startswith("t.txt") else a for a in extra]
     code, err = _main(["pretrain", "--text", str(tmp_path / "t.txt"), "--max-iters", "1", "--no-progress", *extra])
     assert code == 2 and words in err and err.startswith("course pretrain: ")
+
+
+def test_cli_unwritable_out_is_found_before_training(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if os.access(locked, os.W_OK):
+        pytest.skip("running as root: every folder is writable")
+    (tmp_path / "t.txt").write_text(TEXT, encoding="utf-8")
+    code, err = _main(["pretrain", "--text", str(tmp_path / "t.txt"), "--out", str(locked / "ckpt")])
+    assert code == 2 and "is not writable for you" in err
+
+
+def test_cli_help_documents_every_flag_with_its_default():
+    parser = cli.build_parser("pretrain")
+    sub = parser._subparsers._group_actions[0].choices["pretrain"]
+    for action in sub._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help, f"{action.option_strings[0]} has no help"
+            if action.default not in (None, False) and action.dest != "text":
+                assert "default" in action.help, f"{action.option_strings[0]} does not say its default"
+
+
+def test_divisibility_message_suggests_multiples():
+    assert "such as 63 or 66" in pt.divisibility_message(64, 3)
+    assert "such as 4, or" in pt.divisibility_message(3, 4)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

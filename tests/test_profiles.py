@@ -39,7 +39,8 @@ def test_setup_seeds_everything_and_prints_settings(capsys):
     setup(name, seed=3, profile="ci", verbose=False)
     assert first == (random.random(), np.random.rand(), torch.rand(1).item())
     out = capsys.readouterr().out
-    assert "profile: ci" in out and all(key in out for key in prof.settings)
+    assert out.startswith("profile: ci (the smallest sizes") and "yours to change: COURSE_PROFILE" in out
+    assert len(out.splitlines()) == 3 and f"this notebook's {len(prof.settings)} sizes: print(profile.settings)" in out
     assert prof.device == torch.device("cpu")
 
 

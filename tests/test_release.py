@@ -1,10 +1,12 @@
 """`course release`: labs are generated from solutions, deterministically, and --check catches drift."""
 import argparse
+from pathlib import Path
 
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
+from course_utils import REPO_URL
 from course_utils.instructor import release as rel
 from course_utils.instructor.notebooks import colab_badge
 
@@ -157,7 +159,7 @@ def test_check_detects_stale_missing_and_orphan_labs(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "01_a.ipynb: stale" in out and "02_b.ipynb: missing" in out and "03_orphan.ipynb: no " in out
     assert {p.name: p.read_bytes() for p in labs.iterdir()} == before  # --check writes nothing
-    args = argparse.Namespace(check=True, solutions=str(sol), labs=str(labs), headers=False)
+    args = argparse.Namespace(check=True, solutions=str(sol), labs=str(labs), headers=False, student_copy=None, repo_url=None)
     assert rel.main(args) == 1
     assert "run `course release`" in capsys.readouterr().out
 
@@ -165,7 +167,7 @@ def test_check_detects_stale_missing_and_orphan_labs(tmp_path, capsys):
 def test_missing_solutions_folder_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(ValueError, match="--solutions"):
         rel.release(tmp_path / "nope", tmp_path / "labs")
-    assert rel.main(argparse.Namespace(check=False, solutions=str(tmp_path / "nope"), labs="labs", headers=False)) == 2
+    assert rel.main(argparse.Namespace(check=False, solutions=str(tmp_path / "nope"), labs="labs", headers=False, student_copy=None, repo_url=None)) == 2
 
 
 def test_set_header_rewrites_an_old_badge_and_setup_cell():
@@ -182,3 +184,30 @@ def test_set_header_rewrites_an_old_badge_and_setup_cell():
     with pytest.raises(ValueError, match="Colab badge"):
         set_header(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# no badge"),
                                                    nbformat.v4.new_code_cell("x = 1")]), "labs", "x")
+
+
+def test_student_copy_has_no_answers_and_points_at_the_students_repository(tmp_path, capsys, monkeypatch):
+    root = Path(__file__).parents[1]
+    monkeypatch.chdir(root)
+    dest = tmp_path / "student"
+    args = argparse.Namespace(check=False, solutions="solutions", labs="labs", headers=False,
+                              student_copy=str(dest), repo_url="https://github.com/my-school/llm-course-2027")
+    assert rel.main(args) == 0
+    assert "files to" in capsys.readouterr().out
+    top = {p.name for p in dest.iterdir()}
+    assert {"lectures", "labs", "course_utils", "README.md", "Makefile", "pyproject.toml"} <= top
+    assert not top & {"solutions", "tests", "benchmarks", ".ci"}
+    for lab in sorted((root / "solutions").glob("*.ipynb")):
+        assert (dest / "labs" / lab.name).read_text() == rel.lab_text(lab).replace(REPO_URL, args.repo_url)
+    notebooks = [*dest.glob("lectures/*.ipynb"), *dest.glob("labs/*.ipynb")]
+    assert len(notebooks) == 16
+    for nb in notebooks:
+        text = nb.read_text()
+        assert "BEGIN SOLUTION" not in text and "BEGIN HIDDEN TESTS" not in text
+        assert "github.com/my-school/llm-course-2027" in text and "github.com/llm-course/llm-course" not in text
+    assert 'REPO_URL = "https://github.com/my-school/llm-course-2027"' in (dest / "course_utils/__init__.py").read_text()
+    assert (dest / "course_utils/models/weights/manifest.json").is_file()
+    assert rel.main(args) == 2, "an existing, non-empty folder is refused"
+    args.student_copy = str(root / "lectures" / "copy")
+    assert rel.main(args) == 2, "a folder inside the course is refused"
+    assert "is inside the course" in capsys.readouterr().err

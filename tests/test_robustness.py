@@ -291,3 +291,10 @@ def test_report_refuses_a_readme_without_markers(tmp_path):
     readme.write_text("# no markers\n")
     with pytest.raises(SystemExit, match="lacks the markers"):
         rb.update_readme(readme, "table")
+
+
+def test_the_course_outcome_table_lives_in_docs_between_its_markers():
+    text = rb.COURSE_README.read_text()
+    assert rb.COURSE_README == rb.ROOT / "docs" / "outcomes.md"
+    assert text.index(rb.OUTCOME_MARKERS[0]) < text.index(rb.OUTCOME_MARKERS[1])
+    assert "(docs/outcomes.md)" in (rb.ROOT / "README.md").read_text(), "the README links to the table"

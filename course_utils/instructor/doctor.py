@@ -1,13 +1,15 @@
-"""`course doctor`: a readable report of what this machine can run.
+"""`course doctor`: a readable report of what this machine can run, printed line by line as it goes.
 
-Versions of the course's libraries, the profile and device, bitsandbytes, offline bertviz, the
-course models and whether the model hub can be reached. Every check catches its own errors, so the
-report always prints; the exit code is 1 only when a required library is broken.
+Python, the versions of the course's libraries, the profile and device, bitsandbytes, offline bertviz,
+each course model and whether the model hub can be reached (not tried when HF_HUB_OFFLINE is set).
+Every check catches its own errors, so the report always prints; the exit code is 1 only when Python is
+too old or a required library is broken.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import platform
 import socket
@@ -22,6 +24,8 @@ PACKAGES = {"torch": BASE, "transformers": BASE, "datasets": BASE, "tokenizers":
             "nbformat": BASE, "nbval": DEV}
 REQUIRED = ("torch", "transformers", "tokenizers", "nbformat")
 OFFLINE = "offline: fine for the ci and cpu profiles; the gpu profile needs the hub"
+PYTHON = (3, 11)  # pyproject.toml's requires-python (a test keeps them equal)
+TRUE = ("1", "true", "yes", "on")
 
 
 def _row(item: str, check) -> tuple[str, str, bool]:
@@ -80,17 +84,19 @@ def _bertviz() -> tuple[str, bool]:
     return f"OK: {', '.join(assets)} shipped with the package", True
 
 
-def _course_models() -> tuple[str, bool]:
+def _course_models() -> list[tuple[str, str, bool]]:
+    """One row per course model: OK, or what is wrong with it and the command that says what to do."""
     from ..models import RECIPES, models_dir
     from ..models.build import problems
-    found = problems(models_dir())
-    if found:
-        return f"{'; '.join(found)} in {models_dir()}: run `course models check` for what to do", False
-    return f"OK: {len(RECIPES)} models in {models_dir()} match their recipes and SHA-256 sums", True
+    found = {line.split(":")[0]: line for line in problems(models_dir())}
+    return [(f"model {name}", f"{found[name]}: run `course models check`" if name in found
+             else f"OK ({models_dir() / name})", name not in found) for name in RECIPES]
 
 
 def _hub() -> tuple[str, bool]:
     offline = os.environ.get("HF_HUB_OFFLINE")
+    if (offline or "").lower() in TRUE:
+        return f"HF_HUB_OFFLINE={offline}: not contacted; " + OFFLINE, True
     prefix = f"HF_HUB_OFFLINE={offline}; " if offline else "HF_HUB_OFFLINE not set; "
     try:
         socket.create_connection(("huggingface.co", 443), timeout=2).close()
@@ -99,13 +105,32 @@ def _hub() -> tuple[str, bool]:
     return prefix + "huggingface.co reachable: the gpu profile can download checkpoints", True
 
 
+def _python(version: tuple) -> tuple[str, bool]:
+    text = ".".join(map(str, version[:3]))
+    if tuple(version[:2]) >= PYTHON:
+        return text, True
+    return f"{text}: the course needs Python {'.'.join(map(str, PYTHON))}+ (as its package does)", False
+
+
+def rows():
+    """Every line of the report as (item, value, ok), each yielded as soon as it is known."""
+    yield ("python", *_python(sys.version_info))
+    yield "platform", platform.platform(), True
+    for name in PACKAGES:
+        yield _row(name, lambda name=name: _package(name))
+    checks = {"profile": _profile, "CUDA": _cuda, "bitsandbytes 4-bit": _bitsandbytes, "bertviz offline": _bertviz}
+    for item, check in checks.items():
+        yield _row(item, check)
+    try:
+        yield from _course_models()
+    except Exception as exc:
+        yield "course models", f"error: {type(exc).__name__}: {exc}", False
+    yield _row("model hub", _hub)
+
+
 def collect() -> list[tuple[str, str, bool]]:
     """Every line of the report as (item, value, ok)."""
-    rows = [("python", sys.version.split()[0], sys.version_info >= (3, 10)), ("platform", platform.platform(), True)]
-    rows += [_row(name, lambda name=name: _package(name)) for name in PACKAGES]
-    checks = {"profile": _profile, "CUDA": _cuda, "bitsandbytes 4-bit": _bitsandbytes,
-              "bertviz offline": _bertviz, "course models": _course_models, "model hub": _hub}
-    return rows + [_row(item, check) for item, check in checks.items()]
+    return list(rows())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -113,14 +138,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace | None = None) -> int:
-    """Print the report; returns 1 when a required library (torch, transformers, ...) is broken."""
-    rows = collect()
-    width = max(len(item) for item, _, _ in rows)
-    for item, value, ok in rows:
-        print(f"{'ok' if ok else '!!'}  {item:<{width}}  {value}")
-    broken = [item for item, _, ok in rows if item in REQUIRED and not ok]
+    """Print the report as it goes; returns 1 when Python is too old or a required library is broken."""
+    # bitsandbytes' kernel loader warns that it skips a trust check offline: the model hub row says it all.
+    logging.getLogger("kernels").setLevel(logging.ERROR)
+    print("course doctor: checking this machine (importing torch and transformers takes a while the first time)",
+          flush=True)
+    seen = []
+    for item, value, ok in rows():
+        print(f"{'ok' if ok else '!!'}  {item:<24}  {value}", flush=True)
+        seen.append((item, ok))
+    broken = [item for item, ok in seen if item in ("python", *REQUIRED) and not ok]
     if broken:
-        print(f"\nrequired but broken: {', '.join(broken)}; reinstall with {BASE} (or `make install`)")
+        print(f"\nrequired but broken: {', '.join(broken)}; use Python {'.'.join(map(str, PYTHON))}+ and reinstall "
+              f"with {BASE} (or `make install`)")
         return 1
-    print("\neverything required works" + ("" if all(ok for _, _, ok in rows) else "; lines marked !! are optional"))
+    print("\neverything required works" + ("" if all(ok for _, ok in seen) else "; lines marked !! are optional"))
     return 0

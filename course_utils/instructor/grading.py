@@ -13,21 +13,25 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
+import multiprocessing
+import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, fields
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
-from tqdm.auto import tqdm
 
-from . import remote, sandbox
-from .notebooks import nbgrader_meta, read_notebook, strip_outputs
 from ..settings import PROFILES
+from . import gradebook, remote, sandbox
+from .feedback import write_feedback
+from .notebooks import nbgrader_meta, read_notebook, strip_outputs
 from .runner import error_line, kernel_env
 
 # Error text in a cell that means the submission hit the sandbox, and the rule the gradebook names.
@@ -291,49 +295,98 @@ def grade_submission(submission_path: str | Path, solution_path: str | Path, tim
     return results
 
 
-def write_csv(results: list[ExerciseResult], out_csv: str | Path) -> None:
-    """Write the gradebook: columns submission, exercise, points, max_points, message."""
-    out_csv = Path(out_csv)
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
-    with out_csv.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=[field.name for field in fields(ExerciseResult)])
-        writer.writeheader()
-        writer.writerows(asdict(r) for r in results)
+def _grade_one(submission: str, solution_path: str, timeout: float, profile: str,
+               hide: list) -> tuple[str, list[ExerciseResult], float]:
+    """(submission, its rows, seconds taken); a failure of the grader itself gives zeros, never a crash."""
+    import transformers
+
+    # The checks tokenize long texts on purpose; transformers' length warnings would only clutter the log.
+    transformers.utils.logging.set_verbosity_error()
+    start = time.perf_counter()
+    try:
+        results = grade_submission(submission, solution_path, timeout, profile, hide)
+    except Exception as exc:  # belt and braces: one submission never stops the others
+        message = f"grading failed: {error_line(type(exc).__name__, str(exc))}"
+        checks = check_cells(read_notebook(solution_path))
+        results = [ExerciseResult(submission, g, 0.0, float(nbgrader_meta(c).get("points", 0)), message)
+                   for g, c in checks.items()]
+    return submission, results, time.perf_counter() - start
 
 
-def summary(results: list[ExerciseResult]) -> str:
-    """A table of each submission's total and maximum points."""
-    totals: dict[str, list[float]] = {}
-    for r in results:
-        total = totals.setdefault(r.submission, [0.0, 0.0])
-        total[0] += r.points
-        total[1] += r.max_points
-    width = max([len("submission")] + [len(s) for s in totals])
-    lines = [f"{'submission':<{width}}  points"]
-    lines += [f"{s:<{width}}  {p:g} / {m:g}" for s, (p, m) in totals.items()]
-    return "\n".join(lines)
+def _worker_threads(jobs: int) -> None:
+    """In each grading process: the machine's cores shared between the jobs (kernels inherit it)."""
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+
+
+def graded(submissions: list[str], solution_path: str, timeout: float, profile: str, hide: list,
+           jobs: int = 1):
+    """Yield (submission, rows, seconds) as each submission finishes, ``jobs`` of them at a time.
+
+    Each job is a process of its own grading one submission in its own sandboxed kernel, with the
+    same limits as when grading one at a time.
+    """
+    if jobs == 1:
+        for submission in submissions:
+            yield _grade_one(submission, solution_path, timeout, profile, hide)
+        return
+    context = multiprocessing.get_context("spawn")  # no forked copies of the grader's threads or kernels
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_threads, initargs=(jobs,)) as pool:
+        futures = [pool.submit(_grade_one, s, solution_path, timeout, profile, hide) for s in submissions]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        except BrokenProcessPool:
+            raise RuntimeError("a grading process died; the gradebook keeps every finished submission: "
+                               "run the same command again to grade the rest") from None
+        finally:
+            for future in futures:
+                future.cancel()
 
 
 def grade(solution_path: str | Path, submissions: list, out_csv: str | Path, timeout: float = 120,
-          profile: str = "ci") -> list[ExerciseResult]:
-    """Grade every submission, write the CSV gradebook, print a summary and return all rows."""
+          profile: str = "ci", jobs: int = 1, fresh: bool = False, sheets: bool = True) -> list[ExerciseResult]:
+    """Grade the submissions into the gradebook files (``gradebook.py``); returns their rows.
+
+    ``out_csv`` is checked before anything is graded and gets each submission's rows as soon as it is
+    graded; submissions already in it are not graded again (unless ``fresh``), so a stopped run resumes.
+    ``sheets``: also write the per-student sheet, LMS files and feedback pages (a shard leaves them to the merge).
+    """
     _check_args(timeout, profile)
-    checks = check_cells(read_notebook(solution_path))
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be a whole number >= 1, got {jobs!r}")
+    solution = read_notebook(solution_path)
+    checks = check_cells(solution)
     if not checks:
         raise ValueError(f"{solution_path} has no check cells (code cells with nbgrader grade: true)")
-    results: list[ExerciseResult] = []
-    submissions = list(submissions)
-    hide = [Path(out_csv).resolve().parent, *{Path(p).resolve().parent for p in submissions}]
-    for submission in tqdm(submissions, desc="grading", unit="submission"):
-        try:
-            results += grade_submission(submission, solution_path, timeout, profile, hide)
-        except Exception as exc:  # belt and braces: one submission never stops the others
-            message = f"grading failed: {error_line(type(exc).__name__, str(exc))}"
-            results += [ExerciseResult(str(submission), g, 0.0, float(nbgrader_meta(c).get("points", 0)), message)
-                        for g, c in checks.items()]
-    write_csv(results, out_csv)
-    print(summary(results))
-    return results
+    lab, submissions = Path(solution_path).stem, [str(s) for s in submissions]
+    out = gradebook.check_out(out_csv)
+    ids = gradebook.student_ids(submissions, lab)
+    book = gradebook.Gradebook(out, lab, list(checks), fresh)
+    todo = [s for s in submissions if s not in book.done]
+    for s in todo:
+        if ids[s] in book.students:
+            raise ValueError(f"{out} already grades student {ids[s]!r} from {book.students[ids[s]]}, not {s}; "
+                             "pass --fresh to grade everything again, or give another --out")
+    if len(todo) < len(submissions):
+        print(f"resuming {out}: {len(submissions) - len(todo)} of {len(submissions)} submissions already graded "
+              "(pass --fresh to grade them again)")
+    untouched = gradebook.lab_sources(solution)
+    hide = [out.resolve().parent, *{Path(p).resolve().parent for p in todo}]
+    for n, (submission, results, seconds) in enumerate(
+            graded(todo, str(solution_path), timeout, profile, hide, jobs), 1):
+        flag = gradebook.flags(submission, [r.message for r in results], untouched)
+        book.add(results, ids[submission], flag)
+        total, most = sum(r.points for r in results), sum(r.max_points for r in results)
+        print(f"[{n}/{len(todo)}] {ids[submission]}: {total:g} / {most:g}{'  ' + flag if flag else ''} "
+              f"({seconds:.1f} s)", flush=True)
+        if flag == gradebook.UNREADABLE:
+            print(f"course grade: {submission}: {results[0].message}", file=sys.stderr, flush=True)
+    rows = [r for r in book.rows if r["submission"] in set(submissions)]
+    if sheets:
+        gradebook.write_sheets(book.rows, out)
+        write_feedback(book.rows, out)
+    return [ExerciseResult(r["submission"], r["exercise"], float(r["points"]), float(r["max_points"]), r["message"])
+            for r in rows]
 
 
 def find_solution(lab: str, solutions_dir: str | Path = "solutions") -> Path:
@@ -348,35 +401,72 @@ def find_solution(lab: str, solutions_dir: str | Path = "solutions") -> Path:
 
 
 def expand(paths: list[str]) -> list[Path]:
-    """Submission paths, with each folder replaced by the notebooks inside it."""
+    """Submission paths, each folder replaced by the notebooks inside it; a path that is missing, not a
+    notebook or a folder without notebooks is an error (nothing would be graded from it)."""
     out = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(q for q in p.rglob("*.ipynb") if ".ipynb_checkpoints" not in q.parts)
+            found = sorted(q for q in p.rglob("*.ipynb") if ".ipynb_checkpoints" not in q.parts)
+            if not found:
+                raise ValueError(f"{p}/ holds no notebooks (*.ipynb); give the folder of the submitted labs")
+            out += found
+        elif not p.exists():
+            raise ValueError(f"{p}: no such file or folder")
+        elif p.suffix != ".ipynb":
+            raise ValueError(f"{p} is not a notebook (.ipynb); give submitted notebooks or folders of them")
         else:
             out.append(p)
     return out
 
 
+def shard(submissions: list, spec: str) -> list:
+    """The submissions of shard ``spec`` ('i/N', 1 <= i <= N): every N-th one of the sorted list, from the i-th."""
+    try:
+        i, n = (int(x) for x in spec.split("/"))
+        assert 1 <= i <= n
+    except (ValueError, AssertionError):
+        raise ValueError(f"--shard {spec}: give i/N with 1 <= i <= N, e.g. --shard 3/8") from None
+    return sorted(submissions, key=str)[i - 1::n]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `course grade`."""
     parser.add_argument("submissions", nargs="+", metavar="SUBMISSION",
-                        help="submitted notebooks, or folders of them")
+                        help="submitted notebooks, or folders of them (searched recursively)")
     parser.add_argument("--lab", required=True, help="lab number or name, e.g. 01 (finds solutions/01_*.ipynb)")
-    parser.add_argument("--out", required=True, help="gradebook CSV to write, e.g. grades.csv")
+    parser.add_argument("--out", required=True,
+                        help="gradebook CSV to write, e.g. grades.csv; the per-student sheet, LMS imports and "
+                             "feedback pages are written beside it. Running again with the same --out resumes")
     parser.add_argument("--solutions", default="solutions", help="folder of solution notebooks (default: solutions)")
     parser.add_argument("--timeout", type=int, default=120, help="seconds allowed per cell (default: 120)")
     parser.add_argument("--profile", choices=PROFILES, default="ci",
                         help="COURSE_PROFILE for the kernels (default: ci)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="submissions graded at once, each in its own sandboxed kernel (default: 1)")
+    parser.add_argument("--shard", metavar="I/N",
+                        help="grade only shard I of N (e.g. 2/8), for a batch job array; then `course merge`")
+    parser.add_argument("--fresh", action="store_true", help="start --out over instead of resuming it")
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run `course grade`; returns 0 when grading ran, whatever the scores."""
+    """Run `course grade`: 0 when grading ran, 2 on bad arguments, 1 when no submission could be read."""
     try:
         solution = find_solution(args.lab, args.solutions)
-        grade(solution, expand(args.submissions), args.out, args.timeout, args.profile)
-    except ValueError as exc:
-        print(f"course grade: {exc}")
+        submissions = expand(args.submissions)
+        if args.shard:
+            submissions = shard(submissions, args.shard)
+        results = grade(solution, submissions, args.out, args.timeout, args.profile, args.jobs, args.fresh,
+                        sheets=not args.shard)
+    except (ValueError, RuntimeError) as exc:
+        print(f"course grade: {exc}", file=sys.stderr)
         return 2
-    print(f"gradebook written to {args.out}")
+    if args.shard:
+        print(f"shard {args.shard} written to {args.out}; when every shard is done, merge them: "
+              "course merge --out GRADEBOOK.csv SHARD.csv ...")
+    else:
+        print(f"gradebook written to {args.out} (per student: {Path(args.out).with_suffix('')}.students.csv)")
+    if results and all(r.message.startswith(gradebook.UNREADABLE_MESSAGE) for r in results):
+        print("course grade: no submission could be read; check that these are the students' notebooks",
+              file=sys.stderr)
+        return 1
     return 0

@@ -3,7 +3,8 @@
 The release replaces each ``### BEGIN SOLUTION`` ... ``### END SOLUTION`` region by a stub at the
 marker's indentation, removes ``### BEGIN HIDDEN TESTS`` ... ``### END HIDDEN TESTS`` regions,
 clears outputs and points the Colab badge at ``labs/``. ``--check`` writes nothing and fails when
-``labs/`` is not exactly what the release would write (CI runs it).
+``labs/`` is not exactly what the release would write (CI runs it). ``--student-copy DIR`` writes the
+course students may see into a new folder, to publish apart from this repository (docs/instructors.md).
 """
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import argparse
 import copy
 import json
 import re
+import shutil
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -118,11 +122,57 @@ def release(solutions_dir: str | Path = "solutions", labs_dir: str | Path = "lab
     return changed
 
 
+# What a student copy leaves out: the answers (solutions/), the tests and benchmarks that run them, CI.
+PRIVATE = ("solutions/", "tests/", "benchmarks/", ".ci/")
+MARKERS = (SOLUTION[0], HIDDEN[0])
+
+
+def student_copy(dest: str | Path, root: str | Path = ".", repo_url: str | None = None) -> list[Path]:
+    """Write the course without its answers to the new folder ``dest``; returns the files written.
+
+    Copies the files git tracks in ``root`` except ``PRIVATE`` ones, with labs/ made afresh from solutions/;
+    ``repo_url`` replaces the course's REPO_URL everywhere (the Colab badges and installs then point at
+    the student repository). Fails if any copied notebook still holds a solution or hidden-test marker.
+    """
+    from .. import REPO_URL
+
+    root, dest = Path(root).resolve(), Path(dest)
+    if dest.exists() and any(dest.iterdir()):
+        raise ValueError(f"{dest} exists and is not empty; give a new folder for the student copy")
+    if dest.resolve().is_relative_to(root):
+        raise ValueError(f"{dest} is inside the course ({root}); write the student copy outside it")
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, text=True, check=False)
+    if listed.returncode:
+        raise ValueError(f"{root} is not a git checkout ({listed.stderr.strip()}); run this in the course repository")
+    files = [f for f in listed.stdout.split("\0") if f and not f.startswith(PRIVATE) and (root / f).is_file()]
+    written = []
+    for name in files:
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if name.startswith("labs/") and (root / "solutions" / Path(name).name).exists():
+            target.write_text(lab_text(root / "solutions" / Path(name).name), encoding="utf-8", newline="\n")
+        else:
+            shutil.copy2(root / name, target)
+        if repo_url and target.suffix in (".py", ".ipynb", ".md", ".toml", ".yml"):
+            target.write_text(target.read_text(encoding="utf-8").replace(REPO_URL, repo_url.rstrip("/")),
+                              encoding="utf-8", newline="\n")
+        if target.suffix == ".ipynb" and any(m in target.read_text(encoding="utf-8") for m in MARKERS):
+            shutil.rmtree(dest)
+            raise ValueError(f"{name} holds a solution or hidden-test marker; nothing was written")
+        written.append(target)
+    return written
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `course release`."""
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if labs/ is out of date")
     parser.add_argument("--solutions", default="solutions", help="folder of solution notebooks (default: solutions)")
     parser.add_argument("--labs", default="labs", help="folder of generated labs (default: labs)")
+    parser.add_argument("--student-copy", metavar="DIR",
+                        help="write the course without solutions, tests and benchmarks to the new folder DIR, "
+                             "labs made afresh, to publish as the students' repository")
+    parser.add_argument("--repo-url", help="with --student-copy: the students' repository URL, written into the "
+                                           "Colab badges and installs instead of course_utils.REPO_URL")
     parser.add_argument("--headers", action="store_true",
                         help="first rewrite the Colab badge and setup cell of every lecture and solution from "
                              "course_utils.REPO_URL and REF (run it after changing REF for a release)")
@@ -130,6 +180,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run `course release`; returns the exit code."""
+    if args.student_copy:
+        try:
+            written = student_copy(args.student_copy, ".", args.repo_url)
+        except ValueError as exc:
+            print(f"course release: {exc}", file=sys.stderr)
+            return 2
+        print(f"wrote {len(written)} files to {args.student_copy} (no {', '.join(PRIVATE)}); see docs/instructors.md")
+        return 0
     if args.headers:
         for folder in ("lectures", args.solutions):
             for path in sorted(Path(folder).glob("*.ipynb")):
