@@ -320,7 +320,7 @@ def ppo(policy: PolicyWithValue, reference, reward_fn: Callable[[Rollout], torch
 
     ``parts`` may replace the pieces by your own: {"rewards", "gae", "policy_loss", "value_loss"} -> function.
     """
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     per_token_rewards, gae = _parts(parts, "rewards", "gae")
     rng = random.Random(cfg.seed)

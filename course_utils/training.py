@@ -15,7 +15,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
+from .progress import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 
