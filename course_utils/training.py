@@ -76,12 +76,13 @@ def train(model: torch.nn.Module, batches, steps: int, lr: float = 1e-3, warmup:
           eval_every: int = 0, progress: bool = True, desc: str = "training",
           betas: tuple[float, float] = (0.9, 0.999), min_lr_ratio: float = 0.0,
           callback: Callable[[int, History], None] | None = None, fused: bool | None = None,
-          accelerator=None) -> History:
+          accelerator=None, optimizer_class: type | None = None) -> History:
     """Train ``model`` for ``steps`` optimizer steps and return the loss history.
 
     The learning rate warms up linearly for ``warmup`` steps, then follows a cosine down to
     ``min_lr_ratio * lr``. ``callback(step, history)`` runs after every step (live plots, logging).
-    ``fused=None`` uses PyTorch's fused AdamW on CPU and CUDA (faster; same update rule).
+    ``fused=None`` uses PyTorch's fused AdamW on CPU and CUDA (faster; same update rule); ``optimizer_class``
+    replaces AdamW with another class taking the same parameter groups (e.g. bitsandbytes' ``PagedAdamW``).
     With an ``accelerate.Accelerator`` (see ``course_utils.pretrain``), model, optimizer and a
     ``DataLoader`` of batches are prepared by it: each step then takes ``gradient_accumulation_steps``
     batches, gradients are averaged over processes, and the logged loss is the mean over processes.
@@ -102,8 +103,8 @@ def train(model: torch.nn.Module, batches, steps: int, lr: float = 1e-3, warmup:
         if p.requires_grad:
             (decay if p.dim() >= 2 else no_decay).append(p)
     if fused is None:
-        fused = device.type in ("cpu", "cuda")
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+        fused = optimizer_class is None and device.type in ("cpu", "cuda")
+    optimizer = (optimizer_class or torch.optim.AdamW)([{"params": decay, "weight_decay": weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=betas,
                                   **({"fused": True} if fused else {}))
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(optimizer, warmup, steps, min_lr_rate=min_lr_ratio)

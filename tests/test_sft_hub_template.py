@@ -4,6 +4,8 @@ Hub chat templates (Qwen2.5's, bundled with TRL) do not mark the assistant's tok
 ``return_assistant_tokens_mask`` alone would train on nothing; ``encode_chat`` then uses TRL's training copy of
 the template, exactly as ``SFTTrainer(assistant_only_loss=True)`` does. No download: the model is built here.
 """
+import warnings
+
 import pytest
 import torch
 
@@ -17,8 +19,8 @@ CHATS = [[{"role": "user", "content": "who ran to the park ?"}, {"role": "assist
 
 
 @pytest.fixture(scope="module")
-def hub_like(tmp_path_factory):
-    """A tiny Qwen2 model and a tokenizer carrying Qwen2.5's marker-less chat template, saved and loaded back."""
+def hub_folder(tmp_path_factory):
+    """A tiny Qwen2 model and a tokenizer carrying Qwen2.5's marker-less chat template, saved to a folder."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
     from trl.chat_template_utils import qwen2_5_chat_template
 
@@ -27,12 +29,17 @@ def hub_like(tmp_path_factory):
     tokenizer.eos_token = "<|im_end|>"
     tokenizer.chat_template = qwen2_5_chat_template
     torch.manual_seed(0)
-    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
                                          num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
     folder = tmp_path_factory.mktemp("qwen-like")
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    return load_pretrained(str(folder), progress=False)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def hub_like(hub_folder):
+    return load_pretrained(hub_folder, progress=False)
 
 
 def test_the_template_has_no_markers_so_trls_training_copy_is_used(hub_like):
@@ -70,3 +77,20 @@ def test_a_template_without_markers_that_trl_cannot_patch_is_refused_clearly(hub
     tokenizer.chat_template = plain
     with pytest.raises(ValueError, match="generation"):
         encode_chat(tokenizer, CHATS[0])
+
+
+def test_lecture_07s_gpu_path_trains_qlora_on_the_local_model_and_scores_it(hub_folder):
+    """lora.qlora_finetune (the gpu profile's QLoRA) on CPU: NF4 loads, only LoRA trains, the loss falls."""
+    pytest.importorskip("bitsandbytes")
+    from course_utils.lora import opposite_task, qlora_finetune
+
+    train_tasks, eval_tasks = opposite_task(60, 20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run = qlora_finetune(hub_folder, train_tasks, eval_tasks[:16], steps=12, device="cpu", batch_size=4, lr=3e-3,
+                             rank=4)
+    assert 0.0 <= run["before"] <= 1.0 and 0.0 <= run["after"] <= 1.0
+    first, last = sum(run["losses"][:3]) / 3, sum(run["losses"][-3:]) / 3
+    assert last < first, run["losses"]
+    trained = {n for n, p in run["model"].named_parameters() if p.requires_grad}
+    assert trained and all("lora_" in n for n in trained)
