@@ -147,6 +147,39 @@ def token_logprobs(model, ro) -> torch.Tensor:
     return response_logprobs(logits, ro.input_ids, ro.prompt_width) * ro.mask
 
 
+def distinct_share(texts: Sequence[str], group_size: int) -> float:
+    """Mean share of distinct responses within each group: 1 when all differ, 1/group_size when all are equal."""
+    groups = [texts[i:i + group_size] for i in range(0, len(texts), group_size)]
+    return sum(len(set(g)) / len(g) for g in groups) / len(groups)
+
+
+# ---------------------------------------------------------------------------------------- expert iteration
+def verified_samples(model, tokenizer, tasks: Sequence[Task], n: int, max_new_tokens: int,
+                     seed: int = 0) -> list[tuple[Task, str]]:
+    """Rejection sampling: n responses per task, kept where the verifier accepts them (one copy of each)."""
+    torch.manual_seed(seed)
+    kept = set()
+    for i in range(0, len(tasks), 64):
+        ro = sample_groups(model, tokenizer, tasks[i:i + 64], n, max_new_tokens)
+        kept |= {(t, x) for t, x in zip(ro.tasks, ro.texts) if task_verifier(t, x)}
+    return sorted(kept, key=lambda tx: (tx[0].instruction, tx[1]))
+
+
+def expert_iteration(model, tokenizer, samples: Sequence[tuple[Task, str]], steps: int, batch_size: int, lr: float,
+                     seed: int = 0, progress: bool = True) -> None:
+    """Fine-tune ``model`` in place on its own verified responses (SFT loss on the response tokens)."""
+    from .sft import collate, encode_chat
+    from .training import train
+
+    if not samples:
+        raise ValueError("no verified samples to train on: sample more responses per task (n)")
+    rng = random.Random(seed)
+    examples = [encode_chat(tokenizer, task.messages(text)) for task, text in samples]
+    train(model, lambda: collate(rng.sample(examples, min(batch_size, len(examples))), tokenizer.pad_token_id),
+          steps=steps, lr=lr, progress=progress, desc="expert iteration")  # the LM loss on the labelled reply
+    model.eval()
+
+
 # ------------------------------------------------------------------------------------------------- the loop
 @dataclass
 class GRPOConfig:
@@ -245,6 +278,7 @@ def plot_grpo(history: GRPOHistory, axes=None, title: str = "GRPO", label: str |
     return axes
 
 
-__all__ = ["GRPOConfig", "GRPOHistory", "Sampler", "candidates", "correctness_reward", "grpo", "grpo_loss",
+__all__ = ["GRPOConfig", "GRPOHistory", "Sampler", "candidates", "correctness_reward", "distinct_share",
+           "expert_iteration", "grpo", "grpo_loss",
            "group_advantages", "kl_k3", "pass_at_k", "pass_curve", "plot_grpo", "r_star_reward", "rloo_advantages",
-           "sample_groups", "task_verifier", "token_logprobs", "verify"]
+           "sample_groups", "task_verifier", "token_logprobs", "verified_samples", "verify"]

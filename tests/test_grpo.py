@@ -110,3 +110,35 @@ def test_grpo_loop_trains_and_records(sft):
     assert any((p - q).abs().max() > 0 for p, q in zip(policy.parameters(), model.parameters()))
     with pytest.raises(ValueError, match="unknown GRPO parts"):
         grpo.grpo(policy, model, grpo.correctness_reward, tok, tasks, cfg, parts={"value": None}, progress=False)
+
+
+def test_the_gpu_path_loads_a_checkpoint_folder(tmp_path, sft):
+    """The gpu profile names a hub instruct model; a model saved to a folder goes through the same code path."""
+    from course_utils.models import load_pretrained
+    from course_utils.settings import settings_for
+
+    assert "/" in settings_for("09_rlvr_grpo", "gpu")["sft_model"]  # a hub id, loaded by from_pretrained
+    model, tok = sft
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    again, tok2 = load_pretrained(str(tmp_path), progress=False)
+    tasks = task_split(10, "train", seed=2)
+    cfg = grpo.GRPOConfig(group_size=2, prompts=2, steps=1, max_new_tokens=4)
+    grpo.grpo(copy.deepcopy(again), again, grpo.correctness_reward, tok2, tasks, cfg, progress=False)
+    assert set(grpo.pass_curve(again, tok2, tasks[:3], 2, 4)) == {1, 2}
+
+
+def test_expert_iteration_trains_on_verified_samples(sft):
+    model, tok = sft
+    tasks = task_split(8, "train", seed=4)
+    kept = grpo.verified_samples(model, tok, tasks, 4, 8)
+    assert kept and all(grpo.task_verifier(t, x) for t, x in kept)
+    student = copy.deepcopy(model)
+    grpo.expert_iteration(student, tok, kept, steps=2, batch_size=4, lr=1e-3, progress=False)
+    assert any((p - q).abs().max() > 0 for p, q in zip(student.parameters(), model.parameters()))
+    with pytest.raises(ValueError, match="no verified samples"):
+        grpo.expert_iteration(student, tok, [], steps=1, batch_size=4, lr=1e-3)
+
+
+def test_distinct_share():
+    assert grpo.distinct_share(["a", "a", "b", "c"], 2) == 0.75
