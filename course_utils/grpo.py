@@ -279,6 +279,6 @@ def plot_grpo(history: GRPOHistory, axes=None, title: str = "GRPO", label: str |
 
 
 __all__ = ["GRPOConfig", "GRPOHistory", "Sampler", "candidates", "correctness_reward", "distinct_share",
-           "expert_iteration", "grpo", "grpo_loss",
-           "group_advantages", "kl_k3", "pass_at_k", "pass_curve", "plot_grpo", "r_star_reward", "rloo_advantages",
-           "sample_groups", "task_verifier", "token_logprobs", "verified_samples", "verify"]
+           "expert_iteration", "group_advantages", "grpo", "grpo_loss", "kl_k3", "pass_at_k", "pass_curve",
+           "plot_grpo", "r_star_reward", "rloo_advantages", "sample_groups", "task_verifier", "token_logprobs",
+           "verified_samples", "verify"]

@@ -19,8 +19,8 @@ def test_checks_accept_the_reference_helpers():
 
 @pytest.mark.parametrize("fn, message", [
     (lambda r, a, c: a in r.lower(), "substring"),
-    (lambda r, a, c: set(w for w in re.findall(r"[a-z]+", r) if w in c) == set(a.split(" , ")), "lower-cased"),
-    (lambda r, a, c: set(w for w in r.lower().split() if w in c) == set(a.split(" , ")), "punctuation"),
+    (lambda r, a, c: {w for w in re.findall(r"[a-z]+", r) if w in c} == set(a.split(" , ")), "lower-cased"),
+    (lambda r, a, c: {w for w in r.lower().split() if w in c} == set(a.split(" , ")), "punctuation"),
 ])
 def test_verify_check_rejects(fn, message):
     with pytest.raises(CheckError, match=message):

@@ -307,5 +307,5 @@ def check_grpo_outcome(policy, reference, tokenizer, tasks, n: int, max_new_toke
     passed(f"GRPO raised pass@1 on held-out tasks {before:.3f} -> {after:.3f}")
 
 
-__all__ = ["brute_pass_at_k", "check_grpo_loss", "check_grpo_outcome", "check_group_advantages", "check_pass_at_k",
+__all__ = ["brute_pass_at_k", "check_group_advantages", "check_grpo_loss", "check_grpo_outcome", "check_pass_at_k",
            "check_verify", "trl_advantages", "trl_grpo_batch", "trl_loss", "verifier_cases"]
