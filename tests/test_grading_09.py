@@ -1,0 +1,63 @@
+"""Grading lab 09 end to end: the solution gets full marks, the untouched lab 0, and plausible mistakes lose
+exactly the points of the exercises they break, with a message naming the mistake. One wrong notebook keeps the
+test within its time budget; each of its mistakes leaves the GRPO run unchanged (the loop's advantages carry no
+gradient, and the verifier and pass@k are not used in training), so the outcome exercise keeps its points. The
+other mistakes the issue names (batch instead of group normalisation, per-sequence averaging) are rejected by the
+checks alone, fast, in tests/test_grpo_checks.py. The wrong notebook also cheats: its group_advantages calls the
+course's own answer (course_utils.grpo.group_advantages) and loses that exercise's points."""
+from pathlib import Path
+
+import pytest
+
+from course_utils.instructor.notebooks import read_notebook
+from course_utils.instructor.release import replace_solution
+from notebook_helpers import assert_lost_exactly, total
+
+ROOT = Path(__file__).resolve().parents[1]
+SOLUTION = ROOT / "solutions" / "09_rlvr_grpo.ipynb"
+TOTAL = 16
+
+SUBSTRING = """
+return answer in response.lower()
+"""
+ANSWER_ADVANTAGES = """
+from course_utils import grpo as course_grpo
+return course_grpo.group_advantages(rewards, group_size, scale)
+"""
+NOT_DETACHED = """
+ratio = torch.exp(logprobs - old_logprobs)
+adv = advantages[:, None]
+per_token = -torch.min(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)
+if beta:
+    d = ref_logprobs - logprobs
+    per_token = per_token + beta * (torch.exp(d) - d - 1) * ratio
+return (per_token * mask).sum() / mask.sum()
+"""
+WITH_REPLACEMENT = """
+return 1.0 - (1.0 - c / n) ** k
+"""
+
+
+@pytest.fixture(scope="module")
+def gradebook(grade_notebooks):
+    solution = read_notebook(SOLUTION)
+    wrong = solution
+    for grade_id, code in {"verify_impl": SUBSTRING, "advantages_impl": ANSWER_ADVANTAGES, "loss_impl": NOT_DETACHED,
+                           "pass_at_k_impl": WITH_REPLACEMENT}.items():
+        wrong = replace_solution(wrong, grade_id, code)
+    return grade_notebooks(SOLUTION, {"substring_answer_called_not_detached_with_replacement": wrong})
+
+
+def test_solution_gets_full_marks(gradebook):
+    assert total(gradebook["solution"]) == (TOTAL, TOTAL), {k: r.message for k, r in gradebook["solution"].items()}
+
+
+def test_untouched_lab_gets_zero(gradebook):
+    assert total(gradebook["untouched_lab"]) == (0, TOTAL)
+
+
+def test_plausible_mistakes_lose_the_points_they_break(gradebook):
+    assert_lost_exactly(gradebook["substring_answer_called_not_detached_with_replacement"], {
+        "verify_check": "substring", "loss_check": "detach", "pass_at_k_check": "WITH replacement",
+        "advantages_check": "forbidden call: the exercise may not use course_utils.grpo: group_advantages"},
+        partial=True)
