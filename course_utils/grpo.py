@@ -221,7 +221,7 @@ def grpo(policy, reference, reward_fn: Callable[[Sequence[Task], Sequence[str]],
     ``parts`` may replace the pieces: {"advantages": fn(rewards, group_size, scale),
     "loss": fn(logprobs, old_logprobs, advantages, mask, clip, beta, ref_logprobs)} (then ``cfg.level`` is unused).
     """
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     unknown = set(parts or {}) - set(PARTS)
     if unknown:
@@ -263,19 +263,11 @@ def grpo(policy, reference, reward_fn: Callable[[Sequence[Task], Sequence[str]],
 
 def plot_grpo(history: GRPOHistory, axes=None, title: str = "GRPO", label: str | None = None):
     """Four panels per step: mean reward, verified share, KL to the reference, response tokens."""
-    import matplotlib.pyplot as plt
+    from .training import plot_panels
 
-    if axes is None:
-        _, axes = plt.subplots(1, 4, figsize=(13, 2.8))
     panels = [("reward", history.reward), ("verified share", history.accuracy),
               ("KL to reference (nats)", history.kl), ("response tokens", history.length)]
-    for ax, (name, values) in zip(axes, panels):
-        ax.plot(range(1, len(values) + 1), values, label=label)
-        ax.set_title(name, fontsize=10)
-        ax.set_xlabel("step")
-    axes[0].figure.suptitle(title, fontsize=11)
-    axes[0].figure.tight_layout()
-    return axes
+    return plot_panels(panels, "step", axes, title, label)
 
 
 __all__ = ["GRPOConfig", "GRPOHistory", "Sampler", "candidates", "correctness_reward", "distinct_share",

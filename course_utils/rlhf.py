@@ -470,21 +470,11 @@ class LivePPOPlot:
 
 def plot_history(history: PPOHistory, axes=None, title: str = "PPO", label: str | None = None):
     """Four panels per rollout: reward-model score, true reward r*, KL to the reference, response length."""
-    import matplotlib.pyplot as plt
+    from .training import plot_panels
 
-    if axes is None:
-        _, axes = plt.subplots(1, 4, figsize=(13, 2.8))
     panels = [("RM score", history.score), ("true reward r*", history.true_reward),
               ("KL to reference (nats)", history.kl), ("response tokens", history.length)]
-    for ax, (name, values) in zip(axes, panels):
-        if label is None:
-            ax.clear()
-        ax.plot(range(1, len(values) + 1), values, label=label)
-        ax.set_title(name, fontsize=10)
-        ax.set_xlabel("rollout")
-    axes[0].figure.suptitle(title, fontsize=11)
-    axes[0].figure.tight_layout()
-    return axes
+    return plot_panels(panels, "rollout", axes, title, label)
 
 
 __all__ = ["DenseTrueReward", "LivePPOPlot", "PPOConfig", "PPOHistory", "PolicyWithValue", "PretrainBatches",

@@ -212,3 +212,20 @@ def plot_losses(history: History, baseline: float | None = None, baseline_label:
     ax.set_title(title)
     ax.legend()
     return ax
+
+
+def plot_panels(panels, xlabel: str, axes=None, title: str = "", label: str | None = None):
+    """One small panel per (name, values) curve, side by side; with ``label``, curves add to the given axes."""
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        _, axes = plt.subplots(1, len(panels), figsize=(3.25 * len(panels), 2.8))
+    for ax, (name, values) in zip(axes, panels):
+        if label is None:
+            ax.clear()
+        ax.plot(range(1, len(values) + 1), values, label=label)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel(xlabel)
+    axes[0].figure.suptitle(title, fontsize=11)
+    axes[0].figure.tight_layout()
+    return axes
