@@ -200,7 +200,7 @@ def test_student_copy_has_no_answers_and_points_at_the_students_repository(tmp_p
     for lab in sorted((root / "solutions").glob("*.ipynb")):
         assert (dest / "labs" / lab.name).read_text() == rel.lab_text(lab).replace(REPO_URL, args.repo_url)
     notebooks = [*dest.glob("lectures/*.ipynb"), *dest.glob("labs/*.ipynb")]
-    assert len(notebooks) == 16
+    assert len(notebooks) == len([*root.glob("lectures/*.ipynb"), *root.glob("labs/*.ipynb")]) >= 16
     for nb in notebooks:
         text = nb.read_text()
         assert "BEGIN SOLUTION" not in text and "BEGIN HIDDEN TESTS" not in text

@@ -29,6 +29,8 @@ def setup_cell(name: str) -> str:
     """The second cell of every notebook: install on Colab only, then seed and print the profile."""
     return (
         "# Setup: on Colab this installs the course package; locally `make start` already did.\n"
+        "# Colab is not yet tested (docs/students.md): if it asks to restart the session after the install, do so\n"
+        "# and run the notebook again from the top.\n"
         "import sys\n"
         "if \"google.colab\" in sys.modules:\n"
         f"    %pip install -q \"llm-course @ git+{REPO_URL}@{REF}\"\n"
