@@ -19,6 +19,7 @@ import os
 import pickle
 import stat
 import time
+import zipfile
 from pathlib import Path
 
 import torch
@@ -26,6 +27,9 @@ import torch
 from ..checks import FORBIDDEN_MODULES, FORBIDDEN_OPS, CheckError
 
 MAX_ANSWER_BYTES = 256 * 1024 ** 2
+MAX_ANSWER_DEPTH = 16      # levels of nesting in one answer
+MAX_ANSWER_NODES = 100_000  # values in one answer, shared references counted each time they are used
+MAX_ANSWER_ELEMENTS = 2 ** 25  # tensor elements in one answer (256 MiB of float64)
 TRUSTED_CLASS_ROOTS = ("torch.", "transformers.")
 
 
@@ -42,10 +46,15 @@ class CheckTimeout(Exception):
 
 
 class Link:
-    """Requests to one student's kernel through its nbclient client; answers pass through files."""
+    """Requests to one student's kernel; answers pass through files in ``workdir``.
 
-    def __init__(self, client, workdir: str | Path, timeout: float):
-        self.client, self.workdir, self.timeout = client, Path(workdir), timeout
+    ``run_cell(code, seconds)`` runs one line of code in the kernel within ``seconds`` and returns the
+    error it raised as text (None when it ran): the grader's notebook client, or the pipe to it when
+    the checks run in a child process (``checkproc.py``).
+    """
+
+    def __init__(self, run_cell, workdir: str | Path, timeout: float):
+        self.run_cell, self.workdir, self.timeout = run_cell, Path(workdir), timeout
         self.deadline = time.monotonic() + timeout
         self.requests = 0
 
@@ -54,8 +63,6 @@ class Link:
         self.deadline = time.monotonic() + self.timeout
 
     def request(self, op: str, target, *args):
-        from nbformat.v4 import new_code_cell
-
         left = self.deadline - time.monotonic()
         if left <= 0:
             raise CheckTimeout(f"timed out after {int(self.timeout)} s")
@@ -68,24 +75,12 @@ class Link:
         _write_new(request_path, buffer.getvalue())
         with contextlib.suppress(FileNotFoundError):
             answer_path.unlink()
-        code = (f"__import__('course_utils.instructor.agent', fromlist=['handle'])"
-                f".handle({str(request_path)!r}, {str(answer_path)!r})")
-        self.client.timeout = max(1, int(left))
-        cell = new_code_cell(code)
-        try:
-            self.client.execute_cell(cell, 0, store_history=False)
-        except Exception as exc:
-            if "Timeout" in type(exc).__name__:
-                raise CheckTimeout(f"timed out after {int(self.timeout)} s") from None
-            raise
+        error = self.run_cell(f"__import__('course_utils.instructor.agent', fromlist=['handle'])"
+                              f".handle({str(request_path)!r}, {str(answer_path)!r})", left)
         data = _read_regular(answer_path)
         if data is None:
-            errors = [o for o in cell.outputs if o.output_type == "error"]
-            why = f"{errors[-1].ename}: {errors[-1].evalue}" if errors else "no answer"
-            raise RemoteError(f"the kernel could not run the student's code ({why})")
-        answer = torch.load(io.BytesIO(data), weights_only=True)
-        if not isinstance(answer, dict):
-            raise RemoteError("malformed answer from the kernel")
+            raise RemoteError(f"the kernel could not run the student's code ({error or 'no answer'})")
+        answer = load_answer(data)
         for generator, state in zip(generators, answer.get("generators", [])):
             if torch.is_tensor(state) and state.dtype == torch.uint8:
                 generator.set_state(state)
@@ -98,21 +93,54 @@ class Link:
                     and cls not in (StopIteration, StopAsyncIteration):
                 raise cls(message)
             raise RemoteError(f"{name}: {message}")
-        return self.decode(answer.get("value"))
+        return self.decode(answer.get("value"), _Budget())
 
-    def decode(self, value, depth: int = 0):
-        """Plain data as it is, references as ``Remote`` proxies."""
-        if depth > 16:
-            raise RemoteError("answer nested too deeply")
+    def decode(self, value, budget: "_Budget", depth: int = 0):
+        """Plain data as it is, references as ``Remote`` proxies; bounded in depth, nodes and tensor elements."""
+        if depth > MAX_ANSWER_DEPTH:
+            raise RemoteError(f"the student's code returned data nested more than {MAX_ANSWER_DEPTH} levels deep")
+        budget.count(value)
         if isinstance(value, dict):
             if set(value) == {"__ref__", "cls", "name"} and isinstance(value["__ref__"], int):
                 return Remote(self, value["__ref__"], str(value["cls"]), str(value["name"]))
-            return {k: self.decode(v, depth + 1) for k, v in value.items()}
+            return {k: self.decode(v, budget, depth + 1) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
-            return type(value)(self.decode(v, depth + 1) for v in value)
+            return type(value)(self.decode(v, budget, depth + 1) for v in value)
         if torch.is_tensor(value) and type(value) not in (torch.Tensor, torch.nn.Parameter):
             raise RemoteError(f"unexpected tensor type {type(value).__name__}")
         return value
+
+
+class _Budget:
+    """Counts the nodes and tensor elements of one decoded answer; raises past the limits."""
+
+    def __init__(self):
+        self.nodes = self.elements = 0
+
+    def count(self, value) -> None:
+        self.nodes += 1
+        if self.nodes > MAX_ANSWER_NODES:
+            raise RemoteError(f"the student's code returned more than {MAX_ANSWER_NODES} values in one answer")
+        if torch.is_tensor(value):
+            self.elements += value.numel()  # logical size: an expanded tensor counts what it would allocate
+            if self.elements > MAX_ANSWER_ELEMENTS:
+                raise RemoteError(f"the student's code returned tensors of more than {MAX_ANSWER_ELEMENTS} elements")
+
+
+def load_answer(data: bytes) -> dict:
+    """The kernel's answer read from ``data``: a plain (uncompressed) torch.save archive within the size limit."""
+    try:
+        entries = zipfile.ZipFile(io.BytesIO(data)).infolist()
+    except zipfile.BadZipFile:
+        raise RemoteError("malformed answer from the kernel (not a torch.save archive)") from None
+    if any(e.compress_type != zipfile.ZIP_STORED for e in entries):
+        raise RemoteError("malformed answer from the kernel (compressed records)")
+    if sum(e.file_size for e in entries) > MAX_ANSWER_BYTES:
+        raise RemoteError(f"the student's code returned more than {MAX_ANSWER_BYTES >> 20} MiB")
+    answer = torch.load(io.BytesIO(data), weights_only=True)
+    if not isinstance(answer, dict):
+        raise RemoteError("malformed answer from the kernel")
+    return answer
 
 
 def _write_new(path: Path, data: bytes) -> None:
