@@ -1,4 +1,5 @@
-"""The grader's own resources (issue 24 §1): answers are bounded before and while they are decoded, and
+"""The grader's own resources (issue 24 §1): answers are bounded before and while they are decoded, widget and
+display floods are dropped, and
 each submission's checks run in a child process that a memory or time limit kills without the grader.
 
 No notebook runs here: the kernel is played by a function (honest: the agent in this process; hostile:
@@ -141,3 +142,29 @@ def test_a_crafted_answer_fails_only_its_check(checker):
     bomb = archive(torch.zeros(2 ** 22, dtype=torch.uint8), zipfile.ZIP_DEFLATED)
     passed, message, _ = checker.run("scaled_dot_product_attention", 0, hostile_kernel(bomb))
     assert not passed and "compressed records" in message, message
+
+
+def test_a_flood_of_widget_and_display_messages_is_dropped():
+    import nbformat
+
+    from course_utils.instructor import grading
+
+    cell = nbformat.v4.new_code_cell("flood()")
+    client = grading._client_class()(nbformat.v4.new_notebook(cells=[cell]))
+    client.reset_execution_trackers()
+    client.clear_before_next_output = False  # as execute_cell sets it
+    state = {"value": "x" * 10_000}
+
+    def message(kind, content):
+        return {"msg_type": kind, "content": content, "buffers": [], "header": {"msg_type": kind},
+                "parent_header": {}, "metadata": {}}
+
+    for i in range(2_000):
+        client.process_message(message("comm_open", {"comm_id": str(i), "target_name": "jupyter.widget",
+                                                     "data": {"state": state, "buffer_paths": []}}), cell, 0)
+        client.process_message(message("display_data", {"data": {"text/plain": "x"}, "metadata": {},
+                                                        "transient": {"display_id": "same"}}), cell, 0)
+        client.process_message(message("update_display_data", {"data": {"text/plain": "y"}, "metadata": {},
+                                                               "transient": {"display_id": "same"}}), cell, 0)
+    assert client.widget_state == {} and client._display_id_map == {}
+    assert len(cell.outputs) == 2_000 and cell.outputs[-1]["data"]["text/plain"] == "x"
