@@ -1,6 +1,6 @@
 """The grader's own resources (issue 24 §1): answers are bounded before and while they are decoded, widget and
-display floods are dropped, and
-each submission's checks run in a child process that a memory or time limit kills without the grader.
+display floods are dropped, and each submission's checks run in a child process that a memory or time limit
+kills without the grader.
 
 No notebook runs here: the kernel is played by a function (honest: the agent in this process; hostile:
 one that writes a crafted answer), so each attack takes well under a second of real work.
