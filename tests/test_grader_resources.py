@@ -168,3 +168,40 @@ def test_a_flood_of_widget_and_display_messages_is_dropped():
                                                                "transient": {"display_id": "same"}}), cell, 0)
     assert client.widget_state == {} and client._display_id_map == {}
     assert len(cell.outputs) == 2_000 and cell.outputs[-1]["data"]["text/plain"] == "x"
+
+
+def test_a_class_name_from_the_kernel_never_imports_a_module():
+    assert remote._trusted_class("torch.nn.modules.linear.Linear") is torch.nn.Linear
+    unimported = "transformers.models.bark.modeling_bark"
+    assert unimported not in sys.modules
+    assert remote._trusted_class(f"{unimported}.BarkModel") is None
+    assert unimported not in sys.modules
+
+
+def test_a_graded_kernel_inherits_only_an_allowlisted_environment(monkeypatch):
+    from course_utils.instructor.runner import grading_env
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.setenv("GITHUB_TOKEN", "secret")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    env = grading_env("ci")
+    assert "secret" not in env.values()
+    assert env["COURSE_PROFILE"] == "ci" and env["OMP_NUM_THREADS"] == "1" and "course_utils" not in env["PATH"]
+    assert str(ROOT) in env["PYTHONPATH"].split(":")
+
+
+def test_gradients_of_a_students_loss_reach_the_graders_inputs(checker, monkeypatch):
+    monkeypatch.setattr(sys.modules["__main__"], "square_sum", lambda x: (x ** 2).sum(), raising=False)
+    monkeypatch.setattr(sys.modules["__main__"], "detached_sum", lambda x: (x.detach() ** 2).sum(), raising=False)
+    monkeypatch.setattr(sys.modules["__main__"], "half_used", lambda x, y: (x * y.detach()).sum(), raising=False)
+    source = """
+x, y = torch.tensor([1.0, 2.0], requires_grad=True), torch.tensor([3.0, 4.0], requires_grad=True)
+loss = square_sum(x)
+loss.backward()
+assert torch.equal(x.grad, torch.tensor([2.0, 4.0])) and loss.item() == 5.0, x.grad
+assert not detached_sum(x).requires_grad
+x.grad = None
+half_used(x, y).backward()
+assert torch.equal(x.grad, y.detach()) and y.grad is None, (x.grad, y.grad)
+"""
+    assert checker.run(source, 0, in_process_kernel) == (True, "passed", None)

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from . import checkproc, sandbox
 from .notebooks import nbgrader_meta, read_notebook, strip_outputs
 from ..settings import PROFILES
-from .runner import error_line, kernel_env
+from .runner import error_line, grading_env
 
 # Error text in a cell that means the submission hit the sandbox, and the rule the gradebook names.
 RULES = (("Read-only file system", "sandbox violation (wrote outside its temporary folder)"),
@@ -158,7 +158,7 @@ def _run_cells(client, nb, checks: dict, checker: checkproc.CheckProcess, workdi
 
     verdicts: dict[str, tuple[bool, str]] = {}
     notes: list[str] = []
-    env = kernel_env(profile)
+    env = grading_env(profile)
     with client.setup_kernel(cwd=str(workdir), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):
         kernel = checkproc.kernel_runner(client)
         # The kernel side of remote checks (it imports torch) loads before any student code, untimed.

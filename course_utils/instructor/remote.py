@@ -13,17 +13,18 @@ from __future__ import annotations
 import ast
 import builtins
 import contextlib
-import importlib
 import io
 import os
 import pickle
 import stat
+import sys
 import time
 import zipfile
 from pathlib import Path
 
 import torch
 
+from . import agent
 from ..checks import FORBIDDEN_MODULES, FORBIDDEN_OPS, CheckError
 
 MAX_ANSWER_BYTES = 256 * 1024 ** 2
@@ -68,7 +69,7 @@ class Link:
             raise CheckTimeout(f"timed out after {int(self.timeout)} s")
         self.requests += 1
         request_path, answer_path = self.workdir / "request.pkl", self.workdir / "answer.pt"
-        generators = [a for a in _walk((args, target)) if isinstance(a, torch.Generator)]
+        generators = [a for a in agent.walk((args, target)) if isinstance(a, torch.Generator)]
         buffer = io.BytesIO()
         _Pickler(buffer).dump({"op": op, "target": target, "args": args, "generators": generators,
                                "forbid": FORBIDDEN_OPS.get(), "forbid_modules": FORBIDDEN_MODULES.get()})
@@ -93,7 +94,8 @@ class Link:
                     and cls not in (StopIteration, StopAsyncIteration):
                 raise cls(message)
             raise RemoteError(f"{name}: {message}")
-        return self.decode(answer.get("value"), _Budget())
+        value = self.decode(answer.get("value"), _Budget())
+        return with_gradients(value, agent.grad_leaves(args), answer.get("grads"))
 
     def decode(self, value, budget: "_Budget", depth: int = 0):
         """Plain data as it is, references as ``Remote`` proxies; bounded in depth, nodes and tensor elements."""
@@ -125,6 +127,22 @@ class _Budget:
             self.elements += value.numel()  # logical size: an expanded tensor counts what it would allocate
             if self.elements > MAX_ANSWER_ELEMENTS:
                 raise RemoteError(f"the student's code returned tensors of more than {MAX_ANSWER_ELEMENTS} elements")
+
+
+def with_gradients(value, leaves: list, grads) -> object:
+    """``value`` whose gradient with respect to the grader's ``leaves`` is the one the kernel computed.
+
+    The student's graph stays in the kernel; for a scalar the kernel sends d value / d leaf, and
+    ``value + sum(leaf * grad) - (the same, detached)`` carries exactly those gradients here.
+    """
+    if not (torch.is_tensor(value) and value.requires_grad and isinstance(grads, list) and len(grads) == len(leaves)):
+        return value
+    terms = [(leaf * g.to(leaf.dtype)).sum() for leaf, g in zip(leaves, grads)
+             if torch.is_tensor(g) and type(g) is torch.Tensor and g.shape == leaf.shape]
+    if not terms:
+        return value
+    link = sum(terms)
+    return value.detach() + (link - link.detach()).to(value.dtype)
 
 
 def load_answer(data: bytes) -> dict:
@@ -168,30 +186,21 @@ def _read_regular(path: Path) -> bytes | None:
         return f.read(MAX_ANSWER_BYTES + 1)
 
 
-def _walk(x, depth: int = 0):
-    yield x
-    if depth < 4 and isinstance(x, (tuple, list)):
-        for item in x:
-            yield from _walk(item, depth + 1)
-    elif depth < 4 and isinstance(x, dict):
-        for item in x.values():
-            yield from _walk(item, depth + 1)
-
-
 class _Pickler(pickle.Pickler):
     def persistent_id(self, obj):
         return object.__getattribute__(obj, "_ref") if type(obj) is Remote else None
 
 
 def _trusted_class(qualified: str):
-    """The trusted nn.Module class named ``qualified`` (torch's, transformers'), or None."""
+    """The trusted nn.Module class named ``qualified`` (torch's, transformers'), or None.
+
+    Only modules already imported here are looked at: the name comes from the student's kernel, and
+    importing a module the student names would run its import-time code in the grader.
+    """
     if not qualified.startswith(TRUSTED_CLASS_ROOTS):
         return None
     module, _, name = qualified.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), name, None)
-    except Exception:
-        return None
+    cls = getattr(sys.modules.get(module), name, None)
     return cls if isinstance(cls, type) and issubclass(cls, torch.nn.Module) else None
 
 
