@@ -76,6 +76,10 @@ def _child(conn, solution_path: str, profile: str, workdir: str, timeout: float,
     from . import remote
     from .notebooks import read_notebook
 
+    import torch
+
+    # Each thread reserves address space (stack, malloc arena): a many-core machine must not eat the limit.
+    torch.set_num_threads(min(4, torch.get_num_threads()))
     limit_memory(memory_bytes)
 
     def run_cell(code: str, seconds: float) -> str | None:
