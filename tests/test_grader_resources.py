@@ -205,3 +205,20 @@ half_used(x, y).backward()
 assert torch.equal(x.grad, y.detach()) and y.grad is None, (x.grad, y.grad)
 """
     assert checker.run(source, 0, in_process_kernel) == (True, "passed", None)
+
+
+def test_what_the_students_code_changes_in_place_reaches_the_graders_tensors(checker, monkeypatch):
+    def scale_in_place(logits, t):
+        return logits.div_(t)
+
+    monkeypatch.setattr(sys.modules["__main__"], "scale_in_place", scale_in_place, raising=False)
+    monkeypatch.setattr(sys.modules["__main__"], "scale", lambda logits, t: logits / t, raising=False)
+    source = """
+logits = torch.tensor([2.0, 4.0])
+out = scale_in_place(logits, 2.0)
+assert torch.equal(logits, torch.tensor([1.0, 2.0])), logits  # the check sees its input changed, as in the kernel
+kept = torch.tensor([2.0, 4.0])
+scale(kept, 2.0)
+assert torch.equal(kept, torch.tensor([2.0, 4.0])), kept
+"""
+    assert checker.run(source, 0, in_process_kernel) == (True, "passed", None)

@@ -75,6 +75,17 @@ def grad_leaves(args) -> list:
     return [a for a in walk(args) if type(a) in (torch.Tensor, torch.nn.Parameter) and a.requires_grad and a.is_leaf]
 
 
+def tensors_in(args) -> list:
+    """The plain tensors among ``args``, in ``walk`` order (the grader finds its own the same way)."""
+    return [a for a in walk(args) if type(a) in (torch.Tensor, torch.nn.Parameter)]
+
+
+def changed_in_place(tensors: list, before: list) -> dict:
+    """{index: new value} of the argument tensors the student's code changed in place."""
+    return {i: t.detach() for i, (t, b) in enumerate(zip(tensors, before))
+            if t.shape != b.shape or t.dtype != b.dtype or not torch.equal(t.detach(), b)}
+
+
 def gradients(value, leaves: list) -> list:
     """The gradient of a scalar ``value`` with respect to each of ``leaves`` (None where it does not reach)."""
     if not (leaves and torch.is_tensor(value) and value.requires_grad and value.numel() == 1):
@@ -300,11 +311,14 @@ def handle(request_path: str, answer_path: str) -> None:
                 watches.enter_context(_WatchCalls(request["forbid_modules"], seen))
             watched = bool(request["forbid"] or request.get("forbid_modules"))
             threads = other_threads() if watched else []
+            given = tensors_in(request["args"])
+            before = [t.detach().clone() for t in given]
             value = _do(request["op"], target, request["args"])
             threads += other_threads() if watched else []
         seen += [f"a thread of its own ({name}) alive while the check ran (the grader traces one thread)"
                  for name in dict.fromkeys(threads)]
-        answer = {"value": encode(value), "grads": gradients(value, grad_leaves(request["args"]))}
+        answer = {"value": encode(value), "grads": gradients(value, grad_leaves(request["args"])),
+                  "changed": changed_in_place(given, before)}
     except BaseException as exc:  # the student's error, reported to the grader as text
         name = type(exc).__name__
         builtin = isinstance(getattr(builtins, name, None), type) and type(exc) is getattr(builtins, name)

@@ -94,7 +94,9 @@ class Link:
                     and cls not in (StopIteration, StopAsyncIteration):
                 raise cls(message)
             raise RemoteError(f"{name}: {message}")
-        value = self.decode(answer.get("value"), _Budget())
+        budget = _Budget()
+        value = self.decode(answer.get("value"), budget)
+        apply_changes(agent.tensors_in(args), answer.get("changed"), budget)
         return with_gradients(value, agent.grad_leaves(args), answer.get("grads"))
 
     def decode(self, value, budget: "_Budget", depth: int = 0):
@@ -127,6 +129,26 @@ class _Budget:
             self.elements += value.numel()  # logical size: an expanded tensor counts what it would allocate
             if self.elements > MAX_ANSWER_ELEMENTS:
                 raise RemoteError(f"the student's code returned tensors of more than {MAX_ANSWER_ELEMENTS} elements")
+
+
+def apply_changes(tensors: list, changed, budget: _Budget) -> None:
+    """Change the grader's argument ``tensors`` as the student's code changed its copies in place.
+
+    Arguments cross by value, so without this a check that looks at its inputs again after the call
+    (did the exercise leave them alone?) would never see what the student's code did to them.
+    """
+    if not isinstance(changed, dict):
+        return
+    for index, new in changed.items():
+        if not (isinstance(index, int) and 0 <= index < len(tensors) and type(new) is torch.Tensor):
+            continue
+        budget.count(new)
+        old = tensors[index]
+        with torch.no_grad():
+            if new.shape == old.shape:
+                old.copy_(new.to(old.dtype))
+            else:
+                old.data = new.to(old.dtype)
 
 
 def with_gradients(value, leaves: list, grads) -> object:
