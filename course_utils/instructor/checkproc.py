@@ -120,9 +120,10 @@ class CheckProcess:
 
         ``kernel(code, seconds)`` runs one of the child's requests in the student's kernel.
         """
-        from nbclient.exceptions import CellTimeoutError, DeadKernelError
+        from nbclient.exceptions import DeadKernelError
 
-        timed_out = f"timed out after {int(self.timeout)} s in this check (cell {index + 1})"
+        limit = f"timed out after {int(self.timeout)} s"
+        timed_out = f"{limit} in this check (cell {index + 1})"
         if self.process is None and (problem := self._start()) is not None:
             return False, problem, None
         self.conn.send((source, index))
@@ -136,12 +137,14 @@ class CheckProcess:
                 return False, message or timed_out, None
             try:
                 self.conn.send(kernel(message[1], message[2]))
-            except CellTimeoutError:
-                self._stop()
-                return False, timed_out, "timed out"
             except DeadKernelError:
                 self._stop()
                 return False, f"the kernel died in this check (cell {index + 1})", "the kernel died"
+            except Exception as exc:  # nbclient's CellTimeoutError, or asyncio's TimeoutError on the way to it
+                self._stop()
+                if "Timeout" not in type(exc).__name__:
+                    raise
+                return False, timed_out, limit
 
     def _receive(self, deadline: float):
         """The child's next message (a tuple); None past the deadline; why (a str) when the child died."""
