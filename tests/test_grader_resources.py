@@ -194,6 +194,7 @@ def test_gradients_of_a_students_loss_reach_the_graders_inputs(checker, monkeypa
     monkeypatch.setattr(sys.modules["__main__"], "square_sum", lambda x: (x ** 2).sum(), raising=False)
     monkeypatch.setattr(sys.modules["__main__"], "detached_sum", lambda x: (x.detach() ** 2).sum(), raising=False)
     monkeypatch.setattr(sys.modules["__main__"], "half_used", lambda x, y: (x * y.detach()).sum(), raising=False)
+    monkeypatch.setattr(sys.modules["__main__"], "with_extra", lambda x: ((x ** 2).sum(), 7), raising=False)
     source = """
 x, y = torch.tensor([1.0, 2.0], requires_grad=True), torch.tensor([3.0, 4.0], requires_grad=True)
 loss = square_sum(x)
@@ -203,6 +204,10 @@ assert not detached_sum(x).requires_grad
 x.grad = None
 half_used(x, y).backward()
 assert torch.equal(x.grad, y.detach()) and y.grad is None, (x.grad, y.grad)
+x.grad = None
+loss, extra = with_extra(x)  # a (loss, ...) tuple, as lab 06's dpo_loss returns
+loss.backward()
+assert torch.equal(x.grad, torch.tensor([2.0, 4.0])) and extra == 7, (x.grad, extra)
 """
     assert checker.run(source, 0, in_process_kernel) == (True, "passed", None)
 

@@ -86,8 +86,14 @@ def changed_in_place(tensors: list, before: list) -> dict:
             if t.shape != b.shape or t.dtype != b.dtype or not torch.equal(t.detach(), b)}
 
 
+def loss_of(value):
+    """The scalar an answer's gradients are sent for: ``value`` itself, or the first item of a tuple or list."""
+    return value[0] if type(value) in (tuple, list) and value else value
+
+
 def gradients(value, leaves: list) -> list:
     """The gradient of a scalar ``value`` with respect to each of ``leaves`` (None where it does not reach)."""
+    value = loss_of(value)
     if not (leaves and torch.is_tensor(value) and value.requires_grad and value.numel() == 1):
         return []
     grads = torch.autograd.grad(value.sum(), leaves, allow_unused=True, retain_graph=True)

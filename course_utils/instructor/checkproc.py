@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import sys
 import time
 import types
@@ -20,7 +21,7 @@ from .runner import error_line
 from .sandbox import GIB, Limits
 
 # Imported once by the server process that forks the children (they start with these loaded).
-PRELOAD = ["torch", "transformers", "peft", "course_utils.checks", "course_utils.instructor.remote",
+PRELOAD = ["torch", "transformers", "course_utils.checks", "course_utils.instructor.remote",
            "course_utils.instructor.checkproc"]
 GRACE_S = 2  # a check computing on its own (no request to the kernel) is killed this long after its limit
 STARTUP_S = 300  # a child imports what the solution imports (transformers, peft) before its first check
@@ -78,6 +79,12 @@ def _child(conn, solution_path: str, profile: str, workdir: str, timeout: float,
 
     import torch
 
+    # Libraries' own output (logging handlers, C code) would land in the grader's terminal: the verdicts say it all.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    # Libraries that refuse to seed outside a DataLoader's workers read this (transformers' MLM collator).
+    multiprocessing.current_process().name = "MainProcess"
     # Each thread reserves address space (stack, malloc arena): a many-core machine must not eat the limit.
     torch.set_num_threads(min(4, torch.get_num_threads()))
     limit_memory(memory_bytes)

@@ -97,6 +97,8 @@ class Link:
         budget = _Budget()
         value = self.decode(answer.get("value"), budget)
         apply_changes(agent.tensors_in(args), answer.get("changed"), budget)
+        if type(value) in (tuple, list) and value:  # a (loss, ...) tuple: the gradients belong to the loss
+            return type(value)([with_gradients(value[0], agent.grad_leaves(args), answer.get("grads")), *value[1:]])
         return with_gradients(value, agent.grad_leaves(args), answer.get("grads"))
 
     def decode(self, value, budget: "_Budget", depth: int = 0):
