@@ -100,3 +100,79 @@ def test_bitsandbytes_quantization_is_seen():
     assert seen and seen[0].startswith("bitsandbytes: ")
     assert seen_while(lambda: bf.quantize_4bit(torch.randn(64, 64), blocksize=64, quant_type="nf4"),
                       ("bitsandbytes",))[0].startswith("bitsandbytes: ")
+
+
+# Escapes from the forbidden-call trace (issue 24 §2): each route to the oracle is seen.
+X = torch.randn(1, 2, 4, 8)
+
+
+def ops_seen(fn, forbidden=("scaled_dot_product",)) -> list[str]:
+    """What the kernel's watches report while ``fn`` runs as the student's code of a check that forbids ops."""
+    seen = []
+    with agent._Watch(forbidden, seen), agent._WatchOps(forbidden, seen), agent._WatchAllThreads(forbidden, seen):
+        fn()
+    return seen
+
+
+def test_honest_attention_is_not_flagged():
+    assert ops_seen(lambda: torch.softmax(X @ X.transpose(-2, -1) / 8 ** 0.5, dim=-1) @ X) == []
+
+
+def test_the_oracle_on_a_worker_thread_started_before_the_check_is_seen():
+    import queue
+    import threading
+
+    inbox, outbox = queue.Queue(), queue.Queue()
+
+    def worker():
+        for x in iter(inbox.get, None):
+            outbox.put(torch.nn.functional.scaled_dot_product_attention(x, x, x))
+
+    thread = threading.Thread(target=worker, name="helper", daemon=True)
+    thread.start()
+    try:
+        seen = ops_seen(lambda: (inbox.put(X), outbox.get()))
+        assert any("scaled_dot_product" in s for s in seen), seen
+        assert any("helper" in s for s in agent.other_threads())
+    finally:
+        inbox.put(None)
+        thread.join()
+    assert agent.other_threads() == []
+
+
+def test_the_oracle_with_torch_function_disabled_and_the_modes_popped_is_seen():
+    def hidden():
+        from torch.overrides import _pop_mode_temporarily
+
+        with _pop_mode_temporarily(), torch._C.DisableTorchFunction():
+            torch.nn.functional.scaled_dot_product_attention(X, X, X)
+
+    assert any("scaled_dot_product" in s for s in ops_seen(hidden))
+
+
+def test_a_custom_operator_wrapping_the_oracle_is_seen():
+    @torch.library.custom_op("course_attack::attend", mutates_args=())
+    def attend(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.scaled_dot_product_attention(x, x, x)
+
+    seen = ops_seen(lambda: attend(X))
+    assert any("course_attack::attend" in s and "custom operator" in s for s in seen), seen
+    assert any("scaled_dot_product" in s for s in seen), seen
+
+
+def test_stopping_the_profiler_is_seen():
+    assert any("stopped by the student" in s for s in ops_seen(torch.autograd._disable_profiler))
+
+
+def toggled(a, b):
+    hook = sys.getprofile()
+    sys.setprofile(None)  # off around the answer, then back on: the hook is in place at the end
+    try:
+        return ANSWER(a, b, torch.zeros_like(a), torch.zeros_like(b), 1.0)[0]
+    finally:
+        sys.setprofile(hook)
+
+
+def test_switching_the_module_trace_off_and_on_around_the_answer_is_seen():
+    seen = traced(toggled)
+    assert seen and seen[0].startswith("sys.setprofile"), seen

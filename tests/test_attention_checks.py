@@ -117,6 +117,24 @@ def test_wrong_mha_is_rejected(wrong, message):
         check_multi_head_attention(wrong)
 
 
+class MHAReportsAHugeWidth(MHA):
+    def __init__(self, d_model, n_heads):
+        super().__init__(d_model, n_heads)
+        self.q_proj.in_features = 10 ** 9  # the reference must not be built from what the module reports
+
+
+class MHAWiderProjection(MHA):
+    def __init__(self, d_model, n_heads):
+        super().__init__(d_model, n_heads)
+        self.v_proj = nn.Linear(d_model, 4 * d_model)
+
+
+def test_the_reference_is_built_from_the_checks_sizes_not_the_students():
+    check_multi_head_attention(MHAReportsAHugeWidth)  # correct weights: passes, nothing huge is built
+    with pytest.raises(CheckError, match=r"v_proj.weight has shape \(64, 16\); with d_model=16"):
+        check_multi_head_attention(MHAWiderProjection)
+
+
 def test_mha_without_expected_attributes_gets_told_what_is_missing():
     class NoProj(nn.Module):
         def __init__(self, d, h):

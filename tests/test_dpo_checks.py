@@ -35,6 +35,7 @@ def logps_unshifted(logits, ids, completion_mask):
     (lambda logits, ids, mask: _token_logps(logits, ids).sum(-1), "every token"),
     (lambda logits, ids, mask: (_token_logps(logits, ids) * mask[:, :-1]).sum(-1), "off by one"),
     (lambda logits, ids, mask: sequence_logps(logits, ids, mask)[:2], "shape"),
+    (lambda logits, ids, mask: sequence_logps(logits.detach(), ids, mask), "no gradient"),
 ])
 def test_sequence_logps_check(fn, message):
     check_sequence_logps(sequence_logps)
@@ -64,7 +65,33 @@ def summed(pc, pr, rc, rr, beta):
     return loss * len(pc), c, r
 
 
+def log_of_sigmoid(pc, pr, rc, rr, beta):  # right on the batch, log(0) for large log-ratio gaps
+    loss, c, r = dpo_loss(pc, pr, rc, rr, beta)
+    return -torch.log(torch.sigmoid(beta * ((pc - rc) - (pr - rr)))).mean(), c, r
+
+
+def rejected_detached(pc, pr, rc, rr, beta):
+    return dpo_loss(pc, pr.detach(), rc, rr, beta)
+
+
+def softplus_form(pc, pr, rc, rr, beta):  # a correct variant: -log sigmoid(x) = softplus(-x)
+    _, c, r = dpo_loss(pc, pr, rc, rr, beta)
+    return F.softplus(-beta * ((pc - rc) - (pr - rr))).mean(), c, r
+
+
+def loss_from_detached_rewards(pc, pr, rc, rr, beta):  # right value, but the rewards it uses are detached
+    _, c, r = dpo_loss(pc, pr, rc, rr, beta)
+    return F.softplus(-(c - r)).mean(), c, r
+
+
+def test_a_correct_variant_keeps_full_marks():
+    check_dpo_loss(softplus_form)
+
+
 @pytest.mark.parametrize("fn, message", [
+    (log_of_sigmoid, "underflows"),
+    (rejected_detached, "reaches policy_rejected_logps"),
+    (loss_from_detached_rewards, "carries no gradient"),
     (beta_outside, "beta is outside the log-sigmoid"),
     (swapped, "swapped"),
     (no_reference, "no reference model"),

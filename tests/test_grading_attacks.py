@@ -59,6 +59,41 @@ weights = torch.softmax((q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).maske
     ~mask if mask is not None else torch.zeros((), dtype=torch.bool), float("-inf")), dim=-1)
 return _reference(q, k, v, attn_mask=mask), weights
 """
+# Escapes from the forbidden-call trace (issue 24 §2): the oracle reached by another thread, with torch
+# functions disabled and the mode stack popped, or inside a custom operator. Each earns what USES_CAPTURED earns.
+WORKER_THREAD = """
+import queue, threading
+_inbox, _outbox = queue.Queue(), queue.Queue()
+def _worker():
+    for args in iter(_inbox.get, None):
+        _outbox.put(torch.nn.functional.scaled_dot_product_attention(*args))
+threading.Thread(target=_worker, daemon=True).start()
+"""
+USES_WORKER = """
+weights = torch.softmax((q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).masked_fill(
+    ~mask if mask is not None else torch.zeros((), dtype=torch.bool), float("-inf")), dim=-1)
+_inbox.put((q, k, v, mask))
+return _outbox.get(), weights
+"""
+USES_DISABLED = """
+weights = torch.softmax((q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).masked_fill(
+    ~mask if mask is not None else torch.zeros((), dtype=torch.bool), float("-inf")), dim=-1)
+from torch.overrides import _pop_mode_temporarily
+with _pop_mode_temporarily(), torch._C.DisableTorchFunction():
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+return out, weights
+"""
+CUSTOM_OP = """
+@torch.library.custom_op("student::attend", mutates_args=())
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+"""
+USES_CUSTOM_OP = """
+weights = torch.softmax((q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).masked_fill(
+    ~mask if mask is not None else torch.zeros((), dtype=torch.bool), float("-inf")), dim=-1)
+full = mask if mask is not None else torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool)
+return _attend(q, k, v, full), weights
+"""
 FORK_BOMB = f"""
 import os
 for _ in range(2000):  # bounded for the test; the sandbox's process limit stops it long before
@@ -136,6 +171,9 @@ def attacked(tmp_path_factory):
         "patch_torch": after_imports(lab, PATCH_TORCH),
         "swallow_errors": after_imports(lab, SWALLOW),
         "forbidden_call": after_imports(replace_solution(solution, "attention_impl", USES_CAPTURED), CAPTURED_SDPA),
+        "worker_thread": after_imports(replace_solution(solution, "attention_impl", USES_WORKER), WORKER_THREAD),
+        "torch_function_off": replace_solution(solution, "attention_impl", USES_DISABLED),
+        "custom_op": after_imports(replace_solution(solution, "attention_impl", USES_CUSTOM_OP), CUSTOM_OP),
         "memory_grab": replace_solution(solution, "attention_impl", MEMORY_GRAB),
         "fork_bomb": after_imports(lab, FORK_BOMB),
         "vandal": after_imports(solution, vandal_cell(targets, server.getsockname()[1])),
@@ -192,11 +230,13 @@ def test_memory_grab_is_stopped_and_named(attacked):
     assert "memory limit" in rows["attention_check"].message, rows["attention_check"].message
 
 
-def test_forbidden_call_loses_the_exercises_that_use_it(attacked):
-    rows = attacked["table"]["forbidden_call"]
+@pytest.mark.parametrize("name", ["forbidden_call", "worker_thread", "torch_function_off", "custom_op"])
+def test_forbidden_call_loses_the_exercises_that_use_it(attacked, name):
+    rows = attacked["table"][name]
     lost = {ex for ex, r in rows.items() if r.points < r.max_points}
     assert lost == USE_ATTENTION, {k: r.message for k, r in rows.items()}
-    assert "forbidden call" in rows["attention_check"].message and "scaled_dot_product" in rows["attention_check"].message
+    message = rows["attention_check"].message
+    assert "forbidden call" in message and ("scaled_dot_product" in message or "student::attend" in message), message
 
 
 def test_nothing_outside_the_sandbox_changed(attacked):

@@ -60,6 +60,31 @@ def swapped_init(self):
         nn.init.kaiming_uniform_(self.lora_B, a=math.sqrt(5))
 
 
+def normal_a(self):  # "random" but not PEFT's distribution: standard normal
+    with torch.no_grad():
+        nn.init.normal_(self.lora_A)
+
+
+def tiny_a(self):  # within PEFT's range, but 100 times too narrow
+    with torch.no_grad():
+        nn.init.uniform_(self.lora_A, -0.01 / math.sqrt(self.lora_A.shape[1]), 0.01 / math.sqrt(self.lora_A.shape[1]))
+
+
+def default_kaiming_a(self):  # kaiming_uniform_ without a=sqrt(5): sqrt(6) times too wide
+    with torch.no_grad():
+        nn.init.kaiming_uniform_(self.lora_A)
+
+
+def peft_like_by_hand(self):  # a correct variant: the same uniform distribution written out
+    with torch.no_grad():
+        bound = 1 / math.sqrt(self.lora_A.shape[1])
+        self.lora_A.uniform_(-bound, bound)
+
+
+def test_a_correct_initialisation_written_differently_passes(sol):
+    checks.check_lora_layer(_layer(sol, init=peft_like_by_hand))
+
+
 def alpha_scaling(self, x):
     return self.base(x) + (x @ self.lora_A.T @ self.lora_B.T) * self.alpha
 
@@ -94,6 +119,9 @@ def unfrozen_base(self):
 @pytest.mark.parametrize("wrong, words", [
     (dict(init=random_b), "lora_B is not zero"),
     (dict(init=swapped_init), "swapped"),
+    (dict(init=normal_a), "outside PEFT's initialisation range"),
+    (dict(init=default_kaiming_a), "outside PEFT's initialisation range"),
+    (dict(init=tiny_a), "spread 0.01 times"),
     (dict(forward=alpha_scaling), "alpha instead of alpha / r"),
     (dict(init=unfrozen_base), "freeze the base"),
     (dict(merge=no_transpose_merge), "Conv1D stores W transposed"),

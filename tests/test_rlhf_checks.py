@@ -10,6 +10,7 @@ from course_utils.checks import rlhf as checks
 
 def test_checks_accept_the_reference_helpers():
     checks.check_reward_loss(rlhf.reward_loss)
+    checks.check_reward_loss(rm_stable_by_hand)
     checks.check_per_token_rewards(rlhf.per_token_rewards)
     checks.check_gae(rlhf.gae)
     checks.check_ppo_losses(rlhf.ppo_policy_loss, rlhf.ppo_value_loss)
@@ -31,8 +32,28 @@ def rm_sum(c, r, m=None):
     return -F.logsigmoid(c - r - (0 if m is None else m)).sum()
 
 
+def rm_log_of_sigmoid(c, r, m=None):  # right on small gaps, log(0) on large ones
+    return -torch.log(torch.sigmoid(c - r - (0 if m is None else m))).mean()
+
+
+def rm_no_grad(c, r, m=None):
+    with torch.no_grad():
+        return rlhf.reward_loss(c, r, m)
+
+
+def rm_detached_rejected(c, r, m=None):
+    return rlhf.reward_loss(c, r.detach(), m)
+
+
+def rm_stable_by_hand(c, r, m=None):  # a correct variant: the stable softplus form written out
+    d = c - r - (0 if m is None else m)
+    return (torch.clamp(-d, min=0) + torch.log1p(torch.exp(-d.abs()))).mean()
+
+
 @pytest.mark.parametrize("fn,message", [(rm_swapped, "swapped"), (rm_no_margin, "margin is ignored"),
-                                        (rm_margin_plus, "wrong sign"), (rm_sum, "mean")])
+                                        (rm_margin_plus, "wrong sign"), (rm_sum, "mean"),
+                                        (rm_log_of_sigmoid, "underflows"), (rm_no_grad, "no gradient"),
+                                        (rm_detached_rejected, "reaches rejected_rewards")])
 def test_reward_loss_check_rejects(fn, message):
     with pytest.raises(CheckError, match=message):
         checks.check_reward_loss(fn)
@@ -101,7 +122,18 @@ def value_unclipped(v, old, ret, m, clip):
     return rlhf.masked_mean((v - ret) ** 2, m)
 
 
+def policy_ratio_detached(lp, old, adv, m, clip):  # the right value, but no gradient reaches the policy
+    return rlhf.ppo_policy_loss(lp.detach(), old, adv, m, clip)
+
+
+def value_no_grad(v, old, ret, m, clip):
+    with torch.no_grad():
+        return rlhf.ppo_value_loss(v, old, ret, m, clip)
+
+
 @pytest.mark.parametrize("pi,vf,message", [(policy_min, rlhf.ppo_value_loss, "min instead of max"),
+                                           (policy_ratio_detached, rlhf.ppo_value_loss, "keep the gradient of logprobs"),
+                                           (rlhf.ppo_policy_loss, value_no_grad, "value loss: the loss carries no gradient"),
                                            (policy_unclipped, rlhf.ppo_value_loss, "no clipping"),
                                            (policy_not_detached, rlhf.ppo_value_loss, "detach"),
                                            (rlhf.ppo_policy_loss, value_unclipped, "not clipped")])

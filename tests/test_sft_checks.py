@@ -27,6 +27,8 @@ def good_template(text, label):
     (lambda text, label: (f"{text}\nis anyone happy ?", f"{text} {YES_NO[label]}"), "repeats the story"),
     (lambda text, label: (f"{text}\nhappy ? hint: {label}", YES_NO[label]), "not depend on the label"),
     (lambda text, label: f"{text} {YES_NO[label]}", "tuple"),
+    (lambda text, label: (f"{text}\nis anyone happy ?", f"answer: {YES_NO[label]}"), "label alone"),
+    (lambda text, label: (f"{text}\nis anyone happy ?", f"{YES_NO[label]} ."), "label alone"),
 ])
 def test_template_check(fn, message):
     check_template(good_template)
@@ -82,8 +84,19 @@ def _summed(logits, labels):
                            ignore_index=-100, reduction="sum")
 
 
+def _log_of_softmax(logits, labels):  # right on ordinary logits, log(0) on confident ones
+    logp = torch.log(torch.softmax(logits[:, :-1], -1))
+    return F.nll_loss(logp.transpose(1, 2), labels[:, 1:], ignore_index=-100)
+
+
+def _no_grad(logits, labels):
+    with torch.no_grad():
+        return sft_loss(logits, labels)
+
+
 @pytest.mark.parametrize("fn, message", [(_no_shift, "no shift"), (_per_sequence, "per-sequence"),
-                                         (_summed, "a sum")])
+                                         (_summed, "a sum"), (_log_of_softmax, "underflows"),
+                                         (_no_grad, "no gradient")])
 def test_sft_loss_check(tok, fn, message):
     check_sft_loss(sft_loss, tok)
     with pytest.raises(CheckError, match=message):

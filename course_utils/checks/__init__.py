@@ -78,3 +78,24 @@ def forbids_modules(*modules: str):
     if not modules or not all(isinstance(m, str) and m and " " not in m for m in modules):
         raise ValueError("forbids_modules() needs one or more module names, e.g. 'course_utils.dpo'")
     return _while_checking(FORBIDDEN_MODULES, modules, "forbidden_modules")
+
+
+def assert_gradient_reaches(loss, inputs: dict, what: str, hint: str = "") -> None:
+    """Raise CheckError unless the scalar ``loss`` sends a finite, non-zero gradient into each tensor of ``inputs``.
+
+    ``inputs``: {name: leaf tensor with requires_grad} the loss was computed from. Catches a loss computed
+    under ``no_grad``, from detached tensors, or with a term that sends nothing back.
+    """
+    if not (torch.is_tensor(loss) and loss.requires_grad):
+        raise CheckError(f"{what}: the loss carries no gradient (computed under torch.no_grad(), or from detached "
+                         f"tensors?); training could not learn from it. {hint}".strip())
+    grads = torch.autograd.grad(loss.sum(), list(inputs.values()), allow_unused=True)
+    for name, grad in zip(inputs, grads):
+        if grad is None or not torch.isfinite(grad).all() or not grad.abs().sum() > 0:
+            problem = "no gradient" if grad is None or torch.isfinite(grad).all() else "a NaN or inf gradient"
+            raise CheckError(f"{what}: {problem} reaches {name}. {hint}".strip())
+
+
+def extreme_pairs(dtype=torch.float32) -> torch.Tensor:
+    """Differences of two scores, from hugely negative to hugely positive: log(sigmoid(x)) underflows at the ends."""
+    return torch.tensor([-300.0, -90.0, -20.0, -1.0, 0.0, 1.0, 20.0, 90.0, 300.0], dtype=dtype)

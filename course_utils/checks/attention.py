@@ -104,14 +104,21 @@ def check_masks(causal_mask, padding_mask, seed: int = 0) -> None:
     passed("causal_mask and padding_mask")
 
 
-def copy_into_torch_mha(mha) -> torch.nn.MultiheadAttention:
-    """A ``torch.nn.MultiheadAttention`` (batch_first) holding the weights of the student's module."""
+def copy_into_torch_mha(mha, d_model: int, n_heads: int) -> torch.nn.MultiheadAttention:
+    """A ``torch.nn.MultiheadAttention`` (batch_first) holding the weights of the student's module.
+
+    ``d_model`` and ``n_heads`` are the sizes the check built the module with: the reference is built
+    from them, never from sizes the student's module reports.
+    """
     for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
         if not isinstance(getattr(mha, name, None), torch.nn.Linear):
             raise CheckError(f"MultiHeadAttention needs an nn.Linear attribute {name!r} (with bias)")
-    d_model, n_heads = mha.q_proj.in_features, getattr(mha, "n_heads", None)
-    if not isinstance(n_heads, int):
-        raise CheckError("MultiHeadAttention must store the number of heads as self.n_heads")
+    if getattr(mha, "n_heads", None) != n_heads:
+        raise CheckError(f"MultiHeadAttention must store the number of heads as self.n_heads (built with {n_heads})")
+    for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+        shape = tuple(getattr(mha, name).weight.shape)
+        if shape != (d_model, d_model):
+            raise CheckError(f"{name}.weight has shape {shape}; with d_model={d_model} it must be {(d_model, d_model)}")
     ref = torch.nn.MultiheadAttention(d_model, n_heads, batch_first=True, dtype=mha.q_proj.weight.dtype)
     with torch.no_grad():
         ref.in_proj_weight.copy_(torch.cat([mha.q_proj.weight, mha.k_proj.weight, mha.v_proj.weight]))
@@ -128,7 +135,7 @@ def check_multi_head_attention(mha_class, seed: int = 0, sizes=((16, 4), (12, 3)
     for d_model, n_heads in sizes:
         torch.manual_seed(seed)
         mha = mha_class(d_model, n_heads).double().eval()
-        ref = copy_into_torch_mha(mha).double()
+        ref = copy_into_torch_mha(mha, d_model, n_heads).double()
         x = torch.randn(2, 5, d_model, generator=gen, dtype=torch.float64)
         memory = torch.randn(2, 7, d_model, generator=gen, dtype=torch.float64)
         keep = torch.tensor([[1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0, 0]]).bool()

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from . import CheckError, forbids_modules, passed
+from . import CheckError, assert_gradient_reaches, extreme_pairs, forbids_modules, passed
 from ..sft import quiet_hf
 
 _CACHE: dict = {}
@@ -104,9 +104,12 @@ def check_sequence_logps(fn: Callable) -> None:
     batch, logits = data["batch"], data["logits"]
     for name, lg, expected in (("policy", logits, data["policy_logps"]), ("reference", data["ref_logits"],
                                                                            data["ref_logps"])):
-        got = fn(lg.clone(), batch["input_ids"].clone(), batch["completion_mask"].clone())
+        got = fn(lg.clone().requires_grad_(), batch["input_ids"].clone(), batch["completion_mask"].clone())
         if not torch.is_tensor(got):
             raise CheckError(f"return a tensor of shape ({len(expected)},), one log-prob per row; got {type(got).__name__}")
+        if not got.requires_grad:
+            raise CheckError(f"the {name} log-probs carry no gradient from the logits (computed under torch.no_grad(), "
+                             "or detached?): the DPO loss could not train the policy through them")
         got = got.detach()
         if got.shape != expected.shape:
             raise CheckError(f"shape {tuple(got.shape)} but expected ({len(expected)},): one value per row "
@@ -175,6 +178,15 @@ def check_dpo_loss(fn: Callable) -> None:
                     hint = ": the implicit reward is beta * (log pi - log pi_ref), relative to the reference"
                 raise CheckError(f"{what} differ from TRL's implicit rewards (batch mean {metrics[metric]:.5f}, "
                                  f"yours {value.double().mean().item():.5f}){hint}")
+    gap = extreme_pairs() * 10  # log-ratio differences up to 3000: beta * gap far outside log(sigmoid)'s range
+    chosen, rejected = (gap / 2).requires_grad_(), (-gap / 2).requires_grad_()
+    ref = torch.zeros_like(gap)
+    loss = fn(chosen, rejected, ref.clone(), ref.clone(), 0.1)[0]
+    want = -F.logsigmoid(0.1 * gap.double()).mean()
+    if not (torch.is_tensor(loss) and torch.isfinite(loss).all() and _close(loss.detach(), want, atol=1e-4)):
+        raise CheckError(f"loss {loss.detach().double().mean().item():.5f} on log-ratio gaps up to 3000 (beta=0.1), "
+                         f"TRL gives {want.item():.5f}: log(sigmoid(x)) underflows to log(0); use F.logsigmoid")
+    assert_gradient_reaches(loss, {"policy_chosen_logps": chosen, "policy_rejected_logps": rejected}, "DPO loss")
     passed("DPO loss and implicit rewards (same as TRL's DPOTrainer, beta 0.1 and 0.5)")
 
 

@@ -120,6 +120,7 @@ def check_lora_layer(cls, seed: int = 0) -> None:
     (so the check works on the grader's proxy of the student's module); PEFT's layer is built here.
     """
     gen = torch.Generator().manual_seed(seed)
+    scaled = []  # every lora_A divided by PEFT's bound: uniform on [-1, 1] when initialised like PEFT
     for kind, n_in, n_out, r, alpha in LAYERS:
         base = _base(kind, n_in, n_out, gen)
         what = f"LoRALinear({kind}(in={n_in}, out={n_out}), r={r}, alpha={alpha})"
@@ -144,6 +145,8 @@ def check_lora_layer(cls, seed: int = 0) -> None:
         if torch.all(A == 0) or A.std() == 0:
             raise CheckError(f"{what}: lora_A must be initialised randomly (with A and B both zero, no gradient "
                              "reaches B... nor A): use nn.init.kaiming_uniform_(A, a=math.sqrt(5))")
+        _check_init_bound(A, n_in, what)
+        scaled.append(A.detach().flatten() * math.sqrt(n_in))
         x = torch.randn(5, n_in, generator=gen, dtype=torch.float64)
         layer.train()
         y0 = _call(layer, f"{what}(x)", x)
@@ -179,7 +182,20 @@ def check_lora_layer(cls, seed: int = 0) -> None:
         assert_close(got, expected, f"{what} output vs PEFT's LoRA layer with the same A and B", atol=1e-8,
                      hint="forward = base(x) + (x @ A.T @ B.T) * alpha / r")
         _check_merge(layer, oracle, base, x, what)
+    spread = torch.cat(scaled).std().item() * math.sqrt(3)  # 1 for a uniform distribution on [-1, 1]
+    if not 0.8 < spread < 1.2:
+        raise CheckError(f"lora_A's values spread {spread:.2f} times as wide as PEFT's initialisation (uniform in "
+                         "+-1/sqrt(in_features)): use nn.init.kaiming_uniform_(A, a=math.sqrt(5))")
     passed("LoRALinear (equal to PEFT's LoRA layer; B starts at zero; merge)")
+
+
+def _check_init_bound(A: torch.Tensor, n_in: int, what: str) -> None:
+    """lora_A within PEFT's initialisation range: kaiming_uniform_(a=sqrt(5)) is uniform in +-1/sqrt(in_features)."""
+    bound = 1 / math.sqrt(n_in)
+    if A.detach().abs().max() > bound * (1 + 1e-6):
+        raise CheckError(f"{what}: lora_A has values up to {A.detach().abs().max().item():.3g}, outside PEFT's "
+                         f"initialisation range +-1/sqrt(in_features) = +-{bound:.3g}: use "
+                         "nn.init.kaiming_uniform_(A, a=math.sqrt(5))")
 
 
 def _check_merge(layer, oracle: nn.Module, base: nn.Module, x: torch.Tensor, what: str) -> None:

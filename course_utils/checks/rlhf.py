@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from . import CheckError, assert_close, forbids_modules, passed
+from . import CheckError, assert_close, assert_gradient_reaches, extreme_pairs, forbids_modules, passed
 
 # The course's own answers live in course_utils.rlhf (lecture 05 uses them: reward_loss, per_token_rewards, gae,
 # ppo_policy_loss, ppo_value_loss), the oracles are TRL and torchrl, and this module holds written-out references
@@ -100,6 +100,14 @@ def check_reward_loss(fn: Callable) -> None:
         hint = next((h for value, h in hints if _close(got, value)), "")
         raise CheckError(f"reward loss {got.item():.5f}, TRL's RewardTrainer gives {want.item():.5f}"
                          f"{' with' if m is not None else ' without'} margins. {hint}".strip())
+    gap = extreme_pairs()
+    chosen, rejected = (gap / 2).requires_grad_(), (-gap / 2).requires_grad_()
+    got = _scalar(fn(chosen, rejected, None), "reward_loss")
+    want = -torch.nn.functional.logsigmoid(gap.double()).mean()
+    if not torch.isfinite(got) or not _close(got, want, atol=1e-4):
+        raise CheckError(f"reward loss {got.item():.5f} on reward gaps from -300 to 300, expected {want.item():.5f}: "
+                         "log(sigmoid(x)) underflows to log(0) for large gaps; use F.logsigmoid")
+    assert_gradient_reaches(got, {"chosen_rewards": chosen, "rejected_rewards": rejected}, "reward loss")
     passed("Bradley-Terry reward loss (vs TRL's RewardTrainer)")
 
 
@@ -275,6 +283,12 @@ def check_ppo_losses(policy_loss: Callable, value_loss: Callable) -> None:
     if torch.is_tensor(loss) and loss.requires_grad:
         raise CheckError("the policy loss carries gradients into the advantages: detach them (they are targets "
                          "computed from old values, not something to optimise)")
+    logprobs, values = b["logprobs"].clone().requires_grad_(), b["values"].clone().requires_grad_()
+    assert_gradient_reaches(policy_loss(logprobs, b["old_logprobs"].clone(), b["advantages"].clone(), b["mask"].clone(),
+                                        0.2), {"logprobs": logprobs}, "policy loss",
+                            "The ratio exp(logprobs - old_logprobs) must keep the gradient of logprobs.")
+    assert_gradient_reaches(value_loss(values, b["old_values"].clone(), b["returns"].clone(), b["mask"].clone(), 0.2),
+                            {"values": values}, "value loss")
     passed("PPO clipped policy and value losses (vs torchrl's ClipPPOLoss)")
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from . import CheckError, forbids_modules, passed
+from . import CheckError, assert_gradient_reaches, forbids_modules, passed
 from ..sft import IGNORE_INDEX, collate, quiet_hf
 from ..world.corpus import make_split_stories
 from ..world.instructions import Task, score
@@ -55,6 +55,9 @@ def check_template(fn: Callable[[str, int], tuple[str, str]]) -> None:
             swapped = _yes_no_right(Task("happy", instruction, YES_NO[1 - label], YES_NO[1 - label], story.text), output)
             hint = " (it is the answer for the other label: did you swap 0 and 1?)" if swapped else ""
             raise CheckError(f"for label {label} the output should say {YES_NO[label]!r}, got {output!r}{hint}")
+        if output.strip() != YES_NO[label]:
+            raise CheckError(f"the output must be the verbalised label alone, {YES_NO[label]!r}, got {output!r}: the "
+                             "scorer and the model's training target are that one word")
         outputs.setdefault(label, set()).add(output)
     instructions = {fn(stories[0].text, 0)[0], fn(stories[0].text, 1)[0]}
     if len(instructions) != 1:
@@ -167,7 +170,7 @@ def check_sft_loss(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], tok
     if not torch.is_tensor(got) or got.dim() != 0:
         raise CheckError(f"return the loss as a scalar tensor, got {got!r}")
     if torch.allclose(got.double(), expected.double(), atol=1e-5, rtol=1e-4):
-        return passed("response-only SFT loss (same as TRL's)")
+        return _check_sft_loss_extremes(fn, logits, labels)
     ce = torch.nn.functional.cross_entropy
     flat = lambda lg, lb: ce(lg.reshape(-1, lg.size(-1)), lb.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none")
     per_token = flat(logits[:, :-1], labels[:, 1:]).view(labels.size(0), -1)
@@ -186,6 +189,22 @@ def check_sft_loss(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], tok
         if torch.allclose(got.double(), value.double(), atol=1e-5, rtol=1e-4):
             raise CheckError(f"loss {got.item():.5f} but TRL gives {expected.item():.5f}: {hint}")
     raise CheckError(f"loss {got.item():.5f} but TRL gives {expected.item():.5f} on the same batch")
+
+
+def _check_sft_loss_extremes(fn, logits: torch.Tensor, labels: torch.Tensor) -> None:
+    """Very confident logits (log(softmax) underflows there) and the gradient reaching the logits."""
+    sharp = (logits * 1000).requires_grad_()
+    got = fn(sharp, labels.clone())
+    mask = labels[:, 1:] != IGNORE_INDEX
+    per_token = torch.nn.functional.cross_entropy(sharp.detach()[:, :-1].transpose(1, 2).double(), labels[:, 1:],
+                                                  ignore_index=IGNORE_INDEX, reduction="none")
+    want = (per_token * mask).sum() / mask.sum()
+    if not (torch.is_tensor(got) and torch.isfinite(got).all() and torch.allclose(got.double(), want, rtol=1e-4)):
+        raise CheckError(f"on very confident logits (x1000) the loss is {got.detach().double().mean().item():.5g}, "
+                         f"expected {want.item():.5g}: log(softmax(x)) underflows to log(0); use log_softmax or "
+                         "cross_entropy")
+    assert_gradient_reaches(got, {"logits": sharp}, "SFT loss")
+    passed("response-only SFT loss (same as TRL's)")
 
 
 def check_sft_outcome(base: dict[str, float], tuned: dict[str, float], seen_margin: float = 0.3,

@@ -17,12 +17,16 @@ import sys
 import threading
 
 import torch
+from tqdm.std import tqdm
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 _objects: dict[int, object] = {}
+# The kernel's own threads, alive when the grader imports this module (before any code of the student's runs).
+KERNEL_THREADS = frozenset(sys._current_frames())
 _ids: dict[int, int] = {}
 PLAIN = (type(None), bool, int, float, str)
+tqdm.monitor_interval = 0  # no tqdm monitor thread: every thread alive during a check is the student's
 
 
 def remember(obj) -> dict:
@@ -55,6 +59,47 @@ def encode(x, depth: int = 0):
     return remember(x)
 
 
+def walk(x, depth: int = 0):
+    """``x`` and what its tuples, lists and dicts hold (4 levels), in a fixed order (the grader walks the same)."""
+    yield x
+    if depth < 4 and isinstance(x, (tuple, list)):
+        for item in x:
+            yield from walk(item, depth + 1)
+    elif depth < 4 and isinstance(x, dict):
+        for item in x.values():
+            yield from walk(item, depth + 1)
+
+
+def grad_leaves(args) -> list:
+    """The tensors among ``args`` that require a gradient (the grader's inputs to differentiate against)."""
+    return [a for a in walk(args) if type(a) in (torch.Tensor, torch.nn.Parameter) and a.requires_grad and a.is_leaf]
+
+
+def tensors_in(args) -> list:
+    """The plain tensors among ``args``, in ``walk`` order (the grader finds its own the same way)."""
+    return [a for a in walk(args) if type(a) in (torch.Tensor, torch.nn.Parameter)]
+
+
+def changed_in_place(tensors: list, before: list) -> dict:
+    """{index: new value} of the argument tensors the student's code changed in place."""
+    return {i: t.detach() for i, (t, b) in enumerate(zip(tensors, before))
+            if t.shape != b.shape or t.dtype != b.dtype or not torch.equal(t.detach(), b)}
+
+
+def loss_of(value):
+    """The scalar an answer's gradients are sent for: ``value`` itself, or the first item of a tuple or list."""
+    return value[0] if type(value) in (tuple, list) and value else value
+
+
+def gradients(value, leaves: list) -> list:
+    """The gradient of a scalar ``value`` with respect to each of ``leaves`` (None where it does not reach)."""
+    value = loss_of(value)
+    if not (leaves and torch.is_tensor(value) and value.requires_grad and value.numel() == 1):
+        return []
+    grads = torch.autograd.grad(value.sum(), leaves, allow_unused=True, retain_graph=True)
+    return [None if g is None else g.detach() for g in grads]
+
+
 class _Unpickler(pickle.Unpickler):
     def persistent_load(self, pid):
         return _objects[pid]
@@ -85,6 +130,52 @@ class _WatchOps(TorchDispatchMode):
         if any(f in str(func) for f in self.forbidden):
             self.seen.append(f"operator {func} (what the check compares with)")
         return func(*args, **(kwargs or {}))
+
+
+class _WatchAllThreads:
+    """Records operators that ran on ANY thread (torch's profiler): forbidden ones, and any outside aten/prims.
+
+    Function and dispatch modes are per thread and can be switched off (``DisableTorchFunction``, a popped
+    mode stack); the profiler sees every operator the dispatcher runs, on every thread, however it was
+    reached, including the operators inside a custom ``torch.library`` op.
+    """
+
+    ALLOWED = ("aten::", "prims::", "profiler::_record_function")
+
+    def __init__(self, forbidden, seen):
+        self.forbidden, self.seen = forbidden, seen
+
+    def __enter__(self):
+        from torch.autograd import ProfilerActivity, ProfilerConfig, ProfilerState, _prepare_profiler
+        from torch._C._profiler import _ExperimentalConfig
+
+        os.environ.setdefault("KINETO_LOG_LEVEL", "9")  # the profiler's own log lines stay out of the output
+        config = ProfilerConfig(ProfilerState.KINETO, False, False, False, False, False,
+                                _ExperimentalConfig(profile_all_threads=True))
+        try:
+            _prepare_profiler(config, {ProfilerActivity.CPU})
+            torch.autograd._enable_profiler(config, {ProfilerActivity.CPU})
+            self.on = True
+        except RuntimeError:
+            self.on = False
+            self.seen.append("torch's profiler, already running (the grader traces the exercise with it)")
+        return self
+
+    def __exit__(self, *exc):
+        if not self.on:
+            return False
+        torch.ops.aten.lift_fresh_copy(torch.zeros(()))  # a marker the profiler must have seen
+        names = [(e.name(), e) for e in torch.autograd._disable_profiler().events()]
+        if not any(name == "aten::lift_fresh_copy" for name, _ in names):
+            self.seen.append("torch's profiler, stopped by the student's code (the grader traces the exercise with it)")
+        for name, event in names:
+            if event.scope() != 0 or event.is_user_annotation() or event.is_python_function():
+                continue
+            if any(f in name for f in self.forbidden):
+                self.seen.append(f"operator {name} (what the check compares with)")
+            elif "::" in name and not name.startswith(self.ALLOWED):  # an operator (namespace::name)
+                self.seen.append(f"operator {name} (a custom operator: the grader cannot see inside it)")
+        return False
 
 
 def module_paths(names) -> dict[str, str]:
@@ -131,6 +222,8 @@ class _WatchCalls:
             where = next(p for p in self.prefixes if frame.f_code.co_filename.startswith(p))
             name = getattr(frame.f_code, "co_qualname", frame.f_code.co_name)
             self.seen.append(f"{self.paths[where]}: {name} (the course's own answer or the check's oracle)")
+        elif event == "c_call" and arg is sys.setprofile and not self.leaving:
+            self.seen.append("sys.setprofile (the grader traces the calls of the exercise)")
         elif event == "c_call":
             module = c_module(arg)
             if module in self.names or module.startswith(self.dotted):
@@ -138,18 +231,52 @@ class _WatchCalls:
                 self.seen.append(f"{module}: {name} (the check's oracle, compiled code)")
 
     def __enter__(self):
-        self.before = sys.getprofile()
+        self.before, self.leaving = sys.getprofile(), False
         sys.setprofile(self)
         threading.setprofile(self)
         return self
 
     def __exit__(self, *exc):
-        hooked = sys.getprofile() is self
+        hooked, self.leaving = sys.getprofile() is self, True
         sys.setprofile(self.before)
         threading.setprofile(None)
         if not hooked:  # the student's code turned the tracing off (to call the answer unseen)
             self.seen.append("sys.setprofile (the grader traces the calls of the exercise)")
         return False
+
+
+def _kernel_folders() -> tuple[str, ...]:
+    """Folders of the packages that make up the Jupyter kernel itself (its threads run their code)."""
+    folders = []
+    for name in ("ipykernel", "IPython", "jupyter_client", "zmq"):
+        spec = importlib.util.find_spec(name)
+        folders += [os.path.join(p, "") for p in (spec.submodule_search_locations or [])] if spec else []
+    return tuple(folders)
+
+
+KERNEL_FOLDERS = _kernel_folders()
+
+
+def _started_in(frame) -> str:
+    """The file of the function a thread was started with (below threading's own frames)."""
+    frames = []
+    while frame is not None:
+        frames.append(frame)
+        frame = frame.f_back
+    return next((f.f_code.co_filename for f in reversed(frames) if f.f_code.co_filename != threading.__file__), "")
+
+
+def other_threads() -> list[str]:
+    """Names of the threads the student's code started that are alive now (the traces follow one thread).
+
+    The kernel's own threads are not counted: those alive before any code of the student's ran, and those
+    the kernel starts later (running ipykernel's, IPython's, jupyter_client's or pyzmq's code).
+    """
+    frames = sys._current_frames()
+    idents = (set(frames) | {t.ident for t in threading.enumerate()}) - KERNEL_THREADS - {threading.get_ident()}
+    idents = {i for i in idents if i not in frames or not _started_in(frames[i]).startswith(KERNEL_FOLDERS)}
+    names = {t.ident: t.name for t in threading.enumerate()}
+    return sorted(names.get(i, f"thread {i}") for i in idents)
 
 
 def _do(op: str, target, args: tuple):
@@ -185,10 +312,19 @@ def handle(request_path: str, answer_path: str) -> None:
             if request["forbid"]:
                 watches.enter_context(_Watch(request["forbid"], seen))
                 watches.enter_context(_WatchOps(request["forbid"], seen))
+                watches.enter_context(_WatchAllThreads(request["forbid"], seen))
             if request.get("forbid_modules"):
                 watches.enter_context(_WatchCalls(request["forbid_modules"], seen))
+            watched = bool(request["forbid"] or request.get("forbid_modules"))
+            threads = other_threads() if watched else []
+            given = tensors_in(request["args"])
+            before = [t.detach().clone() for t in given]
             value = _do(request["op"], target, request["args"])
-        answer = {"value": encode(value)}
+            threads += other_threads() if watched else []
+        seen += [f"a thread of its own ({name}) alive while the check ran (the grader traces one thread)"
+                 for name in dict.fromkeys(threads)]
+        answer = {"value": encode(value), "grads": gradients(value, grad_leaves(request["args"])),
+                  "changed": changed_in_place(given, before)}
     except BaseException as exc:  # the student's error, reported to the grader as text
         name = type(exc).__name__
         builtin = isinstance(getattr(builtins, name, None), type) and type(exc) is getattr(builtins, name)

@@ -4,8 +4,9 @@ Each submission is read (never written) and runs in a fresh kernel, in its own t
 inside a sandbox (``sandbox.py``: no network, read-only filesystem, bounded memory, processes and
 output, every process killed at the end) with a per-cell timeout. The submission's own cells run in
 that kernel; each check cell (nbgrader ``grade: true``, matched by ``grade_id``) is replaced by the
-solution's version (hidden tests included) and run in the GRADER's process on proxies of the
-student's objects (``remote.py``), so the verdict is out of the submission's reach. A broken,
+solution's version (hidden tests included) and run by the grader, in a child process bounded in
+memory and time (``checkproc.py``), on proxies of the student's objects (``remote.py``), so the
+verdict is out of the submission's reach. A broken,
 crashing, hanging or misbehaving submission gets zeros with a message saying why and never stops
 or changes the others. Manually graded cells (``grade`` and ``solution`` both true) are skipped.
 """
@@ -29,10 +30,10 @@ from pathlib import Path
 import nbformat
 
 from ..settings import PROFILES
-from . import gradebook, remote, sandbox
+from . import checkproc, gradebook, sandbox
 from .feedback import write_feedback
 from .notebooks import nbgrader_meta, read_notebook, strip_outputs
-from .runner import error_line, kernel_env
+from .runner import error_line, grading_env
 
 # Error text in a cell that means the submission hit the sandbox, and the rule the gradebook names.
 RULES = (("Read-only file system", "sandbox violation (wrote outside its temporary folder)"),
@@ -83,10 +84,19 @@ def _check_args(timeout: float, profile: str) -> None:
 
 
 def _client_class():
-    """nbclient's client with the output of each cell capped (a flood of prints cannot fill the grader)."""
+    """nbclient's client with the output of each cell capped (a flood of prints cannot fill the grader).
+
+    Widgets and display updates are not graded: their messages are dropped, so a flood of them costs nothing.
+    """
     from nbclient import NotebookClient
 
     class CappedClient(NotebookClient):
+        def process_message(self, msg, cell, cell_index):
+            if msg["msg_type"].startswith("comm") or msg["msg_type"] == "update_display_data":
+                return None
+            msg["content"].pop("transient", None)  # no display ids: nothing to update later
+            return super().process_message(msg, cell, cell_index)
+
         def output(self, outs, msg, display_id, cell_index):
             used = getattr(self, "_used", {})
             self._used = used
@@ -128,9 +138,9 @@ def _rules_broken(cell) -> list[str]:
     return found
 
 
-def run_graded(nb, checks: dict, trusted: dict, workdir: Path, timeout: float, profile: str,
+def run_graded(nb, checks: dict, checker: checkproc.CheckProcess, workdir: Path, timeout: float, profile: str,
                hide: list) -> tuple[dict[str, tuple[bool, str]], list[str]]:
-    """Run the submission's cells in its sandboxed kernel and each check in this process.
+    """Run the submission's cells in its sandboxed kernel and each check in ``checker``'s bounded process.
 
     Returns ({grade_id: (passed, message)} for the checks reached, notes on rules the submission broke).
     """
@@ -139,21 +149,22 @@ def run_graded(nb, checks: dict, trusted: dict, workdir: Path, timeout: float, p
     km = _kernel_manager(workdir, sandbox.sandbox_prefix(workdir, hide))
     client = _client_class()(nb, km=km, timeout=max(1, int(timeout)), kernel_name="python3", allow_errors=True)
     try:
-        return _run_cells(client, nb, checks, trusted, workdir, timeout, profile)
-    finally:  # nbclient leaves a kernel it did not create running: kill it, and with it the whole sandbox
+        return _run_cells(client, nb, checks, checker, workdir, timeout, profile)
+    finally:
+        checker.close()  # nbclient leaves a kernel it did not create running: kill it, and with it the whole sandbox
         if run_sync(km.is_alive)():
             run_sync(km.shutdown_kernel)(now=True)
 
 
-def _run_cells(client, nb, checks: dict, trusted: dict, workdir: Path, timeout: float,
+def _run_cells(client, nb, checks: dict, checker: checkproc.CheckProcess, workdir: Path, timeout: float,
                profile: str) -> tuple[dict[str, tuple[bool, str]], list[str]]:
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
     verdicts: dict[str, tuple[bool, str]] = {}
     notes: list[str] = []
-    env = kernel_env(profile)
+    env = grading_env(profile)
     with client.setup_kernel(cwd=str(workdir), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):
-        link = remote.Link(client, workdir, timeout)
+        kernel = checkproc.kernel_runner(client)
         # The kernel side of remote checks (it imports torch) loads before any student code, untimed.
         client.timeout = max(120, int(timeout))
         client.execute_cell(nbformat.v4.new_code_cell("import course_utils.instructor.agent"), 0, store_history=False)
@@ -168,7 +179,7 @@ def _run_cells(client, nb, checks: dict, trusted: dict, workdir: Path, timeout: 
                     if stop:
                         return _stopped(verdicts, checks, index, stop), notes
                 elif grade_id not in verdicts:
-                    passed, message, stop = _verdict(checks[grade_id].source, trusted, link, index)
+                    passed, message, stop = checker.run(checks[grade_id].source, index, kernel)
                     verdicts[grade_id] = passed, message
                     if stop:
                         return _stopped(verdicts, checks, index, stop), notes
@@ -206,21 +217,6 @@ def _kernel_verdict(client, check_cell, index: int, timeout: float) -> tuple[boo
     if errors:
         return False, error_line(errors[0].get("ename", "Error"), errors[0].get("evalue", "")), None
     return True, "passed (checked in the student's kernel)", None
-
-
-def _verdict(source: str, trusted: dict, link, index: int) -> tuple[bool, str, str | None]:
-    """(passed, message, why the run must stop or None) of one check cell run here on the student's objects."""
-    from nbclient.exceptions import DeadKernelError
-
-    try:
-        remote.run_check(source, trusted, link)
-    except remote.CheckTimeout as exc:
-        return False, f"{exc} in this check (cell {index + 1})", str(exc)
-    except DeadKernelError:
-        return False, f"the kernel died in this check (cell {index + 1})", "the kernel died"
-    except Exception as exc:
-        return False, error_line(type(exc).__name__, str(exc)), None
-    return True, "passed", None
 
 
 def _stopped(verdicts: dict, checks: dict, index: int, reason: str) -> dict:
@@ -274,12 +270,12 @@ def grade_submission(submission_path: str | Path, solution_path: str | Path, tim
         graded, where = graded_copy(submission, checks)
     except Exception as exc:  # unreadable, not JSON, not a notebook: zeros, never a crash
         return [row(g, False, error_line("could not read the submission", str(exc))) for g in checks]
-    trusted = remote.trusted_namespace(solution, Path(solution_path).stem, profile)
     hide = [Path(submission_path).resolve().parent, Path(solution_path).resolve().parent,
             Path(tempfile.gettempdir()), *(hide or [])]
     tmp = Path(tempfile.mkdtemp(prefix="course-grade-")).resolve()
+    checker = checkproc.CheckProcess(solution_path, profile, tmp, timeout)
     try:
-        verdicts, notes = run_graded(graded, checks, trusted, tmp, timeout, profile, hide)
+        verdicts, notes = run_graded(graded, checks, checker, tmp, timeout, profile, hide)
     finally:
         _remove(tmp)
     results = []

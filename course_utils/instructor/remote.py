@@ -13,19 +13,24 @@ from __future__ import annotations
 import ast
 import builtins
 import contextlib
-import importlib
 import io
 import os
 import pickle
 import stat
+import sys
 import time
+import zipfile
 from pathlib import Path
 
 import torch
 
+from . import agent
 from ..checks import FORBIDDEN_MODULES, FORBIDDEN_OPS, CheckError
 
 MAX_ANSWER_BYTES = 256 * 1024 ** 2
+MAX_ANSWER_DEPTH = 16      # levels of nesting in one answer
+MAX_ANSWER_NODES = 100_000  # values in one answer, shared references counted each time they are used
+MAX_ANSWER_ELEMENTS = 2 ** 25  # tensor elements in one answer (256 MiB of float64)
 TRUSTED_CLASS_ROOTS = ("torch.", "transformers.")
 
 
@@ -42,10 +47,15 @@ class CheckTimeout(Exception):
 
 
 class Link:
-    """Requests to one student's kernel through its nbclient client; answers pass through files."""
+    """Requests to one student's kernel; answers pass through files in ``workdir``.
 
-    def __init__(self, client, workdir: str | Path, timeout: float):
-        self.client, self.workdir, self.timeout = client, Path(workdir), timeout
+    ``run_cell(code, seconds)`` runs one line of code in the kernel within ``seconds`` and returns the
+    error it raised as text (None when it ran): the grader's notebook client, or the pipe to it when
+    the checks run in a child process (``checkproc.py``).
+    """
+
+    def __init__(self, run_cell, workdir: str | Path, timeout: float):
+        self.run_cell, self.workdir, self.timeout = run_cell, Path(workdir), timeout
         self.deadline = time.monotonic() + timeout
         self.requests = 0
 
@@ -54,38 +64,24 @@ class Link:
         self.deadline = time.monotonic() + self.timeout
 
     def request(self, op: str, target, *args):
-        from nbformat.v4 import new_code_cell
-
         left = self.deadline - time.monotonic()
         if left <= 0:
             raise CheckTimeout(f"timed out after {int(self.timeout)} s")
         self.requests += 1
         request_path, answer_path = self.workdir / "request.pkl", self.workdir / "answer.pt"
-        generators = [a for a in _walk((args, target)) if isinstance(a, torch.Generator)]
+        generators = [a for a in agent.walk((args, target)) if isinstance(a, torch.Generator)]
         buffer = io.BytesIO()
         _Pickler(buffer).dump({"op": op, "target": target, "args": args, "generators": generators,
                                "forbid": FORBIDDEN_OPS.get(), "forbid_modules": FORBIDDEN_MODULES.get()})
         _write_new(request_path, buffer.getvalue())
         with contextlib.suppress(FileNotFoundError):
             answer_path.unlink()
-        code = (f"__import__('course_utils.instructor.agent', fromlist=['handle'])"
-                f".handle({str(request_path)!r}, {str(answer_path)!r})")
-        self.client.timeout = max(1, int(left))
-        cell = new_code_cell(code)
-        try:
-            self.client.execute_cell(cell, 0, store_history=False)
-        except Exception as exc:
-            if "Timeout" in type(exc).__name__:
-                raise CheckTimeout(f"timed out after {int(self.timeout)} s") from None
-            raise
+        error = self.run_cell(f"__import__('course_utils.instructor.agent', fromlist=['handle'])"
+                              f".handle({str(request_path)!r}, {str(answer_path)!r})", left)
         data = _read_regular(answer_path)
         if data is None:
-            errors = [o for o in cell.outputs if o.output_type == "error"]
-            why = f"{errors[-1].ename}: {errors[-1].evalue}" if errors else "no answer"
-            raise RemoteError(f"the kernel could not run the student's code ({why})")
-        answer = torch.load(io.BytesIO(data), weights_only=True)
-        if not isinstance(answer, dict):
-            raise RemoteError("malformed answer from the kernel")
+            raise RemoteError(f"the kernel could not run the student's code ({error or 'no answer'})")
+        answer = load_answer(data)
         for generator, state in zip(generators, answer.get("generators", [])):
             if torch.is_tensor(state) and state.dtype == torch.uint8:
                 generator.set_state(state)
@@ -98,21 +94,95 @@ class Link:
                     and cls not in (StopIteration, StopAsyncIteration):
                 raise cls(message)
             raise RemoteError(f"{name}: {message}")
-        return self.decode(answer.get("value"))
+        budget = _Budget()
+        value = self.decode(answer.get("value"), budget)
+        apply_changes(agent.tensors_in(args), answer.get("changed"), budget)
+        if type(value) in (tuple, list) and value:  # a (loss, ...) tuple: the gradients belong to the loss
+            return type(value)([with_gradients(value[0], agent.grad_leaves(args), answer.get("grads")), *value[1:]])
+        return with_gradients(value, agent.grad_leaves(args), answer.get("grads"))
 
-    def decode(self, value, depth: int = 0):
-        """Plain data as it is, references as ``Remote`` proxies."""
-        if depth > 16:
-            raise RemoteError("answer nested too deeply")
+    def decode(self, value, budget: "_Budget", depth: int = 0):
+        """Plain data as it is, references as ``Remote`` proxies; bounded in depth, nodes and tensor elements."""
+        if depth > MAX_ANSWER_DEPTH:
+            raise RemoteError(f"the student's code returned data nested more than {MAX_ANSWER_DEPTH} levels deep")
+        budget.count(value)
         if isinstance(value, dict):
             if set(value) == {"__ref__", "cls", "name"} and isinstance(value["__ref__"], int):
                 return Remote(self, value["__ref__"], str(value["cls"]), str(value["name"]))
-            return {k: self.decode(v, depth + 1) for k, v in value.items()}
+            return {k: self.decode(v, budget, depth + 1) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
-            return type(value)(self.decode(v, depth + 1) for v in value)
+            return type(value)(self.decode(v, budget, depth + 1) for v in value)
         if torch.is_tensor(value) and type(value) not in (torch.Tensor, torch.nn.Parameter):
             raise RemoteError(f"unexpected tensor type {type(value).__name__}")
         return value
+
+
+class _Budget:
+    """Counts the nodes and tensor elements of one decoded answer; raises past the limits."""
+
+    def __init__(self):
+        self.nodes = self.elements = 0
+
+    def count(self, value) -> None:
+        self.nodes += 1
+        if self.nodes > MAX_ANSWER_NODES:
+            raise RemoteError(f"the student's code returned more than {MAX_ANSWER_NODES} values in one answer")
+        if torch.is_tensor(value):
+            self.elements += value.numel()  # logical size: an expanded tensor counts what it would allocate
+            if self.elements > MAX_ANSWER_ELEMENTS:
+                raise RemoteError(f"the student's code returned tensors of more than {MAX_ANSWER_ELEMENTS} elements")
+
+
+def apply_changes(tensors: list, changed, budget: _Budget) -> None:
+    """Change the grader's argument ``tensors`` as the student's code changed its copies in place.
+
+    Arguments cross by value, so without this a check that looks at its inputs again after the call
+    (did the exercise leave them alone?) would never see what the student's code did to them.
+    """
+    if not isinstance(changed, dict):
+        return
+    for index, new in changed.items():
+        if not (isinstance(index, int) and 0 <= index < len(tensors) and type(new) is torch.Tensor):
+            continue
+        budget.count(new)
+        old = tensors[index]
+        with torch.no_grad():
+            if new.shape == old.shape:
+                old.copy_(new.to(old.dtype))
+            else:
+                old.data = new.to(old.dtype)
+
+
+def with_gradients(value, leaves: list, grads) -> object:
+    """``value`` whose gradient with respect to the grader's ``leaves`` is the one the kernel computed.
+
+    The student's graph stays in the kernel; for a scalar the kernel sends d value / d leaf, and
+    ``value + sum(leaf * grad) - (the same, detached)`` carries exactly those gradients here.
+    """
+    if not (torch.is_tensor(value) and value.requires_grad and isinstance(grads, list) and len(grads) == len(leaves)):
+        return value
+    terms = [(leaf * g.to(leaf.dtype)).sum() for leaf, g in zip(leaves, grads)
+             if torch.is_tensor(g) and type(g) is torch.Tensor and g.shape == leaf.shape]
+    if not terms:
+        return value
+    link = sum(terms)
+    return value.detach() + (link - link.detach()).to(value.dtype)
+
+
+def load_answer(data: bytes) -> dict:
+    """The kernel's answer read from ``data``: a plain (uncompressed) torch.save archive within the size limit."""
+    try:
+        entries = zipfile.ZipFile(io.BytesIO(data)).infolist()
+    except zipfile.BadZipFile:
+        raise RemoteError("malformed answer from the kernel (not a torch.save archive)") from None
+    if any(e.compress_type != zipfile.ZIP_STORED for e in entries):
+        raise RemoteError("malformed answer from the kernel (compressed records)")
+    if sum(e.file_size for e in entries) > MAX_ANSWER_BYTES:
+        raise RemoteError(f"the student's code returned more than {MAX_ANSWER_BYTES >> 20} MiB")
+    answer = torch.load(io.BytesIO(data), weights_only=True)
+    if not isinstance(answer, dict):
+        raise RemoteError("malformed answer from the kernel")
+    return answer
 
 
 def _write_new(path: Path, data: bytes) -> None:
@@ -140,30 +210,21 @@ def _read_regular(path: Path) -> bytes | None:
         return f.read(MAX_ANSWER_BYTES + 1)
 
 
-def _walk(x, depth: int = 0):
-    yield x
-    if depth < 4 and isinstance(x, (tuple, list)):
-        for item in x:
-            yield from _walk(item, depth + 1)
-    elif depth < 4 and isinstance(x, dict):
-        for item in x.values():
-            yield from _walk(item, depth + 1)
-
-
 class _Pickler(pickle.Pickler):
     def persistent_id(self, obj):
         return object.__getattribute__(obj, "_ref") if type(obj) is Remote else None
 
 
 def _trusted_class(qualified: str):
-    """The trusted nn.Module class named ``qualified`` (torch's, transformers'), or None."""
+    """The trusted nn.Module class named ``qualified`` (torch's, transformers'), or None.
+
+    Only modules already imported here are looked at: the name comes from the student's kernel, and
+    importing a module the student names would run its import-time code in the grader.
+    """
     if not qualified.startswith(TRUSTED_CLASS_ROOTS):
         return None
     module, _, name = qualified.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), name, None)
-    except Exception:
-        return None
+    cls = getattr(sys.modules.get(module), name, None)
     return cls if isinstance(cls, type) and issubclass(cls, torch.nn.Module) else None
 
 

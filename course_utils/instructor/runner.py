@@ -44,6 +44,18 @@ def kernel_env(profile: str | None = None) -> dict[str, str]:
     return env
 
 
+# What a graded kernel inherits of the grader's environment: what Python, torch, Hugging Face and Jupyter
+# read, never the rest (tokens, keys, the grader's own paths).
+GRADING_ENV = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "VIRTUAL_ENV", "TOKENIZERS_PARALLELISM", "MPLBACKEND")
+GRADING_ENV_PREFIXES = ("LC_", "PYTHON", "COURSE_", "OMP_", "MKL_", "OPENBLAS_", "KMP_", "TORCH", "PYTORCH_",
+                        "CUDA_", "HF_", "TRANSFORMERS_", "JUPYTER_", "PYDEVD_")
+
+
+def grading_env(profile: str) -> dict[str, str]:
+    """The environment of a graded (student's) kernel: ``kernel_env`` cut to an allowlist (``GRADING_ENV``)."""
+    return {k: v for k, v in kernel_env(profile).items() if k in GRADING_ENV or k.startswith(GRADING_ENV_PREFIXES)}
+
+
 def execute(nb: nbformat.NotebookNode, cwd: str | Path, timeout: float, profile: str | None = None,
             allow_errors: bool = False, quiet: bool = False) -> tuple[int | None, str | None]:
     """Execute ``nb`` in place in a fresh kernel; returns (cell index, reason) where it stopped, or (None, None).

@@ -36,6 +36,7 @@ class Limits:
     file_bytes: int = 256 * 1024 ** 2  # largest file it may write (RLIMIT_FSIZE)
     open_files: int = 1024
     output_bytes: int = 2 * 1024 ** 2  # cell output kept per cell (enforced by the grader)
+    check_memory_bytes: int = 4 * GIB  # address space of the grader's child process that runs the checks
 
 
 @functools.lru_cache(maxsize=None)
