@@ -14,7 +14,7 @@ CI = {"sft_model": "tiny-gpt-sft", "pair_stories": 2000, "prompt_stories": 300, 
       "grpo": _GRPO, "collapse": {**_GRPO, "steps": 10, "lr": 5e-3},
       "ei_samples": 4, "ei_steps": 60, "ei_batch": 32, "ei_lr": 1e-3,
       "rm_model": "tiny-gpt-rm", "ppo": {"steps": 20, "batch_size": 48, "lr": 2e-4, "beta": 0.05},
-      "dpo": {"pairs": 1000, "pair_beta": 4.0, "beta": 0.1, "steps": 100, "batch_size": 16, "lr": 3e-4},
+      "dpo": {"pairs": 1000, "annotator_sharpness": 4.0, "beta": 0.1, "steps": 100, "batch_size": 16, "lr": 3e-4},
       # asserted: GRPO's held-out pass@1 gain, every method's win rate over SFT under r*, the collapse's diversity
       # (distinct replies per group, robustness run native s0-s2 + avx2 s0: SFT 0.82-0.86, lr x10 0.36-0.51)
       "pass_margin": 0.03, "min_win_rate": 0.6, "collapse_margin": 0.2}
