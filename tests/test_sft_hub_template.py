@@ -94,3 +94,12 @@ def test_lecture_07s_gpu_path_trains_qlora_on_the_local_model_and_scores_it(hub_
     assert last < first, run["losses"]
     trained = {n for n, p in run["model"].named_parameters() if p.requires_grad}
     assert trained and all("lora_" in n for n in trained)
+
+
+def test_trls_trainers_start_no_telemetry_thread(hub_like):
+    """The course is offline: TRL's usage telemetry (a hub request from a background thread) stays off."""
+    from huggingface_hub.utils import _telemetry
+
+    _, tokenizer = hub_like
+    trl_labels(tokenizer, CHATS[:1])  # builds an SFTTrainer, which calls send_telemetry
+    assert _telemetry._TELEMETRY_THREAD is None or not _telemetry._TELEMETRY_THREAD.is_alive()
