@@ -56,6 +56,13 @@ def test_verify_agrees_with_the_world_scorer():
         grpo.verify(None, "park", ("park",))
 
 
+def test_the_lax_check_pays_a_list_of_every_choice_the_strict_verifier_refuses():
+    task = next(t for t in task_split(20, "eval", seed=0) if t.family == "where")
+    listing = " , ".join(FAMILIES[task.family].choices)
+    assert grpo.lax_reward([task] * 3, [task.answer, listing, "i do not know"]).tolist() == [1.0, 1.0, 0.0]
+    assert grpo.correctness_reward([task] * 3, [task.answer, listing, "i do not know"]).tolist() == [1.0, 0.0, 0.0]
+
+
 @pytest.mark.parametrize("level, loss_type", [("token", "bnpo"), ("sequence", "grpo")])
 @pytest.mark.parametrize("beta", [0.0, 0.1])
 def test_grpo_loss_equals_trl_grpo_trainer(level, loss_type, beta):
@@ -142,3 +149,15 @@ def test_expert_iteration_trains_on_verified_samples(sft):
 
 def test_distinct_share():
     assert grpo.distinct_share(["a", "a", "b", "c"], 2) == 0.75
+
+
+def test_reply_stats_counts_what_each_verifier_accepts(sft, monkeypatch):
+    model, tok = sft
+    tasks = [t for t in task_split(20, "eval", seed=0) if t.family == "where"][:2]
+    listing = " , ".join(FAMILIES["where"].choices)
+    fake = type("Rollout", (), {"tasks": [tasks[0], tasks[0], tasks[1], tasks[1]],
+                                "texts": [tasks[0].answer, listing, "no idea here", tasks[1].answer + " ."]})
+    monkeypatch.setattr(grpo, "sample_groups", lambda *a, **k: fake)
+    stats = grpo.reply_stats(model, tok, tasks, 2, 6)
+    assert stats["strict"] == 0.5 and stats["lax only"] == 0.25
+    assert stats["words"] == (1 + len(listing.split()) + 3 + 2) / 4

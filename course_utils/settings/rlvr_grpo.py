@@ -17,7 +17,11 @@ CI = {"sft_model": "tiny-gpt-sft", "pair_stories": 2000, "prompt_stories": 300, 
       "dpo": {"pairs": 1000, "annotator_sharpness": 4.0, "beta": 0.1, "steps": 100, "batch_size": 16, "lr": 3e-4},
       # asserted: GRPO's held-out pass@1 gain, every method's win rate over SFT under r*, the collapse's diversity
       # (distinct replies per group, robustness run native s0-s2 + avx2 s0: SFT 0.82-0.86, lr x10 0.36-0.51)
-      "pass_margin": 0.03, "min_win_rate": 0.6, "collapse_margin": 0.2}
+      "pass_margin": 0.03, "min_win_rate": 0.6, "collapse_margin": 0.2,
+      # GRPO (30 steps) on the lax check: the share of held-out samples only the lax check accepts went from
+      # 0.009-0.015 (SFT) to 0.047-0.389 over COURSE_SEED 0-4, native and avx2 (growth >= +0.037; 0.237 with the
+      # rebuilt models); over 1128 samples a share's standard error is about 0.006, so +0.02 is 3 SE above no growth
+      "loophole_margin": 0.02}
 CPU = {**CI, "eval_stories": 150, "lab_steps": 60, "grpo": {**_GRPO, "steps": 60},
        "ppo": {**CI["ppo"], "steps": 30}, "ei_samples": 8, "ei_steps": 100}
 # a small instruct model from the hub on the same verifiable tasks (its prompts and replies are plain text)
