@@ -62,8 +62,8 @@ def toy_models(monkeypatch, tmp_path):
             model.transformer.wte.weight.add_(1.0)
         return model, tokenizer
 
-    toy = {"toy": {"train": {"seed": 0}}}
-    toy["toy-derived"] = {"base": "toy", "base_recipe": toy["toy"], "train": {"seed": 0}}
+    toy = {"toy": {"world": ["corpus"], "train": {"seed": 0}}}
+    toy["toy-derived"] = {"base": "toy", "base_recipe": toy["toy"], "world": [], "train": {"seed": 0}}
     monkeypatch.setattr(recipes, "RECIPES", toy)
     monkeypatch.setattr(build, "RECIPES", toy)
     monkeypatch.setattr("course_utils.models.load.RECIPES", toy)
