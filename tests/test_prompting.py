@@ -55,14 +55,32 @@ def test_ensemble_normalises_templates_and_breaks_vote_ties_by_average_probabili
 def test_vote_and_answer_extraction():
     assert P.extract_answer("x : two cups . answer : three . answer : four .") == "three"
     assert P.extract_answer("no answer") is None
+    cases = {"answer : four.": "four", "answer : four .": "four", "the answer : six ...": "six", "answer :": None,
+             "answer : .": None, "answer: four": None, "answer :four": None, "day one : two . answer : two cups": "two"}
+    assert {t: P.extract_answer(t) for t in cases} == cases
+    assert P.read_answer("x answer : one .\nmia has two cups . how many ? answer :", "three .") == "three"
     assert P.vote(["b", None, "a", "a", "b"]) == "b"  # tie: the earliest
     assert P.vote([None, None]) is None
 
 
 def test_ape_selects_on_dev_and_reports_test():
-    table = {"a": {"dev": 0.9, "test": 0.5}, "b": {"dev": 0.6, "test": 0.95}}
-    result = P.ape_select(["a", "b"], lambda c, ex: table[c][ex[0]], ["dev"], ["test"])
-    assert (result["best"], result["dev"], result["test"]) == ("a", 0.9, 0.5)
+    table = {"a": {"dev": 0.9, "test": 0.5}, "b": {"dev": 0.6, "test": 0.95}, "c": {"dev": 0.9, "test": 0.1}}
+    calls = []
+    result = P.ape_select(["b", "a", "b", "c"], lambda c, ex: calls.append(c) or table[c][ex[0]], ["dev"], ["test"])
+    assert (result["best"], result["dev"], result["test"]) == ("a", 0.9, 0.5)  # the earlier of the tied a and c
+    assert result["dev_scores"] == {"b": 0.6, "a": 0.9, "c": 0.9} and calls == ["b", "a", "c", "a"]
+
+
+def test_cot_prompts_match_their_demonstrations_and_cloze_continuations():
+    p, d = R.make_problems(2, (2, 3), "eval", seed=0)
+    assert P.cot_prompt(p, "direct") == f"{p.text} {p.question} answer :"
+    assert P.cot_prompt(p, "trigger") == f"{p.text} {p.question} {R.TRIGGER}"
+    assert P.cot_prompt(p, "steps", [d]) == d.cot() + R.DELIMITER + f"{p.text} {p.question}"
+    assert P.cot_prompt(p, "direct", [d]).startswith(d.direct() + R.DELIMITER)
+    with pytest.raises(ValueError, match="style"):
+        P.cot_prompt(p, "cot")
+    assert P.continuations("cloze", ["foo", "bar"]) == ["foo .", "bar ."]
+    assert P.continuations("review", ["foo"]) == ["foo"]
 
 
 def test_generation_is_seeded_and_local_folders_load(lm, tmp_path):
