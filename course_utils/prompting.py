@@ -8,6 +8,7 @@ best on a dev set and reports it on a test set.
 """
 from __future__ import annotations
 
+import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 
@@ -169,6 +170,27 @@ def sample_chains(model, tokenizer, prompt: str, n: int, temperature: float = 1.
     return generate(model, tokenizer, [prompt] * n, max_new_tokens, do_sample=True, temperature=temperature, seed=seed)
 
 
+@torch.no_grad()
+def prefix_matching(model, tokenizer, texts: Sequence[str]) -> torch.Tensor:
+    """(layers, heads) mean attention from a repeated token to the token after its first occurrence: the
+    prefix-matching score of an induction head (Olsson et al., 2022). The model must return attentions
+    (load it with ``attn_implementation="eager"``)."""
+    total, count = 0.0, 0
+    for text in texts:
+        ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        attentions = model(input_ids=ids.to(next(model.parameters()).device), output_attentions=True).attentions
+        if attentions is None or attentions[0] is None:
+            raise ValueError("the model returned no attentions: load it with attn_implementation='eager'")
+        att, first = torch.stack(attentions)[:, 0].float().cpu(), {}  # (layers, heads, T, T)
+        for t, token in enumerate(ids[0].tolist()):
+            if token in first and first[token] + 1 < t:
+                total, count = total + att[:, :, t, first[token] + 1], count + 1
+            first.setdefault(token, t)
+    if not count:
+        raise ValueError("no token repeats in texts: give lists that repeat, e.g. R.copy_document")
+    return total / count
+
+
 def ape_select(candidates: Sequence[str], score: Callable[[str, list], float], dev: list, test: list) -> dict:
     """APE's selection: score each distinct candidate once on ``dev``, keep the best (the earliest on ties),
     report it on ``test``; 'dev_scores' maps every distinct candidate to its dev score, in first-seen order."""
@@ -177,6 +199,24 @@ def ape_select(candidates: Sequence[str], score: Callable[[str, list], float], d
     dev_scores = {c: float(score(c, dev)) for c in dict.fromkeys(candidates)}
     best = max(dev_scores, key=dev_scores.get)  # max keeps the first of equal scores
     return {"best": best, "dev": dev_scores[best], "test": float(score(best, test)), "dev_scores": dev_scores}
+
+
+def evolve(population: Sequence[str], score: Callable[[str, list], float], dev: list,
+           mutate: Callable[[str, random.Random], str], generations: int, keep: int = 4, seed: int = 0) -> list[tuple]:
+    """A small evolutionary prompt search (EvoPrompt-style): each generation keeps the ``keep`` best instructions on
+    ``dev`` (earlier ones first on ties) and adds one mutant of each; returns (best, its dev score) per generation."""
+    if not population or keep < 1 or generations < 1:
+        raise ValueError("need a non-empty population, keep >= 1 and generations >= 1")
+    rng, cache, history = random.Random(seed), {}, []
+    pool = list(dict.fromkeys(population))
+    for _ in range(generations):
+        for c in pool:
+            if c not in cache:
+                cache[c] = float(score(c, dev))
+        pool = sorted(pool, key=cache.get, reverse=True)[:keep]  # a stable sort keeps the earlier of equals first
+        history.append((pool[0], cache[pool[0]]))
+        pool = list(dict.fromkeys(pool + [mutate(c, rng) for c in pool]))
+    return history
 
 
 class InstructionScorer:
