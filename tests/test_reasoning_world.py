@@ -14,7 +14,9 @@ def test_examples_are_balanced_deterministic_and_in_their_split():
     a = R.make_examples(40, "sentiment", "eval", seed=1)
     assert a == R.make_examples(40, "sentiment", "eval", seed=1)
     assert sum(e.label for e in a) == 20
-    assert all(sentence_split(e.text) == "eval" for e in a)
+    assert all(sentence_split(R.core(e.text)) == "eval" for e in a)  # the split of its shortest pattern
+    assert R.core("in the park mia felt sad .") == "mia felt sad ." == R.core("mia felt sad .")
+    assert R.core("mia and tom were sad .") == "mia and tom were sad ."
     topics = R.make_examples(40, "topic", "train")
     assert {e.label for e in topics} == {0, 1, 2, 3}
 

@@ -24,7 +24,7 @@ from .corpus import (ANIMALS, COLORS, NAMES, NEGATIVE, NUMBERS, OBJECTS, PLACES,
                      _give, plural, sentence_split)
 
 SPLITS = ("train", "eval")
-REASONING_VERSION = 4  # 4: seven sentiment sentence patterns, copy lists in the mixture; bumped whenever the generated text changes (then run `course models build`)
+REASONING_VERSION = 4  # 4: ten sentiment sentence patterns, copy lists in the mixture; bumped whenever the generated text changes (then run `course models build`)
 NUMBER_WORDS = ["zero", *NUMBERS]
 DELIMITER = "\n"
 # Prompt templates: {x} the input, {y} the label words. "cloze" templates put text after the label.
@@ -70,14 +70,24 @@ class Example:
     cue: str = ""  # the word that carries the label (a sentiment sentence's feeling word)
 
 
-# The sentence patterns of the sentiment task ({f} the feeling word): about 5,000 distinct sentences, a fifth of
+# The sentence patterns of the sentiment task ({f} the feeling word, always last, right before the final '.', so the
+# word that carries the label keeps one distance from the label slot): about 4,400 distinct sentences, a fifth of
 # them on the evaluation side, so test sets, demonstration pools and dev sets can all be distinct.
 SENTIMENT_PATTERNS = (
-    "{name} was {f} .", "{name} felt {f} .", "{name} was {f} at the {place} .", "{name} felt {f} in the {place} .",
-    "the {color} {animal} was {f} .", "{name} and {other} were {f} .", "{name} was {f} with the {obj} .",
-    "the {animal} in the {place} was {f} .", "{name} was {f} about the {obj} .", "{name} looked {f} .",
-    "{name} looked {f} at the {place} .",
+    "{name} was {f} .", "{name} felt {f} .", "{name} looked {f} .", "the {color} {animal} was {f} .",
+    "the {animal} in the {place} was {f} .", "{name} and {other} were {f} .", "at the {place} {name} was {f} .",
+    "in the {place} {name} felt {f} .", "with the {obj} {name} looked {f} .", "after the {obj} {name} was {f} .",
 )
+
+
+def core(text: str) -> str:
+    """The shortest sentiment pattern a sentence ends with: 'mia felt sad .' for 'in the park mia felt sad .'.
+
+    A sentiment sentence belongs to its core's split, so no evaluation sentence sits inside a training one."""
+    words = text.split()
+    if len(words) > 4 and words[-4] in NAMES and words[-3] in ("was", "felt", "looked"):
+        return " ".join(words[-4:])
+    return text
 
 
 def sentiment_sentence(rng: random.Random, label: int) -> tuple[str, str]:
@@ -116,7 +126,7 @@ def _draw(n: int, task: str, split: str, seed: int) -> list[Example]:
             text, cue = sentiment_sentence(rng, label)
         else:
             text, _ = _MAKERS[TASKS[task]["classes"][label]](rng)
-        if text not in seen and sentence_split(text) == split:
+        if text not in seen and sentence_split(core(text)) == split:
             seen.add(text)
             out.append(Example(text, label, task, cue))
     return out
@@ -259,7 +269,7 @@ def copy_document(rng: random.Random, length: int = 8) -> str:
 
 
 # Copy lists stay in the mixture (not only a warm-up before it) so the induction heads they grow are not forgotten.
-MIXTURE = {"classification": 0.4, "problems": 0.4, "facts": 0.1, "copy": 0.1}
+MIXTURE = {"classification": 0.45, "problems": 0.35, "facts": 0.1, "copy": 0.1}
 
 
 def make_mixture(n: int, split: str = "train", seed: int = 0, mixture: dict | None = None) -> list[str]:
