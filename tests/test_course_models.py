@@ -99,3 +99,17 @@ def test_course_models_check_exits_nonzero_on_an_empty_folder(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert "tiny-bert: missing" in done.stderr and "course models build --seed 0 --out" in done.stderr
+
+
+def test_a_changed_world_part_makes_only_the_models_that_read_it_stale(monkeypatch):
+    """Module 08's reasoning world changing must not force a rebuild of the models of modules 01-06."""
+    before = {name: recipes.recipe_key(name) for name in recipes.RECIPES}
+    monkeypatch.setattr(recipes, "make_mixture", lambda n, **kw: ["a new episode ."] * n)
+    recipes.world_fingerprint.cache_clear()
+    try:
+        after = {name: recipes.recipe_key(name) for name in recipes.RECIPES}
+    finally:
+        recipes.world_fingerprint.cache_clear()
+    assert [name for name in before if before[name] != after[name]] == ["tiny-gpt-reasoner"]
+    with pytest.raises(ValueError, match="not a part of the world"):
+        recipes.world_fingerprint("weather")

@@ -1,9 +1,9 @@
 """The recipes of the course's own models, and the key that ties shipped weights to a recipe and to the world.
 
-A recipe is plain data: which slice of the world a model trains on, its config and its training settings.
-``recipe_key`` hashes a recipe together with a fingerprint of the world's generated text, so a change to
-either (a new sentence pattern, another step count) makes the shipped weights stale until they are rebuilt
-with ``course models build``.
+A recipe is plain data: which parts of the world a model reads (``world``), its config and its training
+settings. ``recipe_key`` hashes a recipe together with a fingerprint of the text of each world part it (or a
+model it starts from) reads, so a change to either (a new sentence pattern, another step count) makes that
+model's shipped weights stale until they are rebuilt with ``course models build``; the other models stay valid.
 """
 from __future__ import annotations
 
@@ -11,15 +11,17 @@ import copy
 import functools
 import hashlib
 import json
+import random
 
 from ..world.corpus import WORLD_VERSION, make_corpus, make_split_stories
 from ..world.instructions import FAMILIES, TEMPLATES_DIGEST, make_tasks, task_split
 from ..world.preferences import SURE, VERBOSE, human_demonstrations, rlhf_split, sample_pairs
-from ..world.reasoning import MIXTURE, REASONING_VERSION, make_mixture
+from ..world.reasoning import MIXTURE, REASONING_VERSION, copy_document, make_mixture
 from ..world.tokenization import CHAT_TEMPLATE
 
 RECIPES = {
     "tiny-bert": {
+        "world": ["corpus"],
         "corpus": {"n": 4000, "seed": 0},
         "vocab_size": 300,
         "config": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -27,6 +29,7 @@ RECIPES = {
         "train": {"steps": 600, "batch_size": 32, "lr": 3e-3, "seed": 0},
     },
     "tiny-gpt": {
+        "world": ["stories", "instructions"],
         "corpus": {"n": 8000, "seed": 0, "min_sentences": 1, "max_sentences": 4},  # training split only
         "vocab_size": 600,
         "chat_template": CHAT_TEMPLATE,
@@ -35,6 +38,7 @@ RECIPES = {
         "train": {"steps": 400, "batch_size": 16, "lr": 3e-3, "seed": 0},
     },
     "tiny-gpt-reasoner": {  # module 08: few-shot episodes and word problems (world/reasoning.py)
+        "world": ["reasoning"],
         "data": {"n": 12000, "seed": 0, "mixture": MIXTURE, "version": REASONING_VERSION},  # training split only
         "vocab_size": 700,  # every world word one token
         "config": {"n_layer": 2, "n_head": 4, "n_embd": 64, "block_size": 192},
@@ -47,6 +51,7 @@ RECIPES = {
 RECIPES["tiny-gpt-sft"] = {
     "base": "tiny-gpt",
     "base_recipe": RECIPES["tiny-gpt"],  # a change to the base model changes this model's key too
+    "world": ["instructions", "demonstrations"],
     "data": {"stories": 1000, "seed": 0, "wordy_rate": 0.6, "sure_rate": 0.08, "styles": list(VERBOSE) + [SURE]},
     "train": {"steps": 400, "batch_size": 32, "lr": 6e-3, "seed": 0},
 }
@@ -63,6 +68,7 @@ RECIPES["tiny-gpt-sft-long"] = {**RECIPES["tiny-gpt-sft"],
 RECIPES["tiny-gpt-rm"] = {
     "base": "tiny-gpt-sft-long",
     "base_recipe": RECIPES["tiny-gpt-sft-long"],
+    "world": ["pairs"],
     "data": {"pair_stories": 2000, "prompt_stories": 300, "n_pairs": 80000, "bt_beta": 4.0, "seed": 0},
     "train": {"steps": 2400, "batch_size": 32, "lr": 1e-3, "seed": 0},
 }
@@ -86,28 +92,47 @@ def with_seed(recipe: dict, seed: int) -> dict:
     return recipe
 
 
-@functools.lru_cache(maxsize=1)
-def world_fingerprint() -> str:
-    """A hash of a sample of every generator the course models train on: it changes when the world's text does."""
-    stories = make_split_stories(300, "train", seed=0)
-    tasks = make_tasks(stories, families=list(FAMILIES), seed=0)
-    sft = task_split(200, "train", seed=0)
-    pair_tasks = rlhf_split(60, 10, 1, seed=0)["pairs"]
-    sample = {
-        "versions": [WORLD_VERSION, REASONING_VERSION, TEMPLATES_DIGEST],
-        "corpus": make_corpus(300, seed=0),
-        "stories": [s.text for s in stories],
-        "tasks": [[t.instruction, t.output] for t in tasks],
-        "demonstrations": human_demonstrations(sft, 0.6, 0.08, seed=0),
-        "pairs": [[p.chosen, p.rejected] for p in sample_pairs(pair_tasks, 300, sharpness=4.0, seed=0)],
-        "reasoning": make_mixture(300, split="train", seed=0, mixture=MIXTURE),
-    }
-    return hashlib.sha256(json.dumps(sample, sort_keys=True).encode()).hexdigest()[:16]
+def _world_sample(part: str) -> dict:
+    """A sample of the text one part of the world generates, with the version numbers that part depends on."""
+    if part == "corpus":
+        return {"version": WORLD_VERSION, "corpus": make_corpus(300, seed=0)}
+    if part == "stories":
+        return {"version": WORLD_VERSION, "stories": [s.text for s in make_split_stories(300, "train", seed=0)]}
+    if part == "instructions":
+        tasks = make_tasks(make_split_stories(300, "train", seed=0), families=list(FAMILIES), seed=0)
+        return {"templates": TEMPLATES_DIGEST, "tasks": [[t.instruction, t.output] for t in tasks]}
+    if part == "demonstrations":
+        return {"demonstrations": human_demonstrations(task_split(200, "train", seed=0), 0.6, 0.08, seed=0)}
+    if part == "pairs":
+        pair_tasks = rlhf_split(60, 10, 1, seed=0)["pairs"]
+        return {"pairs": [[p.chosen, p.rejected] for p in sample_pairs(pair_tasks, 300, sharpness=4.0, seed=0)]}
+    if part == "reasoning":
+        return {"version": REASONING_VERSION, "mixture": make_mixture(300, split="train", seed=0, mixture=MIXTURE),
+                "copy": [copy_document(random.Random(i)) for i in range(50)]}
+    raise ValueError(f"{part!r} is not a part of the world; the parts are {', '.join(WORLD_PARTS)}")
+
+
+WORLD_PARTS = ("corpus", "stories", "instructions", "demonstrations", "pairs", "reasoning")
+
+
+@functools.lru_cache(maxsize=None)
+def world_fingerprint(part: str) -> str:
+    """A hash of a sample of one world part's generated text: it changes when that part's text does."""
+    return hashlib.sha256(json.dumps(_world_sample(part), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def world_parts(recipe: dict) -> list[str]:
+    """The world parts a recipe reads, with those of every model it starts from."""
+    parts = set()
+    while recipe is not None:
+        parts.update(recipe["world"])
+        recipe = recipe.get("base_recipe")
+    return sorted(parts)
 
 
 def recipe_key(name: str, seed: int = 0) -> str:
     """The key of course model ``name`` trained with ``seed``: a hash of its recipe and of the world's text."""
     check_name(name)
     recipe = RECIPES[name] if seed == 0 else with_seed(RECIPES[name], seed)
-    keyed = {"recipe": recipe, "world": world_fingerprint()}
+    keyed = {"recipe": recipe, "world": {part: world_fingerprint(part) for part in world_parts(recipe)}}
     return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:12]
