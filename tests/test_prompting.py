@@ -1,4 +1,6 @@
 """The prompting helpers of module 08 on a small random GPT-2 (no course model needed)."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -101,3 +103,54 @@ def test_helpers_reject_bad_inputs(lm):
         P.label_logprobs(model, tokenizer, "one prompt", ["a"])
     with pytest.raises(ValueError, match="candidates"):
         P.ape_select([], len, [], [])
+
+
+class FixedAttention(torch.nn.Module):
+    """A stand-in model whose one head attends to the token after the current token's first occurrence."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, output_attentions=True):
+        ids, n = input_ids[0].tolist(), input_ids.shape[1]
+        att = torch.zeros(1, 2, n, n)
+        att[0, 1] = torch.tril(torch.ones(n, n)) / torch.arange(1, n + 1)[:, None]  # head 1: uniform over the past
+        for t, token in enumerate(ids):
+            first = ids.index(token)
+            att[0, 0, t, first + 1 if first + 1 < t else t] = 1.0  # head 0: an ideal induction head
+        return SimpleNamespace(attentions=(att,))
+
+
+class WordTokenizer:
+    """Whitespace tokens, each word's id its index in first-seen order."""
+
+    def __call__(self, text, return_tensors="pt", add_special_tokens=False):
+        vocab = {}
+        return {"input_ids": torch.tensor([[vocab.setdefault(w, len(vocab)) for w in text.split()]])}
+
+
+def test_prefix_matching_finds_the_induction_head():
+    scores = P.prefix_matching(FixedAttention(), WordTokenizer(), ["a b c | a b c .", "x y | x y ."])
+    assert scores.shape == (1, 2) and scores[0, 0] == 1.0
+    # the uniform head at the 5 repeated positions: 1/5, 1/6, 1/7 in the first text, 1/4, 1/5 in the second
+    assert scores[0, 1].item() == pytest.approx((1 / 5 + 1 / 6 + 1 / 7 + 1 / 4 + 1 / 5) / 5)
+    with pytest.raises(ValueError, match="repeat"):
+        P.prefix_matching(FixedAttention(), WordTokenizer(), ["a b c"])
+
+
+def test_evolve_keeps_the_best_and_improves():
+    target = "rule : sad is foo , happy is bar ."
+    score = lambda c, dev: sum(a == b for a, b in zip(c.split(), target.split())) / len(target.split())
+    words = ["foo", "bar", "cat", "dog"]
+
+    def mutate(rule, rng):
+        parts = rule.split()
+        parts[rng.choice([4, 8])] = rng.choice(words)
+        return " ".join(parts)
+
+    history = P.evolve(["rule : sad is cat , happy is dog ."], score, [], mutate, generations=30, keep=2)
+    assert len(history) == 30 and all(b[1] >= a[1] for a, b in zip(history, history[1:]))
+    assert history[-1] == (target, 1.0)
+    with pytest.raises(ValueError, match="non-empty"):
+        P.evolve([], score, [], mutate, 3)
