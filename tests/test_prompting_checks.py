@@ -134,8 +134,7 @@ def keeps_periods(text):
 
 
 def last_rule_answer(text):
-    return P.extract_answer(" ".join(text.split(" answer : ")[-1:]).join(["answer : ", ""])) \
-        if "answer :" in text else P.extract_answer(text)
+    return P.extract_answer(text[text.rindex("answer :"):]) if "answer :" in text else P.extract_answer(text)
 
 
 def test_extract_answer_check():
