@@ -38,7 +38,8 @@ if not answers:
 return min(a for a in set(answers) if answers.count(a) == max(answers.count(b) for b in answers))
 """
 TRAILING_SPACE = """
-lines = [template.format(x=x, y=y) for x, y in demos]
+lines = [instruction] if instruction else []
+lines += [template.format(x=x, y=y) for x, y in demos]
 lines.append(template[:template.index("{y}")].format(x=query))
 return delimiter.join(lines)
 """
