@@ -2,18 +2,19 @@
 
 Everything works with any causal LM and its tokenizer (the course's ``tiny-gpt-reasoner`` or a hub model):
 ``label_logprobs`` scores label words (several tokens each, summed) after prompts, ``build_prompt`` writes a
-k-shot prompt, ``ensemble`` combines templates, ``sample_chains`` + ``vote`` do self-consistency and
-``ape_select`` keeps the instruction that scores best on a dev set and reports it on a test set.
+k-shot prompt, ``ensemble`` combines templates, ``cot_prompt`` + ``extract_answer`` ask and read a word
+problem, ``sample_chains`` + ``vote`` do self-consistency and ``ape_select`` keeps the instruction that scores
+best on a dev set and reports it on a test set.
 """
 from __future__ import annotations
 
-import re
+import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 
 import torch
 
-from .world.reasoning import DELIMITER, fill
+from .world.reasoning import DELIMITER, TEMPLATES, TRIGGER, Problem, fill
 
 
 def _check_model_inputs(prompts, labels) -> None:
@@ -75,6 +76,12 @@ def build_prompt(demos: Sequence[tuple[str, str]], query: str, template: str = "
     return delimiter.join(lines)
 
 
+def continuations(template: str, words: Sequence[str]) -> list[str]:
+    """What follows the label slot for each label word: ``words`` for a prefix template, 'foo .' for a cloze one."""
+    template = TEMPLATES.get(template, template)
+    return [template[template.index("{y}"):].format(y=w) for w in words]
+
+
 def classify(model, tokenizer, prompts: Sequence[str], labels: Sequence[str]) -> torch.Tensor:
     """Predicted class index per prompt: the label word with the highest log-probability."""
     return label_logprobs(model, tokenizer, prompts, labels).argmax(-1)
@@ -94,13 +101,37 @@ def ensemble(logprobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return probs.argmax(-1), torch.where(tied, probs, torch.full_like(probs, -1.0)).argmax(-1)
 
 
-ANSWER = re.compile(r"answer : (\w+)")
-
-
 def extract_answer(text: str) -> str | None:
-    """The word after the first 'answer :' of a generated chain, or None."""
-    match = ANSWER.search(text)
-    return match.group(1) if match else None
+    """The course's one answer rule: split on whitespace, take the word after the first 'answer' ':' pair, drop
+    its trailing periods; None when there is no such pair or no word after it ('answer : four.' -> 'four')."""
+    words = text.split()
+    for i in range(len(words) - 1):
+        if words[i] == "answer" and words[i + 1] == ":":
+            answer = words[i + 2].rstrip(".") if i + 2 < len(words) else ""
+            return answer or None
+    return None
+
+
+COT_STYLES = ("direct", "steps", "trigger")
+
+
+def cot_prompt(problem: Problem, style: str, demos: Sequence[Problem] = ()) -> str:
+    """A word-problem prompt in ``style``, every demonstration solved in the same style (matched examples).
+
+    'direct' demonstrations give the answer alone and the query ends with 'answer :'; 'steps' demonstrations
+    show the daily totals and the query ends with its question; 'trigger' adds "let 's think step by step ."
+    after every question (Kojima et al.'s zero-shot trigger when there are no demonstrations).
+    """
+    if style not in COT_STYLES:
+        raise ValueError(f"style must be one of {COT_STYLES}, got {style!r}")
+    solved = {"direct": Problem.direct, "steps": Problem.cot, "trigger": lambda p: p.cot(trigger=True)}[style]
+    tail = {"direct": " answer :", "steps": "", "trigger": " " + TRIGGER}[style]
+    return DELIMITER.join([solved(d) for d in demos] + [f"{problem.text} {problem.question}{tail}"])
+
+
+def read_answer(prompt: str, continuation: str) -> str | None:
+    """The answer of a generated continuation, read with ``extract_answer`` from the query's line onwards."""
+    return extract_answer(prompt.split(DELIMITER)[-1] + " " + continuation)
 
 
 def vote(answers: Sequence[str | None]) -> str | None:
@@ -139,14 +170,53 @@ def sample_chains(model, tokenizer, prompt: str, n: int, temperature: float = 1.
     return generate(model, tokenizer, [prompt] * n, max_new_tokens, do_sample=True, temperature=temperature, seed=seed)
 
 
+@torch.no_grad()
+def prefix_matching(model, tokenizer, texts: Sequence[str]) -> torch.Tensor:
+    """(layers, heads) mean attention from a repeated token to the token after its first occurrence: the
+    prefix-matching score of an induction head (Olsson et al., 2022). The model must return attentions
+    (load it with ``attn_implementation="eager"``)."""
+    total, count = 0.0, 0
+    for text in texts:
+        ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        attentions = model(input_ids=ids.to(next(model.parameters()).device), output_attentions=True).attentions
+        if attentions is None or attentions[0] is None:
+            raise ValueError("the model returned no attentions: load it with attn_implementation='eager'")
+        att, first = torch.stack(attentions)[:, 0].float().cpu(), {}  # (layers, heads, T, T)
+        for t, token in enumerate(ids[0].tolist()):
+            if token in first and first[token] + 1 < t:
+                total, count = total + att[:, :, t, first[token] + 1], count + 1
+            first.setdefault(token, t)
+    if not count:
+        raise ValueError("no token repeats in texts: give lists that repeat, e.g. R.copy_document")
+    return total / count
+
+
 def ape_select(candidates: Sequence[str], score: Callable[[str, list], float], dev: list, test: list) -> dict:
-    """APE's selection: score every candidate on ``dev``, keep the best (first on ties), report it on ``test``."""
+    """APE's selection: score each distinct candidate once on ``dev``, keep the best (the earliest on ties),
+    report it on ``test``; 'dev_scores' maps every distinct candidate to its dev score, in first-seen order."""
     if not candidates:
         raise ValueError("candidates must be a non-empty list of instructions")
-    dev_scores = [float(score(c, dev)) for c in candidates]
-    best = max(range(len(candidates)), key=lambda i: (dev_scores[i], -i))
-    return {"best": candidates[best], "dev": dev_scores[best], "test": float(score(candidates[best], test)),
-            "dev_scores": dev_scores}
+    dev_scores = {c: float(score(c, dev)) for c in dict.fromkeys(candidates)}
+    best = max(dev_scores, key=dev_scores.get)  # max keeps the first of equal scores
+    return {"best": best, "dev": dev_scores[best], "test": float(score(best, test)), "dev_scores": dev_scores}
+
+
+def evolve(population: Sequence[str], score: Callable[[str, list], float], dev: list,
+           mutate: Callable[[str, random.Random], str], generations: int, keep: int = 4, seed: int = 0) -> list[tuple]:
+    """A small evolutionary prompt search (EvoPrompt-style): each generation keeps the ``keep`` best instructions on
+    ``dev`` (earlier ones first on ties) and adds one mutant of each; returns (best, its dev score) per generation."""
+    if not population or keep < 1 or generations < 1:
+        raise ValueError("need a non-empty population, keep >= 1 and generations >= 1")
+    rng, cache, history = random.Random(seed), {}, []
+    pool = list(dict.fromkeys(population))
+    for _ in range(generations):
+        for c in pool:
+            if c not in cache:
+                cache[c] = float(score(c, dev))
+        pool = sorted(pool, key=cache.get, reverse=True)[:keep]  # a stable sort keeps the earlier of equals first
+        history.append((pool[0], cache[pool[0]]))
+        pool = list(dict.fromkeys(pool + [mutate(c, rng) for c in pool]))
+    return history
 
 
 class InstructionScorer:

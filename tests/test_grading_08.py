@@ -1,8 +1,8 @@
 """Grading lab 08 end to end: the solution gets full marks, the untouched lab 0, and plausible mistakes lose
 exactly the points of the exercises they break, with a message naming the mistake. Each wrong notebook also
 calls the course's own answers (course_utils.prompting, which the lab imports as P) in the exercises its mistakes
-leave intact: traced, every one of them loses its points, so each of the lab's five exercises is shown to be
-protected."""
+leave intact: traced, every one of them loses its points, so each of the lab's seven graded functions is shown to
+be protected."""
 from pathlib import Path
 
 import pytest
@@ -13,7 +13,7 @@ from notebook_helpers import assert_lost_exactly, total
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = ROOT / "solutions" / "08_prompting_cot.ipynb"
-TOTAL = 14
+TOTAL = 18
 
 FIRST_TOKEN_ONLY = """
 logprobs = logits[:, :-1].log_softmax(-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
@@ -38,7 +38,8 @@ if not answers:
 return min(a for a in set(answers) if answers.count(a) == max(answers.count(b) for b in answers))
 """
 TRAILING_SPACE = """
-lines = [template.format(x=x, y=y) for x, y in demos]
+lines = [instruction] if instruction else []
+lines += [template.format(x=x, y=y) for x, y in demos]
 lines.append(template[:template.index("{y}")].format(x=query))
 return delimiter.join(lines)
 """
@@ -57,6 +58,24 @@ return P.sequence_scores(logits, input_ids, label_mask)
 ANSWER_APE = """
 return P.ape_select(candidates, score, dev, test)
 """
+DIRECT_WITHOUT_SLOT = """
+solve = {"direct": lambda d: d.direct(), "steps": lambda d: d.cot(), "trigger": lambda d: d.cot(trigger=True)}
+tail = {"direct": "", "steps": "", "trigger": " " + R.TRIGGER}
+return R.DELIMITER.join([solve[style](d) for d in demos] + [f"{problem.text} {problem.question}{tail[style]}"])
+"""
+KEEPS_PERIODS = """
+words = text.split()
+for i in range(len(words) - 2):
+    if words[i] == "answer" and words[i + 1] == ":":
+        return words[i + 2]
+return None
+"""
+ANSWER_COT = """
+return P.cot_prompt(problem, style, demos)
+"""
+ANSWER_EXTRACT = """
+return P.extract_answer(text)
+"""
 
 
 def replaced(nb, **codes):
@@ -71,11 +90,11 @@ def gradebook(grade_notebooks):
     solution = read_notebook(SOLUTION)
     wrong_versions = {
         "first_token_and_test_selection_answers_called": replaced(
-            solution, label_impl=FIRST_TOKEN_ONLY, ape_impl=SELECT_ON_TEST, prompt_impl=ANSWER_PROMPT,
-            ensemble_impl=ANSWER_ENSEMBLE, sc_impl=ANSWER_SC),
+            solution, label_impl=FIRST_TOKEN_ONLY, ape_impl=SELECT_ON_TEST, cot_impl=DIRECT_WITHOUT_SLOT,
+            prompt_impl=ANSWER_PROMPT, ensemble_impl=ANSWER_ENSEMBLE, sc_impl=ANSWER_SC, answer_impl=ANSWER_EXTRACT),
         "space_averaging_and_ties_answers_called": replaced(
             solution, prompt_impl=TRAILING_SPACE, ensemble_impl=RAW_LOGPROB_AVERAGE, sc_impl=ALPHABETICAL_TIES,
-            label_impl=ANSWER_LABEL, ape_impl=ANSWER_APE),
+            answer_impl=KEEPS_PERIODS, label_impl=ANSWER_LABEL, ape_impl=ANSWER_APE, cot_impl=ANSWER_COT),
     }
     return grade_notebooks(SOLUTION, wrong_versions)
 
@@ -91,12 +110,15 @@ def test_untouched_lab_gets_zero(gradebook):
 
 @pytest.mark.parametrize("name, lost", [  # exercise -> words its message must contain
     ("first_token_and_test_selection_answers_called", {
-        "label_check": "first token", "ape_check": "test set",
+        "label_check": "first token", "ape_check": "test set", "cot_check": "answer :",
+        "answer_check": "forbidden call: the exercise may not use course_utils.prompting: extract_answer",
         "prompt_check": "forbidden call: the exercise may not use course_utils.prompting: build_prompt",
         "ensemble_check": "forbidden call: the exercise may not use course_utils.prompting: ensemble",
         "sc_check": "forbidden call: the exercise may not use course_utils.prompting"}),
     ("space_averaging_and_ties_answers_called", {
         "prompt_check": "whitespace", "ensemble_check": "raw log-probs", "sc_check": "ties",
+        "answer_check": "trailing periods",
+        "cot_check": "forbidden call: the exercise may not use course_utils.prompting: cot_prompt",
         "label_check": "forbidden call: the exercise may not use course_utils.prompting: sequence_scores",
         "ape_check": "forbidden call: the exercise may not use course_utils.prompting: ape_select"}),
 ])

@@ -1,4 +1,6 @@
 """The prompting helpers of module 08 on a small random GPT-2 (no course model needed)."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -55,14 +57,32 @@ def test_ensemble_normalises_templates_and_breaks_vote_ties_by_average_probabili
 def test_vote_and_answer_extraction():
     assert P.extract_answer("x : two cups . answer : three . answer : four .") == "three"
     assert P.extract_answer("no answer") is None
+    cases = {"answer : four.": "four", "answer : four .": "four", "the answer : six ...": "six", "answer :": None,
+             "answer : .": None, "answer: four": None, "answer :four": None, "day one : two . answer : two cups": "two"}
+    assert {t: P.extract_answer(t) for t in cases} == cases
+    assert P.read_answer("x answer : one .\nmia has two cups . how many ? answer :", "three .") == "three"
     assert P.vote(["b", None, "a", "a", "b"]) == "b"  # tie: the earliest
     assert P.vote([None, None]) is None
 
 
 def test_ape_selects_on_dev_and_reports_test():
-    table = {"a": {"dev": 0.9, "test": 0.5}, "b": {"dev": 0.6, "test": 0.95}}
-    result = P.ape_select(["a", "b"], lambda c, ex: table[c][ex[0]], ["dev"], ["test"])
-    assert (result["best"], result["dev"], result["test"]) == ("a", 0.9, 0.5)
+    table = {"a": {"dev": 0.9, "test": 0.5}, "b": {"dev": 0.6, "test": 0.95}, "c": {"dev": 0.9, "test": 0.1}}
+    calls = []
+    result = P.ape_select(["b", "a", "b", "c"], lambda c, ex: calls.append(c) or table[c][ex[0]], ["dev"], ["test"])
+    assert (result["best"], result["dev"], result["test"]) == ("a", 0.9, 0.5)  # the earlier of the tied a and c
+    assert result["dev_scores"] == {"b": 0.6, "a": 0.9, "c": 0.9} and calls == ["b", "a", "c", "a"]
+
+
+def test_cot_prompts_match_their_demonstrations_and_cloze_continuations():
+    p, d = R.make_problems(2, (2, 3), "eval", seed=0)
+    assert P.cot_prompt(p, "direct") == f"{p.text} {p.question} answer :"
+    assert P.cot_prompt(p, "trigger") == f"{p.text} {p.question} {R.TRIGGER}"
+    assert P.cot_prompt(p, "steps", [d]) == d.cot() + R.DELIMITER + f"{p.text} {p.question}"
+    assert P.cot_prompt(p, "direct", [d]).startswith(d.direct() + R.DELIMITER)
+    with pytest.raises(ValueError, match="style"):
+        P.cot_prompt(p, "cot")
+    assert P.continuations("cloze", ["foo", "bar"]) == ["foo .", "bar ."]
+    assert P.continuations("review", ["foo"]) == ["foo"]
 
 
 def test_generation_is_seeded_and_local_folders_load(lm, tmp_path):
@@ -83,3 +103,54 @@ def test_helpers_reject_bad_inputs(lm):
         P.label_logprobs(model, tokenizer, "one prompt", ["a"])
     with pytest.raises(ValueError, match="candidates"):
         P.ape_select([], len, [], [])
+
+
+class FixedAttention(torch.nn.Module):
+    """A stand-in model whose one head attends to the token after the current token's first occurrence."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, output_attentions=True):
+        ids, n = input_ids[0].tolist(), input_ids.shape[1]
+        att = torch.zeros(1, 2, n, n)
+        att[0, 1] = torch.tril(torch.ones(n, n)) / torch.arange(1, n + 1)[:, None]  # head 1: uniform over the past
+        for t, token in enumerate(ids):
+            first = ids.index(token)
+            att[0, 0, t, first + 1 if first + 1 < t else t] = 1.0  # head 0: an ideal induction head
+        return SimpleNamespace(attentions=(att,))
+
+
+class WordTokenizer:
+    """Whitespace tokens, each word's id its index in first-seen order."""
+
+    def __call__(self, text, return_tensors="pt", add_special_tokens=False):
+        vocab = {}
+        return {"input_ids": torch.tensor([[vocab.setdefault(w, len(vocab)) for w in text.split()]])}
+
+
+def test_prefix_matching_finds_the_induction_head():
+    scores = P.prefix_matching(FixedAttention(), WordTokenizer(), ["a b c | a b c .", "x y | x y ."])
+    assert scores.shape == (1, 2) and scores[0, 0] == 1.0
+    # the uniform head at the 5 repeated positions: 1/5, 1/6, 1/7 in the first text, 1/4, 1/5 in the second
+    assert scores[0, 1].item() == pytest.approx((1 / 5 + 1 / 6 + 1 / 7 + 1 / 4 + 1 / 5) / 5)
+    with pytest.raises(ValueError, match="repeat"):
+        P.prefix_matching(FixedAttention(), WordTokenizer(), ["a b c"])
+
+
+def test_evolve_keeps_the_best_and_improves():
+    target = "rule : sad is foo , happy is bar ."
+    score = lambda c, dev: sum(a == b for a, b in zip(c.split(), target.split())) / len(target.split())
+    words = ["foo", "bar", "cat", "dog"]
+
+    def mutate(rule, rng):
+        parts = rule.split()
+        parts[rng.choice([4, 8])] = rng.choice(words)
+        return " ".join(parts)
+
+    history = P.evolve(["rule : sad is cat , happy is dog ."], score, [], mutate, generations=30, keep=2)
+    assert len(history) == 30 and all(b[1] >= a[1] for a, b in zip(history, history[1:]))
+    assert history[-1] == (target, 1.0)
+    with pytest.raises(ValueError, match="non-empty"):
+        P.evolve([], score, [], mutate, 3)

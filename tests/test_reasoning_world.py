@@ -7,12 +7,16 @@ import pytest
 from course_utils.world import reasoning as R
 from course_utils.world.corpus import NEGATIVE, POSITIVE, sentence_split
 
+FEELINGS = set(POSITIVE + NEGATIVE)
+
 
 def test_examples_are_balanced_deterministic_and_in_their_split():
     a = R.make_examples(40, "sentiment", "eval", seed=1)
     assert a == R.make_examples(40, "sentiment", "eval", seed=1)
     assert sum(e.label for e in a) == 20
-    assert all(sentence_split(e.text) == "eval" for e in a)
+    assert all(sentence_split(R.core(e.text)) == "eval" for e in a)  # the split of its shortest pattern
+    assert R.core("in the park mia felt sad .") == "mia felt sad ." == R.core("mia felt sad .")
+    assert R.core("mia and tom were sad .") == "mia and tom were sad ."
     topics = R.make_examples(40, "topic", "train")
     assert {e.label for e in topics} == {0, 1, 2, 3}
 
@@ -61,11 +65,34 @@ def test_episodes_are_bursty_one_template_and_one_mapping():
         mapping = {}
         for line in lines:
             x, y = patterns[name].match(line).groups()
-            mapping.setdefault(y, set()).add(x.split()[2] if " was " in x else x.split()[1])
-        if all(" was " in patterns[name].match(line).group(1) for line in lines):
+            mapping.setdefault(y, set()).update(set(x.split()) & FEELINGS or {x})
+        if all(set(patterns[name].match(line).group(1).split()) & FEELINGS for line in lines):
             positive = {w for w, xs in mapping.items() if xs & set(POSITIVE)}
             negative = {w for w, xs in mapping.items() if xs & set(NEGATIVE)}
             assert len(positive) <= 1 and len(negative) <= 1 and not positive & negative, lines
+
+
+def test_evaluation_items_are_many_distinct_and_disjoint():
+    sizes = {"test": 200, "pool": 200, "dev": 48, "held_out": 200}  # the cpu profile's sets in lecture 08
+    sets = R.disjoint_sets(sizes, "sentiment", "eval", seed=1)
+    texts = {name: [e.text for e in items] for name, items in sets.items()}
+    assert {name: len(set(t)) for name, t in texts.items()} == sizes  # no sentence twice within a set
+    names = list(texts)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert not set(texts[a]) & set(texts[b]), (a, b)  # no sentence in two sets
+    assert all(e.cue in e.text.split() for items in sets.values() for e in items)
+    assert sum(e.label for e in sets["test"]) == 100
+    assert len({e.text for e in R.make_examples(600, "sentiment", "eval", seed=0)}) == 600
+    with pytest.raises(ValueError, match="distinct"):
+        R.make_examples(5000, "sentiment", "eval")
+
+
+def test_copy_lists_stay_in_the_mixture():
+    docs = R.make_mixture(1000, "train", seed=0)
+    copies = [d for d in docs if " | " in d]
+    assert 50 < len(copies) < 150
+    assert all(d.split(" | ")[0] == d.split(" | ")[1].removesuffix(" .") for d in copies)
 
 
 def test_fill_and_errors():

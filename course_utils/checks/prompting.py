@@ -24,10 +24,12 @@ from ..handed import TableScorer
 # own loss in transformers, which the student's function (tensors in, tensors out) has no reason to run either.
 # check_ape hands the student's function a scorer to call: it lives in course_utils.handed.
 ANSWERS = ("course_utils.prompting", "course_utils.checks")
-from ..world.reasoning import TEMPLATES, TRIGGER, make_examples, make_problems
+from ..world.reasoning import DELIMITER, TEMPLATES, TRIGGER, make_examples, make_problems
 
 MODEL = "tiny-gpt-reasoner"
 MULTI_TOKEN_LABELS = ["terrible", "wonderful", "no", "yes"]
+HIDDEN_LABELS = ["foo .", "wonderful .", "pink .", "terrible ."]  # cloze continuations: label word and final '.'
+
 
 
 def _model():
@@ -54,12 +56,16 @@ def _oracle_logprob(model, ids: torch.Tensor, mask: torch.Tensor) -> float:
 
 
 @forbids_modules(*ANSWERS, "transformers")
-def check_label_scores(fn: Callable) -> None:
-    """``fn(logits, input_ids, label_mask)`` -> summed log-probs of every label token, per row."""
+def check_label_scores(fn: Callable, hidden: bool = False) -> None:
+    """``fn(logits, input_ids, label_mask)`` -> summed log-probs of every label token, per row.
+
+    The hidden test scores other sentences, with a cloze template whose continuations ('foo .') are several
+    tokens long, so a function fitted to the visible rows fails it."""
     model, tokenizer = _model()
-    prompts = [ref.build_prompt([(e.text, w) for e, w in zip(make_examples(2, seed=3), ("terrible", "wonderful"))],
-                                q.text) for q in make_examples(3, "sentiment", "eval", seed=4)]
-    batch = ref.label_batch(tokenizer, prompts, MULTI_TOKEN_LABELS)
+    template, labels, seed = ("cloze", HIDDEN_LABELS, 11) if hidden else ("review", MULTI_TOKEN_LABELS, 4)
+    demos = [(e.text, w) for e, w in zip(make_examples(2, seed=seed - 1), ("terrible", "wonderful"))]
+    prompts = [ref.build_prompt(demos, q.text, TEMPLATES[template]) for q in make_examples(3, "sentiment", "eval", seed)]
+    batch = ref.label_batch(tokenizer, prompts, labels)
     if int(batch["label_mask"].sum(1).max()) < 2:
         raise RuntimeError("the check needs a multi-token label; the tokenizer changed")
     with torch.no_grad():
@@ -100,12 +106,16 @@ CASES = [  # (demos, query, template, delimiter)
 ]
 
 
+INSTRUCTION_CASES = [(demos, query, template, delimiter, instruction) for (demos, query, template, delimiter), instruction
+                     in zip(CASES, ["rule : sad is foo , happy is bar .", None, "classify the feeling .", ""])]
+
+
 @forbids_modules(*ANSWERS)
 def check_build_prompt(fn: Callable) -> None:
-    """``fn(demos, query, template, delimiter)`` must equal the reference k-shot prompt exactly."""
-    for demos, query, template, delimiter in CASES:
-        got = fn([tuple(d) for d in demos], query, template, delimiter)
-        want = ref.build_prompt(demos, query, template, delimiter)
+    """``fn(demos, query, template, delimiter, instruction)`` must equal the reference k-shot prompt exactly."""
+    for demos, query, template, delimiter, instruction in INSTRUCTION_CASES:
+        got = fn([tuple(d) for d in demos], query, template, delimiter, instruction)
+        want = ref.build_prompt(demos, query, template, delimiter, instruction=instruction)
         if not isinstance(got, str):
             raise CheckError(f"return the prompt as a string, got {type(got).__name__}")
         if got == want:
@@ -113,6 +123,12 @@ def check_build_prompt(fn: Callable) -> None:
         if got.startswith(want) and got[len(want):].strip():
             raise CheckError(f"the query must stop where its label goes (nothing after the slot). Expected {want!r}, "
                              f"got {got!r}")
+        if instruction and not got.startswith(instruction + delimiter):
+            raise CheckError(f"an instruction comes first, on its own line (then the delimiter {delimiter!r}). "
+                             f"Expected {want!r}, got {got!r}")
+        if not instruction and got.startswith(delimiter):
+            raise CheckError("with no instruction (None or '') the prompt starts with the first demonstration, not with "
+                             f"the delimiter. Expected {want!r}, got {got!r}")
         if got.rstrip() == want:
             raise CheckError("the prompt ends with whitespace: stop right before the label slot (the label "
                              f"word brings its own leading space). Expected {want!r}")
@@ -185,7 +201,64 @@ TIE_CASES = [
     ["answer : five .", "answer : three .", "answer : three .", "answer : five ."],
     ["answer : one .", "answer : two .", "answer : three .", "answer : four ."],
     ["answer : two . answer : five .", "answer : two .", "answer : five ."],  # the first answer of a chain counts
+    ["answer : six.", "answer : four .", "answer : six ."],  # 'six.' is 'six': trailing periods are dropped
 ]
+ANSWER_CASES = {  # text -> the answer by the lab's rule (split on whitespace, word after 'answer' ':', periods off)
+    "day one : four cups . day two : five cups . answer : five .": "five", "answer : four.": "four",
+    "answer : seven . answer : two .": "seven", "so the answer : nine ...": "nine", "answer : three cups": "three",
+    "no answer here": None, "answer :": None, "answer : .": None, "answer: four": None, "answer :four": None,
+    "the answer is six .": None, "answer\t:\nzero": "zero",
+}
+
+
+@forbids_modules(*ANSWERS)
+def check_extract_answer(fn: Callable) -> None:
+    """``fn(text)`` -> the answer word by the lab's rule, or None; on stated cases and on the model's own chains."""
+    chains = [c for cs in _chains(4, 3, seed=7) for c in cs]
+    for text, want in list(ANSWER_CASES.items()) + [(c, ref.extract_answer(c)) for c in chains]:
+        got = fn(text)
+        if got == want:
+            continue
+        if want is None:
+            raise CheckError(f"{text!r} has no answer by the rule (the words 'answer' and ':' in a row, then a word "
+                             f"that is not only periods): return None, got {got!r}")
+        if isinstance(got, str) and got.rstrip(".") == want:
+            raise CheckError(f"drop the trailing periods: {text!r} answers {want!r}, got {got!r}")
+        if text.count("answer :") > 1 and got == ref.extract_answer(text[text.rindex("answer :"):]):
+            raise CheckError(f"the first 'answer :' counts: {text!r} answers {want!r}, got {got!r}")
+        raise CheckError(f"{text!r} answers {want!r} by the rule (split on whitespace, the word after the first "
+                         f"'answer' ':', trailing periods dropped), got {got!r}")
+    passed("answer extraction: one stated rule")
+
+
+def _cot_cases() -> list[tuple]:
+    problems = make_problems(6, (1, 2, 3, 4), "eval", seed=12)
+    demos = make_problems(2, (2, 3), "train", seed=13)
+    return [(p, style, demos[:k]) for p, (style, k) in zip(problems, [("direct", 0), ("steps", 1), ("trigger", 0),
+                                                                    ("direct", 2), ("trigger", 2), ("steps", 0)])]
+
+
+@forbids_modules(*ANSWERS)
+def check_cot_prompt(fn: Callable) -> None:
+    """``fn(problem, style, demos)`` must equal the reference prompt for every style, with and without demonstrations."""
+    for problem, style, demos in _cot_cases():
+        got, want = fn(problem, style, list(demos)), ref.cot_prompt(problem, style, demos)
+        if not isinstance(got, str):
+            raise CheckError(f"return the prompt as a string, got {type(got).__name__}")
+        if got == want:
+            continue
+        shown = f"(style {style!r}, {len(demos)} demonstrations): expected {want!r}, got {got!r}"
+        query = want.split(DELIMITER)[-1]
+        if demos and got.split(DELIMITER)[-1] == query:
+            raise CheckError(f"write every demonstration in the query's style, so the examples match {shown}")
+        if style == "direct" and got.rstrip().endswith(problem.question):
+            raise CheckError(f"a direct prompt ends with 'answer :' so the model gives the answer at once {shown}")
+        if style == "trigger" and TRIGGER not in got.split(DELIMITER)[-1]:
+            raise CheckError(f"the 'trigger' style puts {TRIGGER!r} after the query's question {shown}")
+        if got.rstrip() == want:
+            raise CheckError(f"the prompt ends with whitespace {shown}")
+        raise CheckError(f"the prompt differs {shown}")
+    passed("chain-of-thought prompts: direct, with steps and with the trigger, demonstrations matched")
 
 
 @forbids_modules(*ANSWERS)
@@ -199,8 +272,8 @@ def check_self_consistency(fn: Callable) -> None:
         if want is None:
             raise CheckError(f"no chain has an answer, return None (got {got!r})")
         if got is None or got not in answers:
-            raise CheckError(f"{got!r} is not an answer of these chains: extract the word after the first "
-                             f"'answer :' of each chain (chains: {chains!r})")
+            raise CheckError(f"{got!r} is not an answer of these chains: read each chain's answer with the rule of "
+                             f"exercise 4 (chains: {chains!r})")
         counts = {a: answers.count(a) for a in answers if a is not None}
         if counts.get(got) == max(counts.values()):
             raise CheckError(f"ties are broken another way: the rule gives a tie to the answer that appears first "
@@ -215,6 +288,7 @@ def check_ape(fn: Callable) -> None:
     rng = random.Random(0)
     candidates = [f"rule : happy is {a} , sad is {b} ." for a, b in
                   [("good", "bad"), ("yes", "no"), ("foo", "bar"), ("sun", "moon"), ("up", "down")]]
+    proposals = candidates + [candidates[1], candidates[3]]  # a model proposes some instructions twice
     dev, test = [("dev sentence", 1), ("x", 0)], [("test sentence", 0), ("y", 1)]
     for trial in range(3):
         dev_acc = [round(rng.uniform(0.4, 0.9), 3) for _ in candidates]
@@ -224,16 +298,28 @@ def check_ape(fn: Callable) -> None:
         if best_dev == best_test:
             test_acc[best_dev], test_acc[(best_dev + 1) % len(candidates)] = 0.3, 0.95
             best_test = (best_dev + 1) % len(candidates)
+        if trial == 2:  # a tie on dev between two instructions: the one proposed first wins
+            partner = next(i for i in range(len(candidates)) if i not in (best_dev, best_test))
+            dev_acc[partner] = dev_acc[best_dev]
+            best_dev = min(best_dev, partner)
         scorer = TableScorer({c: {"dev sentence": d, "test sentence": t}
                               for c, d, t in zip(candidates, dev_acc, test_acc)})
-        got = fn(list(candidates), scorer, [list(x) for x in dev], [list(x) for x in test])
+        got = fn(list(proposals), scorer, [list(x) for x in dev], [list(x) for x in test])
         if not isinstance(got, dict) or not {"best", "dev", "test"} <= set(got):
-            raise CheckError("return a dict with keys 'best' (the instruction), 'dev' and 'test' (its scores)")
+            raise CheckError("return a dict with keys 'best' (the instruction), 'dev' and 'test' (its scores) and "
+                             "'dev_scores' (each distinct candidate's dev score)")
         if got["best"] == candidates[best_test] or got.get("dev") == test_acc[best_test]:
             raise CheckError("you selected the instruction on the test set: select on dev and only report test, "
                              "or the test score is optimistic")
+        scores = got.get("dev_scores")
+        if not isinstance(scores, dict) or list(scores) != candidates:
+            raise CheckError("'dev_scores' maps each distinct candidate, once, in the order first proposed, to its "
+                             f"dev score: expected keys {candidates}, got {list(scores)[:8] if isinstance(scores, dict) else scores!r}")
+        if any(abs(float(scores[c]) - s) > 1e-9 for c, s in zip(candidates, dev_acc)):
+            raise CheckError("'dev_scores' must hold each candidate's score on dev (call score(candidate, dev))")
         if got["best"] != candidates[best_dev]:
-            raise CheckError(f"the best instruction on dev is {candidates[best_dev]!r}, got {got['best']!r}")
+            tie = " (a tie on dev goes to the candidate proposed first)" if trial == 2 else ""
+            raise CheckError(f"the best instruction on dev is {candidates[best_dev]!r}{tie}, got {got['best']!r}")
         if abs(float(got["dev"]) - dev_acc[best_dev]) > 1e-9:
             raise CheckError(f"'dev' must be the chosen instruction's dev score {dev_acc[best_dev]}, got {got['dev']}")
         if abs(float(got["test"]) - test_acc[best_dev]) > 1e-9:

@@ -12,16 +12,19 @@ A tiny GPT pretrained on this mixture does in-context learning and benefits from
 
 Evaluation sentences and problems are disjoint from the training ones (``corpus.sentence_split`` of the
 sentence, or of a problem's opening sentence): ``split="eval"`` never returns anything ``split="train"`` can.
+Within one call ``make_examples`` returns distinct sentences, so ``disjoint_sets`` can cut one draw into a
+test set, a demonstration pool and dev sets that share no sentence.
 """
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
 
-from .corpus import NAMES, NUMBERS, OBJECTS, _chase, _count, _feeling, _give, plural, sentence_split
+from .corpus import (ANIMALS, COLORS, NAMES, NEGATIVE, NUMBERS, OBJECTS, PLACES, POSITIVE, _chase, _count, _feeling,
+                     _give, plural, sentence_split)
 
 SPLITS = ("train", "eval")
-REASONING_VERSION = 3  # bumped whenever the generated text changes (then run `course models build`)
+REASONING_VERSION = 4  # 4: ten sentiment sentence patterns, copy lists in the mixture; bumped whenever the generated text changes (then run `course models build`)
 NUMBER_WORDS = ["zero", *NUMBERS]
 DELIMITER = "\n"
 # Prompt templates: {x} the input, {y} the label words. "cloze" templates put text after the label.
@@ -64,39 +67,80 @@ class Example:
     text: str
     label: int
     task: str
+    cue: str = ""  # the word that carries the label (a sentiment sentence's feeling word)
+
+
+# The sentence patterns of the sentiment task ({f} the feeling word, always last, right before the final '.', so the
+# word that carries the label keeps one distance from the label slot): about 4,400 distinct sentences, a fifth of
+# them on the evaluation side, so test sets, demonstration pools and dev sets can all be distinct.
+SENTIMENT_PATTERNS = (
+    "{name} was {f} .", "{name} felt {f} .", "{name} looked {f} .", "the {color} {animal} was {f} .",
+    "the {animal} in the {place} was {f} .", "{name} and {other} were {f} .", "at the {place} {name} was {f} .",
+    "in the {place} {name} felt {f} .", "with the {obj} {name} looked {f} .", "after the {obj} {name} was {f} .",
+)
+
+
+def core(text: str) -> str:
+    """The shortest sentiment pattern a sentence ends with: 'mia felt sad .' for 'in the park mia felt sad .'.
+
+    A sentiment sentence belongs to its core's split, so no evaluation sentence sits inside a training one."""
+    words = text.split()
+    if len(words) > 4 and words[-4] in NAMES and words[-3] in ("was", "felt", "looked"):
+        return " ".join(words[-4:])
+    return text
+
+
+def sentiment_sentence(rng: random.Random, label: int) -> tuple[str, str]:
+    """One sentence of the sentiment task with class ``label`` (0 negative, 1 positive) and its feeling word."""
+    feeling = rng.choice(POSITIVE if label else NEGATIVE)
+    name, other = rng.sample(NAMES, 2)
+    text = rng.choice(SENTIMENT_PATTERNS).format(name=name, other=other, f=feeling, place=rng.choice(PLACES),
+                                                 color=rng.choice(COLORS), animal=rng.choice(ANIMALS),
+                                                 obj=rng.choice(OBJECTS))
+    return text, feeling
 
 
 _MAKERS = {"action": _chase, "count": _count, "feeling": _feeling, "give": _give}
 
 
-def _short(text: str, task: str) -> str:
-    """The short form of a sentence used in episodes: 'mia was happy .' (the clause that carries the label)."""
-    if task == "sentiment":
-        return text.split(" because")[0]
-    return text
-
-
 def make_examples(n: int, task: str = "sentiment", split: str = "train", seed: int = 0) -> list[Example]:
-    """``n`` labelled sentences of ``task`` from ``split`` (balanced classes, deterministic from ``seed``)."""
+    """``n`` distinct labelled sentences of ``task`` from ``split`` (balanced classes, deterministic from ``seed``)."""
+    out = _draw(n, task, split, seed)
+    random.Random(f"{task}-{split}-{seed}-order").shuffle(out)
+    return out
+
+
+def _draw(n: int, task: str, split: str, seed: int) -> list[Example]:
+    """``n`` distinct examples with the classes in turn (0, 1, 0, 1, ...): any slice of it is balanced."""
     _check_split(split)
     if task not in TASKS:
         raise ValueError(f"task must be one of {list(TASKS)}, got {task!r}")
-    rng, out = random.Random(f"{task}-{split}-{seed}"), []
+    rng, out, seen, tries = random.Random(f"{task}-{split}-{seed}"), [], set(), 0
     n_classes = len(TASKS[task]["classes"])
     while len(out) < n:
-        label = len(out) % n_classes
+        tries += 1
+        if tries > 200 * n:
+            raise ValueError(f"could not find {n} distinct {split} sentences of {task!r}; ask for fewer")
+        label, cue = len(out) % n_classes, ""
         if task == "sentiment":
-            text, fact = _feeling(rng)
-            if fact["sentiment"] != label:
-                continue
+            text, cue = sentiment_sentence(rng, label)
         else:
             text, _ = _MAKERS[TASKS[task]["classes"][label]](rng)
-            if text.split()[1] == "was" and sentence_split(_short(text, "sentiment")) != split:
-                continue  # a feeling sentence's short form must be on the same side as the sentence
-        text = _short(text, task)
-        if sentence_split(text) == split:
-            out.append(Example(text, label, task))
-    rng.shuffle(out)
+        if text not in seen and sentence_split(core(text)) == split:
+            seen.add(text)
+            out.append(Example(text, label, task, cue))
+    return out
+
+
+def disjoint_sets(sizes: dict[str, int], task: str = "sentiment", split: str = "eval", seed: int = 0) -> dict:
+    """Named sets of examples that share no sentence, e.g. ``{"test": 96, "pool": 200, "dev": 48}``, cut from one draw."""
+    if any(not isinstance(n, int) or n < 0 for n in sizes.values()):
+        raise ValueError(f"sizes must be non-negative ints, got {sizes!r}")
+    items, rng = _draw(sum(sizes.values()), task, split, seed), random.Random(f"sets-{task}-{split}-{seed}")
+    out, start = {}, 0
+    for name, n in sizes.items():
+        out[name], start = items[start:start + n], start + n
+        rng.shuffle(out[name])  # balanced classes (a slice of classes in turn), in random order
     return out
 
 
@@ -224,7 +268,8 @@ def copy_document(rng: random.Random, length: int = 8) -> str:
     return " ".join(words) + " | " + " ".join(words) + " ."
 
 
-MIXTURE = {"classification": 0.45, "problems": 0.45, "facts": 0.1}
+# Copy lists stay in the mixture (not only a warm-up before it) so the induction heads they grow are not forgotten.
+MIXTURE = {"classification": 0.45, "problems": 0.35, "facts": 0.1, "copy": 0.1}
 
 
 def make_mixture(n: int, split: str = "train", seed: int = 0, mixture: dict | None = None) -> list[str]:
@@ -237,5 +282,6 @@ def make_mixture(n: int, split: str = "train", seed: int = 0, mixture: dict | No
     kinds, weights = list(mixture), list(mixture.values())
     makers = {"classification": lambda: classification_episode(rng, split),
               "problems": lambda: problem_episode(rng, split),
-              "facts": lambda: " ".join(arithmetic_fact(rng) for _ in range(rng.randint(1, 4)))}
+              "facts": lambda: " ".join(arithmetic_fact(rng) for _ in range(rng.randint(1, 4))),
+              "copy": lambda: copy_document(rng, rng.randint(4, 12))}
     return [makers[rng.choices(kinds, weights)[0]]() for _ in range(n)]
