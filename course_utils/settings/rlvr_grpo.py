@@ -22,7 +22,8 @@ CI = {"sft_model": "tiny-gpt-sft", "pair_stories": 2000, "prompt_stories": 300, 
       # 0.009-0.015 (SFT) to 0.047-0.389 over COURSE_SEED 0-4, native and avx2 (growth >= +0.037; 0.237 with the
       # rebuilt models); over 1128 samples a share's standard error is about 0.006, so +0.02 is 3 SE above no growth
       "loophole_margin": 0.02}
-CPU = {**CI, "eval_stories": 150, "lab_steps": 60, "grpo": {**_GRPO, "steps": 60},
+# cpu: GRPO trains three times in the lecture (r*, the lax check, the strict verifier), 40 steps each
+CPU = {**CI, "eval_stories": 150, "lab_steps": 60, "grpo": {**_GRPO, "steps": 40},
        "ppo": {**CI["ppo"], "steps": 30}, "ei_samples": 8, "ei_steps": 100}
 # a small instruct model from the hub on the same verifiable tasks (its prompts and replies are plain text)
 GPU = {**CPU, "sft_model": "Qwen/Qwen2.5-0.5B-Instruct", "lab_lr": 1e-6, "lab_prompts": 8, "max_new_tokens": 24,
