@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-from . import CheckError, forbids_modules, passed
+from . import CheckError, drawn_seed, fenced, forbids_modules, passed
 # The exercise calls tie_key and is given byte_words: they live in course_utils.handed, outside the modules the check
 # forbids (this one holds reference_merges and library_merges, the answers).
 from ..handed import BYTE_OF_CHAR, BYTE_RANK, byte_words, tie_key  # noqa: F401
@@ -104,7 +104,7 @@ def _as_bytes(merges, what: str) -> list[tuple[bytes, bytes]]:
     out = []
     for i, m in enumerate(merges):
         if not (isinstance(m, (list, tuple)) and len(m) == 2 and all(isinstance(t, int) for t in m)):
-            raise CheckError(f"{what}: merge {i} is {m!r}; each merge must be a pair of int token ids")
+            raise CheckError(f"{what}: merge {i} is {fenced(repr(m))}; each merge must be a pair of int token ids")
         for t in m:
             if t not in vocab:
                 raise CheckError(f"{what}: merge {i} uses token id {t}, which does not exist yet: ids 0-255 are the "
@@ -114,6 +114,7 @@ def _as_bytes(merges, what: str) -> list[tuple[bytes, bytes]]:
     return out
 
 
+@drawn_seed
 @forbids_modules(*ANSWERS)
 def check_bpe_trainer(fn: Callable, seed: int = 0, num_merges: int = 40) -> None:
     """``fn(words, num_merges)`` -> merges in order, against ``tokenizers``' BpeTrainer on the same texts."""
@@ -143,7 +144,7 @@ def check_bpe_trainer(fn: Callable, seed: int = 0, num_merges: int = 40) -> None
             if got == _as_bytes(reference_merges(words, num_merges, **kwargs), what):
                 raise CheckError(f"{what}: {message}")
         i = next(i for i, (a, b) in enumerate(zip(got, expected)) if a != b)
-        raise CheckError(f"{what}: merge {i} is {got[i][0]!r} + {got[i][1]!r}, the library's is {expected[i][0]!r} + "
+        raise CheckError(f"{what}: merge {i} is {fenced(repr(got[i][0]), 30)} + {fenced(repr(got[i][1]), 30)}, the library's is {expected[i][0]!r} + "
                          f"{expected[i][1]!r}: the most frequent adjacent pair inside words after the earlier merges "
                          "(ties: smallest tie_key)")
     passed("train_bpe (merges in order equal to the tokenizers library's BPE trainer)")

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from . import CheckError, assert_gradient_reaches, forbids_modules, passed
+from . import CheckError, assert_gradient_reaches, fenced, forbids_modules, passed
 from ..sft import IGNORE_INDEX, collate, quiet_hf
 from ..world.corpus import make_split_stories
 from ..world.instructions import Task, score
@@ -42,7 +42,7 @@ def check_template(fn: Callable[[str, int], tuple[str, str]]) -> None:
         label = int(any(f.get("sentiment") == 1 for f in story.facts))
         got = fn(story.text, label)
         if not (isinstance(got, tuple) and len(got) == 2 and all(isinstance(x, str) for x in got)):
-            raise CheckError(f"return a tuple (instruction, output) of two strings, got {got!r}")
+            raise CheckError(f"return a tuple (instruction, output) of two strings, got {fenced(repr(got))}")
         instruction, output = got
         if story.text not in instruction:
             raise CheckError("the instruction must contain the story text unchanged, so the model can read it")
@@ -54,9 +54,9 @@ def check_template(fn: Callable[[str, int], tuple[str, str]]) -> None:
         if not _yes_no_right(task, output):
             swapped = _yes_no_right(Task("happy", instruction, YES_NO[1 - label], YES_NO[1 - label], story.text), output)
             hint = " (it is the answer for the other label: did you swap 0 and 1?)" if swapped else ""
-            raise CheckError(f"for label {label} the output should say {YES_NO[label]!r}, got {output!r}{hint}")
+            raise CheckError(f"for label {label} the output should say {YES_NO[label]!r}, got {fenced(repr(output))}{hint}")
         if output.strip() != YES_NO[label]:
-            raise CheckError(f"the output must be the verbalised label alone, {YES_NO[label]!r}, got {output!r}: the "
+            raise CheckError(f"the output must be the verbalised label alone, {YES_NO[label]!r}, got {fenced(repr(output))}: the "
                              "scorer and the model's training target are that one word")
         outputs.setdefault(label, set()).add(output)
     instructions = {fn(stories[0].text, 0)[0], fn(stories[0].text, 1)[0]}
@@ -168,7 +168,7 @@ def check_sft_loss(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], tok
     labels = batch["labels"]
     got = fn(logits.clone(), labels.clone())
     if not torch.is_tensor(got) or got.dim() != 0:
-        raise CheckError(f"return the loss as a scalar tensor, got {got!r}")
+        raise CheckError(f"return the loss as a scalar tensor, got {fenced(repr(got))}")
     if torch.allclose(got.double(), expected.double(), atol=1e-5, rtol=1e-4):
         return _check_sft_loss_extremes(fn, logits, labels)
     ce = torch.nn.functional.cross_entropy

@@ -33,6 +33,7 @@ from ..settings import PROFILES
 from . import checkproc, gradebook, sandbox
 from .feedback import write_feedback
 from .notebooks import nbgrader_meta, read_notebook, strip_outputs
+from ..checks import fenced
 from .runner import error_line, grading_env
 
 # Error text in a cell that means the submission hit the sandbox, and the rule the gradebook names.
@@ -215,7 +216,7 @@ def _kernel_verdict(client, check_cell, index: int, timeout: float) -> tuple[boo
         return False, f"the kernel died in this check (cell {index + 1})", "the kernel died"
     errors = [o for o in cell.outputs if o.get("output_type") == "error"]
     if errors:
-        return False, error_line(errors[0].get("ename", "Error"), errors[0].get("evalue", "")), None
+        return False, error_line(fenced(errors[0].get("ename", "Error"), 40), fenced(errors[0].get("evalue", ""))), None
     return True, "passed (checked in the student's kernel)", None
 
 
