@@ -25,6 +25,9 @@ from .sandbox import GIB, Limits
 PRELOAD = ["torch", "transformers", "course_utils.checks", "course_utils.instructor.remote",
            "course_utils.instructor.checkproc"]
 GRACE_S = 2  # a check computing on its own (no request to the kernel) is killed this long after its limit
+# Shifts of the checks' seeds are drawn below this: lab 02's batches draw their rare tokens from the stream
+# 2**31 - 1 - seed, which must stay apart from the masking's streams (seed, seed + 1, ...).
+SEED_SHIFTS = 2 ** 29
 STARTUP_S = 300  # a child imports what the solution imports (transformers, peft) before its first check
 
 
@@ -113,7 +116,7 @@ class CheckProcess:
 
     def __init__(self, solution_path, profile: str, workdir, timeout: float, limits: Limits = Limits(),
                  seed_shift: int | None = None):
-        seed_shift = secrets.randbelow(2 ** 30) if seed_shift is None else seed_shift
+        seed_shift = secrets.randbelow(SEED_SHIFTS) if seed_shift is None else seed_shift
         self.args = (str(solution_path), profile, str(workdir), timeout, limits.check_memory_bytes, seed_shift)
         self.timeout, self.memory_bytes = timeout, limits.check_memory_bytes
         self.process = self.conn = None
