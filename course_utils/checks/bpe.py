@@ -86,14 +86,16 @@ def reference_merges(words: list[list[int]], num_merges: int, across_words: bool
 
 
 def check_texts(seed: int) -> list[str]:
-    """The texts a check trains on: stories of the course's world, and made-up words with repeated letters."""
+    """The texts a check trains on: stories of the course's world, made-up words with repeated letters, and a
+    few words only, where the merges run out of pairs seen twice (then of pairs at all) before ``num_merges``."""
     import random
 
     from ..world.corpus import make_corpus
 
     rng = random.Random(seed)
     lexicon = ["".join(rng.choice("aabdeilmnorst") for _ in range(rng.randint(2, 8))) for _ in range(50)]
-    return ["\n".join(make_corpus(40, seed=seed)), " ".join(rng.choice(lexicon) for _ in range(600)) + "."]
+    return ["\n".join(make_corpus(40, seed=seed)), " ".join(rng.choice(lexicon) for _ in range(600)) + ".",
+            " ".join(rng.sample(lexicon, 4))]
 
 
 def _as_bytes(merges, what: str) -> list[tuple[bytes, bytes]]:
@@ -126,6 +128,10 @@ def check_bpe_trainer(fn: Callable, seed: int = 0, num_merges: int = 40) -> None
         got = _as_bytes(got_ids, what)
         if got == expected:
             continue
+        if len(got) < len(expected) and got == expected[:len(got)]:
+            raise CheckError(f"{what}: {len(got)} merges returned, expected {len(expected)}: the merges stopped early; "
+                             "keep merging while any adjacent pair is left, pairs seen only once included, up to "
+                             "num_merges")
         if len(got) != len(expected):
             raise CheckError(f"{what}: {len(got)} merges returned, expected {len(expected)}")
         mistakes = {
