@@ -232,8 +232,9 @@ def check_add_lora(fn: Callable, seed: int = 0) -> None:
 
     from ..pretrain import build_gpt2
 
+    # ["c_fc", "proj"]: "proj" ends c_proj's name but is not a whole name part, so PEFT wraps no c_proj
     for targets, r, alpha, n_layer in ((["c_attn"], 4, 8, 2), (["c_attn", "c_proj"], 2, 4, 2),
-                                        (["c_fc"], 8, 8, 3)):
+                                        (["c_fc"], 8, 8, 3), (["c_fc", "proj"], 4, 8, 2)):
         torch.manual_seed(seed)
         model = build_gpt2(vocab_size=50, n_layer=n_layer, n_head=2, n_embd=32, block_size=16).eval()
         ids = torch.randint(50, (2, 12), generator=torch.Generator().manual_seed(seed))
