@@ -165,3 +165,34 @@ def test_a_root_grader_runs_each_kernel_as_a_user_of_its_own(tmp_path):
         assert (tmp_path / name / "ok").stat().st_uid == int(uid)
         uids.append(uid)
     assert uids[0] != uids[1]
+
+
+TWO_PROCESSES = """
+import os, time
+if os.fork() == 0:
+    block = bytearray(400 << 20)  # each process under its own address-space limit...
+    time.sleep(5)
+    os._exit(0)
+block = bytearray(400 << 20)  # ...but the two together over the kernel's memory
+_, status = os.wait()
+print(os.WIFSIGNALED(status) and os.WTERMSIG(status))
+"""
+
+
+@pytest.mark.skipif(sandbox.unavailable_reason() is not None, reason="no sandbox here")
+def test_a_kernels_processes_share_one_memory_limit_where_cgroups_can_be_made(tmp_path):
+    limits = sandbox.Limits(memory_bytes=600 << 20)
+    cgroups = sandbox.kernel_cgroups(f"course-grade-test-{tmp_path.name}", limits)
+    if not cgroups:
+        pytest.skip("this machine lets the grader make no cgroup (the per-process limits still hold)")
+    try:
+        assert [(c / "cgroup.procs").read_text() for c in cgroups] == ["", ""]
+        (tmp_path / "work").mkdir()
+        done = subprocess.run(sandbox.sandbox_prefix(tmp_path / "work", [], limits, cgroups)
+                              + [sys.executable, "-c", TWO_PROCESSES], capture_output=True, text=True, timeout=60,
+                              env={"PATH": "/usr/bin:/bin"})
+    finally:
+        sandbox.remove_cgroups(cgroups)
+    # the out-of-memory killer ends one process: the sandbox exits with 128 + 9, or the parent sees its child killed
+    assert done.returncode in (137, -9) or done.stdout.strip() == "9", (done.returncode, done.stdout, done.stderr)
+    assert not any(c.exists() for c in cgroups)

@@ -147,7 +147,9 @@ def run_graded(nb, checks: dict, checker: checkproc.CheckProcess, workdir: Path,
     """
     from jupyter_core.utils import run_sync
 
-    km = _kernel_manager(workdir, sandbox.sandbox_prefix(workdir, hide))
+    limits = sandbox.Limits()
+    cgroups = sandbox.kernel_cgroups(workdir.name, limits) if sandbox.unavailable_reason() is None else []
+    km = _kernel_manager(workdir, sandbox.sandbox_prefix(workdir, hide, limits, cgroups))
     client = _client_class()(nb, km=km, timeout=max(1, int(timeout)), kernel_name="python3", allow_errors=True)
     try:
         return _run_cells(client, nb, checks, checker, workdir, timeout, profile)
@@ -155,6 +157,7 @@ def run_graded(nb, checks: dict, checker: checkproc.CheckProcess, workdir: Path,
         checker.close()  # nbclient leaves a kernel it did not create running: kill it, and with it the whole sandbox
         if run_sync(km.is_alive)():
             run_sync(km.shutdown_kernel)(now=True)
+        sandbox.remove_cgroups(cgroups)
 
 
 def _run_cells(client, nb, checks: dict, checker: checkproc.CheckProcess, workdir: Path, timeout: float,
@@ -163,6 +166,7 @@ def _run_cells(client, nb, checks: dict, checker: checkproc.CheckProcess, workdi
 
     verdicts: dict[str, tuple[bool, str]] = {}
     notes: list[str] = []
+    failed: list[str] = []  # the student's cells that raised, as "cell N (ErrorName)"
     env = grading_env(profile)
     with client.setup_kernel(cwd=str(workdir), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):
         kernel = checkproc.kernel_runner(client)
@@ -181,7 +185,7 @@ def _run_cells(client, nb, checks: dict, checker: checkproc.CheckProcess, workdi
                         return _stopped(verdicts, checks, index, stop), notes
                 elif grade_id not in verdicts:
                     passed, message, stop = checker.run(checks[grade_id].source, index, kernel)
-                    verdicts[grade_id] = passed, message
+                    verdicts[grade_id] = passed, knock_on(message, failed)
                     if stop:
                         return _stopped(verdicts, checks, index, stop), notes
                 continue
@@ -194,7 +198,18 @@ def _run_cells(client, nb, checks: dict, checker: checkproc.CheckProcess, workdi
                 reason = "the kernel died (killed at the memory or process limit, or it exited)"
                 return _stopped(verdicts, checks, index, reason), notes
             notes += [f"{rule} in cell {index + 1}" for rule in _rules_broken(cell)]
+            failed += [f"cell {index + 1} ({fenced(o.get('ename', 'Error'), 40)})" for o in cell.get("outputs", [])
+                       if o.get("output_type") == "error"][:1]
     return verdicts, notes
+
+
+def knock_on(message: str, failed: list[str]) -> str:
+    """``message``, naming the earlier cells that failed when the check missed a name they should have defined."""
+    if "NameError" not in message or not failed:
+        return message
+    cells = ", ".join(failed[-3:])
+    return (f"{message} [probably a knock-on error: {cells} failed earlier and did not define everything; "
+            "fix that first]")
 
 
 def in_kernel(check_cell) -> bool:

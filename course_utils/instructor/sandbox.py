@@ -11,12 +11,15 @@ grading goes on unsandboxed and ``sandbox_prefix`` returns None so the caller ca
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import os
+import shlex
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,6 +123,61 @@ def _bind(flag: str, source: Path, dest: Path) -> list[str]:
     return [a for f in folders for a in ("--perms", "0755", "--dir", str(f))] + [flag, str(source), str(dest)]
 
 
+CGROUPS = Path("/sys/fs/cgroup")
+
+
+def _own_cgroup(controller: str) -> Path | None:
+    """The folder of this process's cgroup (v1) for ``controller``, or None where there is none."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, names, path = line.split(":", 2)
+            if controller in names.split(","):
+                folder = CGROUPS / controller / path.lstrip("/")
+                return folder if folder.is_dir() else None
+    return None
+
+
+def kernel_cgroups(name: str, limits: Limits) -> list[Path]:
+    """New memory and pids cgroups (v1) ``name`` under the grader's own, limited; [] where the machine refuses.
+
+    Everything a kernel starts shares them: its processes together stay within ``limits.memory_bytes`` of
+    memory (the files it writes in its memory-backed /tmp included) and ``limits.processes`` processes.
+    """
+    made = []
+    try:
+        for controller, limit_file, value in (("memory", "memory.limit_in_bytes", limits.memory_bytes),
+                                               ("pids", "pids.max", limits.processes)):
+            parent = _own_cgroup(controller)
+            if parent is None:
+                raise OSError(f"no {controller} cgroup (v1) of this process")
+            (parent / name).mkdir()
+            made.append(parent / name)
+            (parent / name / limit_file).write_text(str(value))
+    except OSError:
+        remove_cgroups(made)
+        return []
+    return made
+
+
+def remove_cgroups(folders: list[Path], tries: int = 50) -> None:
+    """Remove a kernel's cgroups once its processes are gone (a cgroup with processes cannot be removed)."""
+    for folder in folders:
+        for _ in range(tries):
+            with contextlib.suppress(FileNotFoundError):
+                try:
+                    folder.rmdir()
+                except OSError:
+                    time.sleep(0.1)
+                    continue
+            break
+
+
+def _enter(cgroups: list[Path]) -> list[str]:
+    """A command prefix that moves the command into ``cgroups`` before it starts."""
+    moves = "".join(f"echo $$ > {shlex.quote(str(f / 'cgroup.procs'))}; " for f in cgroups)
+    return ["/bin/sh", "-c", moves + 'exec "$@"', "sh"] if cgroups else []
+
+
 # What of the host a kernel may read besides Python and the course: programs, shared libraries and the
 # system's configuration (locales, time zones, fonts, certificates). Everything else is absent in the sandbox.
 SYSTEM_FOLDERS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
@@ -142,7 +200,8 @@ def _system_binds() -> list[str]:
     return args
 
 
-def sandbox_prefix(workdir: str | Path, hide: list, limits: Limits = Limits()) -> list[str] | None:
+def sandbox_prefix(workdir: str | Path, hide: list, limits: Limits = Limits(),
+                   cgroups: list[Path] = ()) -> list[str] | None:
     """The command prefix that runs a program sandboxed with ``workdir`` writable, or None if unavailable.
 
     The sandbox sees an allowlist of the host, read-only: the system folders (``SYSTEM_FOLDERS``), Python
@@ -150,6 +209,7 @@ def sandbox_prefix(workdir: str | Path, hide: list, limits: Limits = Limits()) -
     folder, and ``/tmp`` and ``/dev/shm`` are its own, size-limited. Nothing else of the machine exists
     there (other checkouts, their solutions and git objects, home folders). ``hide``: folders inside
     the allowlist that must still look empty (e.g. solutions kept inside the course package).
+    ``cgroups``: the kernel's cgroups (``kernel_cgroups``), entered before the sandbox starts.
     """
     if unavailable_reason() is not None:
         return None
@@ -161,7 +221,7 @@ def sandbox_prefix(workdir: str | Path, hide: list, limits: Limits = Limits()) -
     git = _git_folder(PACKAGE_ROOT)  # the course's history: solutions of every lab
     hidden = sorted({Path(h).resolve() for h in [*hide, *([git] if git else [])]} - {Path("/")},
                     key=lambda p: len(p.parts))
-    args = [shutil.which("bwrap"), *_system_binds(), "--dev", "/dev",
+    args = [*_enter(list(cgroups)), shutil.which("bwrap"), *_system_binds(), "--dev", "/dev",
             "--perms", "1777", "--size", str(limits.tmp_bytes), "--tmpfs", "/dev/shm", "--proc", "/proc",
             "--perms", "1777", "--size", str(limits.tmp_bytes), "--tmpfs", "/tmp",
             *_isolation(), "--die-with-parent", "--new-session"]
