@@ -196,3 +196,36 @@ def test_a_kernels_processes_share_one_memory_limit_where_cgroups_can_be_made(tm
     # the out-of-memory killer ends one process: the sandbox exits with 128 + 9, or the parent sees its child killed
     assert done.returncode in (137, -9) or done.stdout.strip() == "9", (done.returncode, done.stdout, done.stderr)
     assert not any(c.exists() for c in cgroups)
+
+
+FILL = """
+import errno, sys
+try:
+    for n in range(100000):
+        with open(f"f{n}", "wb") as f:
+            f.write(bytes(int(sys.argv[1])))
+except OSError as e:
+    print(errno.errorcode[e.errno], n)
+"""
+
+
+@pytest.mark.skipif(not sandbox.as_root(), reason="only a root grader mounts the writable folder")
+def test_the_writable_folder_is_a_bounded_tmpfs_where_the_grader_may_mount(tmp_path):
+    limits = sandbox.Limits(workdir_bytes=64 << 20, workdir_files=500)
+    work = tmp_path / "work"
+    work.mkdir()
+    if not sandbox.mount_workdir(work, limits):
+        pytest.skip("this machine does not let the grader mount a tmpfs (the per-file size limit still holds)")
+    try:
+        outcome = []
+        for size in (1 << 20, 1):  # large files, then many small ones
+            done = subprocess.run(sandbox.sandbox_prefix(work, [], limits) + [sys.executable, "-c", FILL, str(size)],
+                                  capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+            outcome.append(done.stdout.split())
+            for f in work.iterdir():
+                f.unlink()
+    finally:
+        sandbox.unmount_workdir(work)
+    assert outcome[0][0] == "ENOSPC" and int(outcome[0][1]) <= 64, outcome  # 64 MiB, then no more space
+    assert outcome[1][0] == "ENOSPC" and int(outcome[1][1]) <= 500, outcome  # 500 files, then no more
+    assert not list(work.iterdir())  # nothing reached the host's disk

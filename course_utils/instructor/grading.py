@@ -289,10 +289,13 @@ def grade_submission(submission_path: str | Path, solution_path: str | Path, tim
     hide = [Path(submission_path).resolve().parent, Path(solution_path).resolve().parent,
             Path(tempfile.gettempdir()), *(hide or [])]
     tmp = Path(tempfile.mkdtemp(prefix="course-grade-")).resolve()
+    mounted = sandbox.unavailable_reason() is None and sandbox.mount_workdir(tmp)
     checker = checkproc.CheckProcess(solution_path, profile, tmp, timeout)
     try:
         verdicts, notes = run_graded(graded, checks, checker, tmp, timeout, profile, hide)
     finally:
+        if mounted:
+            sandbox.unmount_workdir(tmp)
         _remove(tmp)
     results = []
     for grade_id in checks:

@@ -39,6 +39,8 @@ class Limits:
     file_bytes: int = 256 * 1024 ** 2  # largest file it may write (RLIMIT_FSIZE)
     open_files: int = 1024
     tmp_bytes: int = 512 * 1024 ** 2  # size of the sandbox's own /tmp and /dev/shm (memory-backed)
+    workdir_bytes: int = GIB  # the writable folder, where a root grader can mount it as a tmpfs (answers: 256 MiB)
+    workdir_files: int = 10_000
     output_bytes: int = 2 * 1024 ** 2  # cell output kept per cell (enforced by the grader)
     check_memory_bytes: int = 4 * GIB  # address space of the grader's child process that runs the checks
 
@@ -121,6 +123,21 @@ def _bind(flag: str, source: Path, dest: Path) -> list[str]:
     """bwrap arguments binding ``source`` at ``dest``, the folders on the way enterable by the kernel's user (0755)."""
     folders = [f for f in reversed(dest.parents) if f != Path("/")]
     return [a for f in folders for a in ("--perms", "0755", "--dir", str(f))] + [flag, str(source), str(dest)]
+
+
+def mount_workdir(folder: Path, limits: Limits = Limits()) -> bool:
+    """Make ``folder`` (a kernel's writable folder) a tmpfs of bounded size and file count; False where the
+    grader may not mount (not root, no ``mount``): the folder then stays on the host's disk, capped per file."""
+    if not as_root() or shutil.which("mount") is None:
+        return False
+    options = f"size={limits.workdir_bytes},nr_inodes={limits.workdir_files},mode=0700"
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "course-grade", str(folder)], capture_output=True)
+    return done.returncode == 0
+
+
+def unmount_workdir(folder: Path) -> None:
+    """Undo ``mount_workdir`` (lazily: a kernel's last sockets may still be closing)."""
+    subprocess.run(["umount", "--lazy", str(folder)], capture_output=True)
 
 
 CGROUPS = Path("/sys/fs/cgroup")
