@@ -41,3 +41,19 @@ def test_the_grader_draws_a_new_shift_for_each_submission(tmp_path):
     shifts = {checkproc.CheckProcess(ROOT / "solutions" / "01_attention.ipynb", "ci", tmp_path, 10).args[-1]
               for _ in range(5)}
     assert len(shifts) > 1 and all(0 <= s < checkproc.SEED_SHIFTS for s in shifts)
+
+
+@pytest.mark.parametrize("shift", SHIFTS)
+def test_lab_04s_template_check_passes_the_solution_with_any_drawn_seed(shift, capsys):
+    from course_utils.checks import sft
+
+    cell = next(c for c in read_notebook(ROOT / "solutions" / "04_instruction_tuning.ipynb").cells
+                if nbgrader_meta(c).get("grade_id") == "template_impl")
+    namespace = {}
+    exec(cell.source, namespace)
+    token = SEED_SHIFT.set(shift)
+    try:
+        sft.check_template(namespace["happy_template"])
+    finally:
+        SEED_SHIFT.reset(token)
+    assert "all checks passed" in capsys.readouterr().out

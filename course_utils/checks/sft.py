@@ -34,9 +34,10 @@ CHATS = [
 ]
 
 
-def check_template(fn: Callable[[str, int], tuple[str, str]]) -> None:
+@drawn_seed
+def check_template(fn: Callable[[str, int], tuple[str, str]], seed: int = 11) -> None:
     """The (text, label) -> (instruction, output) template of the 'happy' family: is someone happy in the story?"""
-    stories = make_split_stories(60, "train", seed=11)
+    stories = make_split_stories(60, "train", seed=seed)
     outputs = {}
     for story in stories:
         label = int(any(f.get("sentiment") == 1 for f in story.facts))
