@@ -2,6 +2,7 @@
 the solution passes, and plausible mistakes fail with a message naming them."""
 import json
 import random
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,24 @@ def test_ties_do_occur_on_the_check_texts():
     assert checks.reference_merges(words, 40, ties="ids") != checks.reference_merges(words, 40)
 
 
+def stop_at_count_one(words, n):
+    """A merge loop that stops when the most frequent pair occurs only once (a common early stop)."""
+    counts = Counter(tuple(w) for w in words)
+    merges = checks.reference_merges(words, n)
+    for i, pair in enumerate(merges):
+        seqs = {w: list(w) for w in counts}
+        for j, done in enumerate(merges[:i]):
+            seqs = {w: checks._merge(s, done, 256 + j) for w, s in seqs.items()}
+        if sum(c for w, c in counts.items() for p in zip(seqs[w], seqs[w][1:]) if p == pair) < 2:
+            return merges[:i]
+    return merges
+
+
+def test_the_third_check_text_runs_out_of_pairs_seen_twice():
+    words = checks.byte_words(checks.check_texts(0)[2])
+    assert len(stop_at_count_one(words, 40)) < len(checks.reference_merges(words, 40))
+
+
 def _mistake(**kwargs):
     return lambda words, n: checks.reference_merges(words, n, **kwargs)
 
@@ -65,6 +84,9 @@ def _mistake(**kwargs):
     (lambda words, n: [(a - 256, b - 256) if a >= 256 else (a, b) for a, b in checks.reference_merges(words, n)],
      "merge 2 is|does not exist yet|merge"),
     (lambda words, n: checks.reference_merges(words, n)[:-1], "merges returned"),
+    (lambda words, n: stop_at_count_one(words, n), "stopped early; keep merging while any adjacent pair is left"),
+    (lambda words, n: checks.reference_merges(words, n) + [(97, 97)] * (n - len(checks.reference_merges(words, n))),
+     "merges returned, expected"),
     (lambda words, n: {"merges": checks.reference_merges(words, n)}, "return a list"),
 ])
 def test_bpe_mistakes_are_named(fn, words):

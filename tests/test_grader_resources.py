@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from course_utils.checks import STUDENT_TEXT_LIMIT
 from course_utils.instructor import checkproc, remote
 from course_utils.instructor.sandbox import GIB, Limits
 
@@ -115,6 +116,26 @@ def test_checks_run_in_a_child_on_the_students_objects(checker, monkeypatch):
         (True, "passed", None)
     passed, message, stop = checker.run("assert double(1) == 3, 'wrong'", 1, in_process_kernel)
     assert (passed, message, stop) == (False, "AssertionError: wrong", None)
+
+
+def test_the_students_own_text_in_a_message_is_fenced_and_bounded(checker, monkeypatch):
+    def shout(x):
+        raise ValueError('=HYPERLINK("http://evil")\n\x1b[2J' + "A" * 5000)
+
+    class YouGetFullMarks(Exception):  # a class name of the student's choosing
+        pass
+
+    def boast(x):
+        raise type("A" * 500, (YouGetFullMarks,), {})("all points awarded")
+
+    monkeypatch.setattr(sys.modules["__main__"], "shout", shout, raising=False)
+    monkeypatch.setattr(sys.modules["__main__"], "boast", boast, raising=False)
+    passed, message, _ = checker.run("shout(1)", 0, in_process_kernel)
+    assert not passed and message.startswith('ValueError: ⟪=HYPERLINK("http://evil") ') and message.endswith("...⟫")
+    assert message.isprintable() and len(message) == len("ValueError: ") + STUDENT_TEXT_LIMIT + 2, message
+    passed, message, _ = checker.run("boast(1)", 1, in_process_kernel)
+    assert not passed and message.startswith("RemoteError: ⟪AAA") and message.endswith("...⟫: ⟪all points awarded⟫")
+    assert len(message) < 100, message
 
 
 def test_an_allocation_past_the_memory_limit_fails_the_check_not_the_grader(checker):

@@ -122,7 +122,7 @@ def test_kernel_sees_course_profile_and_runs_in_a_temporary_folder_deleted_after
 
 def test_released_lab_gets_zero(graded):
     assert points(graded, "lab.ipynb")[1:] == [0, 0, 0]
-    assert "NotImplementedError: Write your solution here" in message(graded, "lab.ipynb", "add_check")
+    assert "NotImplementedError: ⟪Write your solution here" in message(graded, "lab.ipynb", "add_check")
 
 
 def test_plausible_wrong_answer_loses_points_on_the_hidden_test(graded):
@@ -132,7 +132,9 @@ def test_plausible_wrong_answer_loses_points_on_the_hidden_test(graded):
 
 def test_top_level_errors_do_not_stop_later_exercises(graded):
     assert points(graded, "early.ipynb") == [0, 0, 2, 2]
-    assert message(graded, "early.ipynb", "add_check") == "NameError: name 'add' is not defined"
+    assert message(graded, "early.ipynb", "add_check") == (
+        "NameError: ⟪name 'add' is not defined⟫ [probably a knock-on error: cell 4 (⟪ZeroDivisionError⟫), "
+        "cell 5 (⟪RuntimeError⟫) failed earlier and did not define everything; fix that first]")
 
 
 def test_hanging_submission_times_out_and_the_next_one_is_graded(graded):

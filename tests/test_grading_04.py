@@ -38,6 +38,12 @@ return {"input_ids": ids, "labels": [t if m and t != end else -100 for t, m in z
 """
 
 
+REPORTED_NUMBERS = """
+tuned = {"seen": 0.95, "unseen": 0.9}
+print("SFT model accuracy:", tuned)
+"""
+
+
 @pytest.fixture(scope="module")
 def gradebook(grade_notebooks):
     solution = read_notebook(SOLUTION)
@@ -46,9 +52,13 @@ def gradebook(grade_notebooks):
     patched = replace_solution(solution, "encode_impl", END_TOKEN_MASKED)
     patched.cells.insert(3, new_code_cell(PATCH_CHECKS))  # right after the imports
     answers = replace_solution(replace_solution(solution, "encode_impl", ANSWER_ENCODE), "loss_impl", PER_SEQUENCE_MEAN)
+    reported = read_notebook(SOLUTION)  # no training at all: the accuracies it reports are typed in
+    training = next(c for c in reported.cells if "history = train(" in c.source)
+    training.source = REPORTED_NUMBERS
     wrong_versions = {
         "end_masked_checks_patched": patched,
         "swapped_labels_per_sequence_loss_answer_called": replace_solution(answers, "template_impl", SWAPPED_LABELS),
+        "numbers_reported_without_training": reported,
     }
     return grade_notebooks(SOLUTION, wrong_versions)
 
@@ -68,6 +78,8 @@ def test_untouched_lab_gets_zero(gradebook):
     ("end_masked_checks_patched", {"encode_check": "<|end|>"}),
     # swapped labels, a mean of per-sequence means, and the course's own encode_chat called: each loses its exercise,
     # the SFT run passes
+    # the outcome is measured by the check from the model's weights: typed-in accuracies earn nothing
+    ("numbers_reported_without_training", {"outcome_check": "measured by the check on its own tasks"}),
     ("swapped_labels_per_sequence_loss_answer_called", {
         "template_check": "swap 0 and 1", "loss_check": "per-sequence",
         "encode_check": "forbidden call: the exercise may not use course_utils.sft"}),

@@ -1,6 +1,10 @@
 """The grader's sandbox command: what it hides and keeps, and the fallback where bwrap is missing."""
+import shutil
 import subprocess
+import sys
+import tempfile
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -19,30 +23,71 @@ def test_without_bwrap_there_is_no_prefix_and_one_warning(monkeypatch, tmp_path)
         grading._warn_unsandboxed()  # once is enough
 
 
-@pytest.mark.skipif(sandbox.unavailable_reason() is not None, reason="no sandbox here")
-def test_sandbox_hides_folders_keeps_the_course_and_writes_only_its_own(tmp_path):
-    work, secret = tmp_path / "work", PACKAGE_ROOT / "solutions"
-    work.mkdir()
-    prefix = sandbox.sandbox_prefix(work, [secret, PACKAGE_ROOT])
-    script = (f"import os, course_utils; print(sorted(os.listdir({str(secret)!r})), course_utils.__file__)\n"
-              f"open({str(work / 'ok.txt')!r}, 'w').write('ok')\n"
-              f"try:\n    open({str(PACKAGE_ROOT / 'owned.txt')!r}, 'w')\nexcept OSError as e:\n    print('refused')")
-    done = subprocess.run(prefix + ["python3", "-c", script], capture_output=True, text=True, timeout=60,
+def sandboxed(work, script: str, hide=()) -> subprocess.CompletedProcess:
+    """Run Python ``script`` in the sandbox of folder ``work`` (created), as a graded kernel would."""
+    work.mkdir(exist_ok=True)
+    return subprocess.run(sandbox.sandbox_prefix(work, list(hide)) + [sys.executable, "-c", script],
+                          capture_output=True, text=True, timeout=60,
                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(PACKAGE_ROOT)})
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("[] ") and "course_utils" in done.stdout, done.stdout
-    assert (work / "ok.txt").read_text() == "ok" and not (PACKAGE_ROOT / "owned.txt").exists()
 
 
 @pytest.mark.skipif(sandbox.unavailable_reason() is not None, reason="no sandbox here")
-def test_the_course_history_is_hidden(tmp_path):
-    git = sandbox._git_folder(PACKAGE_ROOT)
-    if git is None:
-        pytest.skip("not a git checkout")
-    (tmp_path / "work").mkdir()
-    done = subprocess.run(sandbox.sandbox_prefix(tmp_path / "work", []) + ["ls", "-A", str(git)], capture_output=True,
-                          text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
-    assert done.returncode == 0 and done.stdout == "", (done.stdout, done.stderr)
+def test_sandbox_keeps_the_course_and_writes_only_its_own(tmp_path):
+    work = tmp_path / "work"
+    script = (f"import course_utils; print(course_utils.__file__)\n"
+              f"open({str(work / 'ok.txt')!r}, 'w').write('ok')\n"
+              f"try:\n    open({str(PACKAGE_ROOT / 'course_utils' / 'owned.txt')!r}, 'w')\n"
+              f"except OSError as e:\n    print('refused')")
+    done = sandboxed(work, script)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(PACKAGE_ROOT / "course_utils" / "__init__.py"), "refused"], done.stdout
+    assert (work / "ok.txt").read_text() == "ok" and not (PACKAGE_ROOT / "course_utils" / "owned.txt").exists()
+
+
+@pytest.mark.skipif(sandbox.unavailable_reason() is not None, reason="no sandbox here")
+def test_only_an_allowlist_of_folders_exists_in_the_sandbox(tmp_path):
+    """Another checkout's solutions, this checkout's solutions and history, home folders: none exist there."""
+    (PACKAGE_ROOT / "build").mkdir(exist_ok=True)
+    other = Path(tempfile.mkdtemp(prefix="other-checkout-", dir=PACKAGE_ROOT / "build"))  # outside /tmp
+    try:
+        (other / "solutions").mkdir()
+        (other / "solutions" / "01_attention.ipynb").write_text("the answers")
+        git = sandbox._git_folder(PACKAGE_ROOT)
+        secrets = [other / "solutions" / "01_attention.ipynb", other, PACKAGE_ROOT / "solutions",
+                   PACKAGE_ROOT / "lectures", PACKAGE_ROOT / "tests", *([git] if git else []), Path.home() / ".bashrc",
+                   Path("/home"), Path("/var"), Path("/opt"), Path("/srv"), Path("/mnt")]
+        script = (f"import os\nfor p in {[str(p) for p in secrets]!r}:\n    print(p, os.path.exists(p))\n"
+                  f"print(sorted(os.listdir({str(PACKAGE_ROOT)!r})), sorted(os.listdir('/')))")
+        done = sandboxed(tmp_path / "work", script)
+    finally:
+        shutil.rmtree(other)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[:-1] == [f"{p} False" for p in secrets], done.stdout
+    assert lines[-1].startswith("['course_utils'] "), lines[-1]
+    assert set(eval(lines[-1].split("] ", 1)[1])) <= {"bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc",
+                                                      "sbin", "tmp", "usr", *(p.parts[1] for p in
+                                                                               sandbox.readable_folders())}
+
+
+@pytest.mark.skipif(sandbox.unavailable_reason() is not None, reason="no sandbox here")
+def test_a_hidden_folder_inside_the_allowlist_looks_empty(tmp_path):
+    secret = PACKAGE_ROOT / "course_utils" / "models"
+    done = sandboxed(tmp_path / "work", f"import os; print(os.listdir({str(secret)!r}))", hide=[secret])
+    assert done.returncode == 0 and done.stdout.strip() == "[]", (done.stdout, done.stderr)
+
+
+@pytest.mark.skipif(sandbox.unavailable_reason() is not None, reason="no sandbox here")
+def test_tmp_is_the_sandboxs_own_and_bounded(tmp_path):
+    script = ("import errno\nblock, total = bytes(1 << 20), 0\ntry:\n    for n in range(16):\n"
+              "        with open(f'/tmp/big{n}', 'wb') as f:\n            for _ in range(200):\n"
+              "                f.write(block); f.flush(); total += 1\n"
+              "except OSError as e:\n    print(errno.errorcode[e.errno], total)")
+    done = sandboxed(tmp_path / "work", script)  # files of 200 MiB each, under the file size limit
+    assert done.returncode == 0, done.stderr
+    code, mib = done.stdout.split()
+    assert code == "ENOSPC" and int(mib) <= sandbox.Limits().tmp_bytes >> 20, done.stdout
+    assert not list(Path("/tmp").glob("big*"))
 
 
 @pytest.mark.skipif(sandbox.unavailable_reason() is not None, reason="no sandbox here")
@@ -120,3 +165,67 @@ def test_a_root_grader_runs_each_kernel_as_a_user_of_its_own(tmp_path):
         assert (tmp_path / name / "ok").stat().st_uid == int(uid)
         uids.append(uid)
     assert uids[0] != uids[1]
+
+
+TWO_PROCESSES = """
+import os, time
+if os.fork() == 0:
+    block = bytearray(400 << 20)  # each process under its own address-space limit...
+    time.sleep(5)
+    os._exit(0)
+block = bytearray(400 << 20)  # ...but the two together over the kernel's memory
+_, status = os.wait()
+print(os.WIFSIGNALED(status) and os.WTERMSIG(status))
+"""
+
+
+@pytest.mark.skipif(sandbox.unavailable_reason() is not None, reason="no sandbox here")
+def test_a_kernels_processes_share_one_memory_limit_where_cgroups_can_be_made(tmp_path):
+    limits = sandbox.Limits(memory_bytes=600 << 20)
+    cgroups = sandbox.kernel_cgroups(f"course-grade-test-{tmp_path.name}", limits)
+    if not cgroups:
+        pytest.skip("this machine lets the grader make no cgroup (the per-process limits still hold)")
+    try:
+        assert [(c / "cgroup.procs").read_text() for c in cgroups] == ["", ""]
+        (tmp_path / "work").mkdir()
+        done = subprocess.run(sandbox.sandbox_prefix(tmp_path / "work", [], limits, cgroups)
+                              + [sys.executable, "-c", TWO_PROCESSES], capture_output=True, text=True, timeout=60,
+                              env={"PATH": "/usr/bin:/bin"})
+    finally:
+        sandbox.remove_cgroups(cgroups)
+    # the out-of-memory killer ends one process: the sandbox exits with 128 + 9, or the parent sees its child killed
+    assert done.returncode in (137, -9) or done.stdout.strip() == "9", (done.returncode, done.stdout, done.stderr)
+    assert not any(c.exists() for c in cgroups)
+
+
+FILL = """
+import errno, sys
+try:
+    for n in range(100000):
+        with open(f"f{n}", "wb") as f:
+            f.write(bytes(int(sys.argv[1])))
+except OSError as e:
+    print(errno.errorcode[e.errno], n)
+"""
+
+
+@pytest.mark.skipif(not sandbox.as_root(), reason="only a root grader mounts the writable folder")
+def test_the_writable_folder_is_a_bounded_tmpfs_where_the_grader_may_mount(tmp_path):
+    limits = sandbox.Limits(workdir_bytes=64 << 20, workdir_files=500)
+    work = tmp_path / "work"
+    work.mkdir()
+    if not sandbox.mount_workdir(work, limits):
+        pytest.skip("this machine does not let the grader mount a tmpfs (the per-file size limit still holds)")
+    try:
+        outcome = []
+        for size in (1 << 20, 1):  # large files, then many small ones
+            done = subprocess.run(sandbox.sandbox_prefix(work, [], limits) + [sys.executable, "-c", FILL, str(size)],
+                                  capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+            outcome.append(done.stdout.split())
+            for f in work.iterdir():
+                f.unlink()
+    finally:
+        sandbox.unmount_workdir(work)
+    assert outcome[0][0] == "ENOSPC" and int(outcome[0][1]) <= 64, outcome  # 64 MiB, then no more space
+    assert outcome[1][0] == "ENOSPC" and int(outcome[1][1]) <= 500, outcome  # 500 files, then no more
+    assert not list(work.iterdir())  # nothing reached the host's disk

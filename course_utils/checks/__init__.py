@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import inspect
 
 import torch
 
@@ -16,8 +17,27 @@ FORBIDDEN_OPS: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
 FORBIDDEN_MODULES: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("forbidden_modules", default=())
 
 
+# Added to every check's ``seed`` while the grader runs it (``course grade`` draws it secretly per run), so the
+# hidden tests' inputs are in no file a student can read; 0 in the notebooks, whose checks stay reproducible.
+SEED_SHIFT: contextvars.ContextVar[int] = contextvars.ContextVar("seed_shift", default=0)
+
+
 class CheckError(AssertionError):
     """A check failed; the message tells the student what to fix."""
+
+
+STUDENT_TEXT_LIMIT = 120  # characters of the student's own text kept in a grader's message
+
+
+def fenced(text: str, limit: int = STUDENT_TEXT_LIMIT) -> str:
+    """Text the student's code chose (an exception's message) as a grader's message may quote it.
+
+    One line of printable characters, at most ``limit`` of them, between ``⟪ ⟫`` (fence marks inside it
+    replaced): a reader of the gradebook sees where the grader's words end and the student's begin.
+    """
+    text = " ".join("".join(c if c.isprintable() else " " for c in str(text)).split())
+    text = text.replace("⟪", "<").replace("⟫", ">")
+    return f"⟪{text if len(text) <= limit else text[: limit - 3] + '...'}⟫"
 
 
 def passed(what: str) -> None:
@@ -51,6 +71,19 @@ def _while_checking(var: contextvars.ContextVar, values: tuple[str, ...], attrib
         setattr(wrapper, attribute, tuple(getattr(check, attribute, ())) + values)
         return wrapper
     return decorate
+
+
+def drawn_seed(check):
+    """Decorate a check whose ``seed`` argument picks its inputs: in grading it is shifted by ``SEED_SHIFT``."""
+    signature = inspect.signature(check)
+
+    @functools.wraps(check)
+    def wrapper(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        bound.arguments["seed"] = bound.arguments["seed"] + SEED_SHIFT.get()
+        return check(*bound.args, **bound.kwargs)
+    return wrapper
 
 
 def forbids(*ops: str):

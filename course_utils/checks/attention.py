@@ -11,7 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from . import CheckError, assert_close, forbids, passed
+from . import CheckError, assert_close, drawn_seed, forbids, passed
 
 
 def _random_qkv(gen: torch.Generator, batch=(2, 3), lq=5, lk=7, dk=8, dv=6, scale=1.0):
@@ -54,6 +54,7 @@ def _compare_attention(fn, q, k, v, mask, what: str) -> None:
     assert_close(weights @ v, out, f"{what}: output should equal weights @ V", atol=1e-6)
 
 
+@drawn_seed
 @forbids("scaled_dot_product", "multi_head_attention")
 def check_attention(fn, n_random: int = 20, seed: int = 0) -> None:
     """Exercise 1: compare ``fn(q, k, v, mask=None) -> (output, weights)`` with torch's SDPA."""
@@ -71,6 +72,7 @@ def check_attention(fn, n_random: int = 20, seed: int = 0) -> None:
     passed("scaled_dot_product_attention")
 
 
+@drawn_seed
 def check_masks(causal_mask, padding_mask, seed: int = 0) -> None:
     """Exercise 2: causal and padding masks, checked against SDPA's is_causal and by construction."""
     for n in (1, 2, 5, 9):
@@ -128,6 +130,7 @@ def copy_into_torch_mha(mha, d_model: int, n_heads: int) -> torch.nn.MultiheadAt
     return ref.eval()
 
 
+@drawn_seed
 @forbids("scaled_dot_product", "multi_head_attention")
 def check_multi_head_attention(mha_class, seed: int = 0, sizes=((16, 4), (12, 3), (8, 1))) -> None:
     """Exercise 3: ``mha_class(d_model, n_heads)`` against nn.MultiheadAttention with the same weights."""
@@ -208,6 +211,7 @@ def _real_close(got, expected, real: torch.Tensor) -> bool:
                 and torch.allclose(got.double()[real], expected[real], atol=1e-6, rtol=1e-4))
 
 
+@drawn_seed
 @forbids("scaled_dot_product", "multi_head_attention")
 def check_fused_attention(cls, seed: int = 0, sizes=((16, 4), (12, 3), (8, 1))) -> None:
     """Exercise 4: ``cls(d_model, n_heads)(x, attention_mask)``, causal + padding, against nn.MultiheadAttention."""
@@ -259,6 +263,7 @@ def check_fused_attention(cls, seed: int = 0, sizes=((16, 4), (12, 3), (8, 1))) 
     passed("FusedSelfAttention (causal + padding, equal to nn.MultiheadAttention)")
 
 
+@drawn_seed
 @forbids("scaled_dot_product", "multi_head_attention")
 def check_decode_step(cls, seed: int = 0, sizes=((16, 4), (12, 3), (8, 1)), length: int = 6) -> None:
     """Exercise 5: token-by-token ``decode_step`` with a KV cache equals full causal attention at each position."""

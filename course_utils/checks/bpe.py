@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-from . import CheckError, forbids_modules, passed
+from . import CheckError, drawn_seed, fenced, forbids_modules, passed
 # The exercise calls tie_key and is given byte_words: they live in course_utils.handed, outside the modules the check
 # forbids (this one holds reference_merges and library_merges, the answers).
 from ..handed import BYTE_OF_CHAR, BYTE_RANK, byte_words, tie_key  # noqa: F401
@@ -86,14 +86,16 @@ def reference_merges(words: list[list[int]], num_merges: int, across_words: bool
 
 
 def check_texts(seed: int) -> list[str]:
-    """The texts a check trains on: stories of the course's world, and made-up words with repeated letters."""
+    """The texts a check trains on: stories of the course's world, made-up words with repeated letters, and a
+    few words only, where the merges run out of pairs seen twice (then of pairs at all) before ``num_merges``."""
     import random
 
     from ..world.corpus import make_corpus
 
     rng = random.Random(seed)
     lexicon = ["".join(rng.choice("aabdeilmnorst") for _ in range(rng.randint(2, 8))) for _ in range(50)]
-    return ["\n".join(make_corpus(40, seed=seed)), " ".join(rng.choice(lexicon) for _ in range(600)) + "."]
+    return ["\n".join(make_corpus(40, seed=seed)), " ".join(rng.choice(lexicon) for _ in range(600)) + ".",
+            " ".join(rng.sample(lexicon, 4))]
 
 
 def _as_bytes(merges, what: str) -> list[tuple[bytes, bytes]]:
@@ -104,7 +106,7 @@ def _as_bytes(merges, what: str) -> list[tuple[bytes, bytes]]:
     out = []
     for i, m in enumerate(merges):
         if not (isinstance(m, (list, tuple)) and len(m) == 2 and all(isinstance(t, int) for t in m)):
-            raise CheckError(f"{what}: merge {i} is {m!r}; each merge must be a pair of int token ids")
+            raise CheckError(f"{what}: merge {i} is {fenced(repr(m))}; each merge must be a pair of int token ids")
         for t in m:
             if t not in vocab:
                 raise CheckError(f"{what}: merge {i} uses token id {t}, which does not exist yet: ids 0-255 are the "
@@ -114,6 +116,7 @@ def _as_bytes(merges, what: str) -> list[tuple[bytes, bytes]]:
     return out
 
 
+@drawn_seed
 @forbids_modules(*ANSWERS)
 def check_bpe_trainer(fn: Callable, seed: int = 0, num_merges: int = 40) -> None:
     """``fn(words, num_merges)`` -> merges in order, against ``tokenizers``' BpeTrainer on the same texts."""
@@ -125,6 +128,10 @@ def check_bpe_trainer(fn: Callable, seed: int = 0, num_merges: int = 40) -> None
         got = _as_bytes(got_ids, what)
         if got == expected:
             continue
+        if len(got) < len(expected) and got == expected[:len(got)]:
+            raise CheckError(f"{what}: {len(got)} merges returned, expected {len(expected)}: the merges stopped early; "
+                             "keep merging while any adjacent pair is left, pairs seen only once included, up to "
+                             "num_merges")
         if len(got) != len(expected):
             raise CheckError(f"{what}: {len(got)} merges returned, expected {len(expected)}")
         mistakes = {
@@ -143,7 +150,7 @@ def check_bpe_trainer(fn: Callable, seed: int = 0, num_merges: int = 40) -> None
             if got == _as_bytes(reference_merges(words, num_merges, **kwargs), what):
                 raise CheckError(f"{what}: {message}")
         i = next(i for i, (a, b) in enumerate(zip(got, expected)) if a != b)
-        raise CheckError(f"{what}: merge {i} is {got[i][0]!r} + {got[i][1]!r}, the library's is {expected[i][0]!r} + "
+        raise CheckError(f"{what}: merge {i} is {fenced(repr(got[i][0]), 30)} + {fenced(repr(got[i][1]), 30)}, the library's is {expected[i][0]!r} + "
                          f"{expected[i][1]!r}: the most frequent adjacent pair inside words after the earlier merges "
                          "(ties: smallest tie_key)")
     passed("train_bpe (merges in order equal to the tokenizers library's BPE trainer)")

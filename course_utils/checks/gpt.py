@@ -21,7 +21,7 @@ from transformers import (GPT2Config, GPT2LMHeadModel, GenerationConfig, Tempera
                           TopKLogitsWarper, TopPLogitsWarper)
 from transformers.pytorch_utils import Conv1D
 
-from . import CheckError, assert_close, forbids, forbids_modules, passed
+from . import CheckError, assert_close, drawn_seed, fenced, forbids, forbids_modules, passed
 from ..handed import NextLogits
 
 # Modules whose code the student's functions may not run while these checks call them: transformers (the oracle:
@@ -65,11 +65,11 @@ def copy_gpt2_weights(module: torch.nn.Module, hf_module: torch.nn.Module, prefi
     for name, p in mine.items():
         source = theirs.get(prefix + name)
         if source is None:
-            raise CheckError(f"your module has a parameter {name!r} that GPT-2 does not have: keep the layers "
+            raise CheckError(f"your module has a parameter {fenced(name, 60)} that GPT-2 does not have: keep the layers "
                              "and names given in __init__ (GPT-2's names) and add no others")
         value = source.T if prefix + name in conv1d else source  # Conv1D stores (in, out), nn.Linear (out, in)
         if value.shape != p.shape:
-            raise CheckError(f"parameter {name!r} has shape {tuple(p.shape)} but GPT-2's has {tuple(value.shape)}: "
+            raise CheckError(f"parameter {fenced(name, 60)} has shape {tuple(p.shape)} but GPT-2's has {tuple(value.shape)}: "
                              "keep the layers given in __init__")
         updates[name] = value.detach().to(p.dtype)
     missing = [n[len(prefix):] for n in theirs if n.startswith(prefix) and n[len(prefix):] not in mine]
@@ -173,6 +173,7 @@ def _attention_variants(x: torch.Tensor, attn, n_head: int) -> dict[str, torch.T
     }
 
 
+@drawn_seed
 @forbids("scaled_dot_product")
 @forbids_modules(*MODEL_ANSWERS)
 def check_causal_self_attention(cls, seed: int = 0, sizes=((32, 2), (48, 4)), lengths=(1, 5, 9)) -> None:
@@ -197,6 +198,7 @@ def check_causal_self_attention(cls, seed: int = 0, sizes=((32, 2), (48, 4)), le
     passed("CausalSelfAttention")
 
 
+@drawn_seed
 @forbids("scaled_dot_product")
 @forbids_modules(*MODEL_ANSWERS)
 def check_block(cls, seed: int = 0, sizes=((32, 2), (24, 3))) -> None:
@@ -232,6 +234,7 @@ def check_block(cls, seed: int = 0, sizes=((32, 2), (24, 3))) -> None:
     passed("Block")
 
 
+@drawn_seed
 @forbids("scaled_dot_product")
 @forbids_modules(*MODEL_ANSWERS)
 def check_gpt(cls, seed: int = 0, sizes=((2, 2, 32, 50, 16), (3, 4, 24, 37, 12))) -> None:
@@ -269,6 +272,7 @@ def check_gpt(cls, seed: int = 0, sizes=((2, 2, 32, 50, 16), (3, 4, 24, 37, 12))
     passed("GPT (logits equal GPT2LMHeadModel's)")
 
 
+@drawn_seed
 @forbids_modules(*MODEL_ANSWERS)
 def check_lm_loss(fn: Callable, seed: int = 0) -> None:
     """Exercise 3: ``fn(logits, labels)`` against ``GPT2LMHeadModel(input_ids, labels=labels).loss``."""
@@ -342,6 +346,7 @@ def _check_ids(got, ids: torch.Tensor, expected: torch.Tensor, what: str, extra:
                          f"{got[row, col].item()}, generate chose {expected[row, col].item()}")
 
 
+@drawn_seed
 @forbids_modules(*DECODING_ANSWERS)
 def check_greedy(fn: Callable, seed: int = 0) -> None:
     """Exercise 4: ``fn(next_logits, input_ids, max_new_tokens)`` against ``generate(do_sample=False)``."""
@@ -369,6 +374,7 @@ def reference_beam_search(next_logits: Callable, ids: torch.Tensor, num_beams: i
     return beams[:1]
 
 
+@drawn_seed
 @forbids_modules(*DECODING_ANSWERS)
 def check_beam_search(fn: Callable, seed: int = 0, settings=((2, 4), (3, 6), (5, 5), (4, 1))) -> None:
     """Exercise 5: ``fn(next_logits, input_ids, num_beams, max_new_tokens)`` against ``generate(num_beams=k)``."""
@@ -423,6 +429,7 @@ def _looks_like_probabilities(x: torch.Tensor) -> bool:
     return bool(torch.is_tensor(x) and ((x >= 0) & (x <= 1)).all() and torch.allclose(x.sum(-1), torch.ones(1, dtype=x.dtype)))
 
 
+@drawn_seed
 @forbids_modules(*MODEL_ANSWERS)
 def check_temperature(fn: Callable, seed: int = 0) -> None:
     """Exercise 6a: ``fn(logits, temperature)`` against ``TemperatureLogitsWarper``."""
@@ -446,6 +453,7 @@ def check_temperature(fn: Callable, seed: int = 0) -> None:
     passed("apply_temperature (same distribution as TemperatureLogitsWarper)")
 
 
+@drawn_seed
 @forbids_modules(*MODEL_ANSWERS)
 def check_top_k(fn: Callable, seed: int = 0) -> None:
     """Exercise 6b: ``fn(logits, k)`` against ``TopKLogitsWarper``, ties and k > vocabulary included."""
@@ -480,6 +488,15 @@ def _top_p_logits(gen: torch.Generator, top_p: float, rows: int = 6, vocab: int 
             return logits
 
 
+def _at_the_boundary(logits: torch.Tensor, top_p: float, tol: float = 1e-5) -> torch.Tensor:
+    """Tokens whose place in the nucleus float rounding decides: the probability ranked above them is within
+    ``tol`` of ``top_p`` (e.g. the far tail at top_p=1.0, where a float32 cumulative sum reaches 1 early)."""
+    probs, order = logits.double().softmax(-1).sort(-1, descending=True)
+    near = ((probs.cumsum(-1) - probs) - top_p).abs() <= tol
+    return torch.zeros_like(near).scatter(-1, order, near)
+
+
+@drawn_seed
 @forbids_modules(*MODEL_ANSWERS)
 def check_top_p(fn: Callable, seed: int = 0) -> None:
     """Exercise 6c: ``fn(logits, top_p, min_tokens_to_keep)`` against ``TopPLogitsWarper``."""
@@ -496,7 +513,9 @@ def check_top_p(fn: Callable, seed: int = 0) -> None:
         if not torch.equal(logits, copy):
             raise CheckError(f"{what} changed its input in place: return a new tensor")
         expected = TopPLogitsWarper(top_p, min_tokens_to_keep=keep)(None, logits)
-        if torch.is_tensor(got) and got.shape == logits.shape:
+        if torch.is_tensor(got) and got.shape == logits.shape:  # where rounding decides, either answer is right
+            expected = torch.where(_at_the_boundary(logits, top_p), torch.where(got > -math.inf, logits, -math.inf),
+                                   expected)
             n_got, n_exp = (got > -math.inf).sum(-1), (expected > -math.inf).sum(-1)
             if (n_got < keep).any():
                 raise CheckError(f"{what}: always keep at least min_tokens_to_keep={keep} tokens (the most likely ones)")
@@ -507,6 +526,7 @@ def check_top_p(fn: Callable, seed: int = 0) -> None:
     passed("top_p_filter (same distribution as TopPLogitsWarper)")
 
 
+@drawn_seed
 @forbids_modules(*MODEL_ANSWERS)
 def check_sampling(fn: Callable, seed: int = 0, draws: int = 20000) -> None:
     """Exercise 7: ``fn(logits, temperature, top_k, top_p, generator)`` draws from the filtered distribution.

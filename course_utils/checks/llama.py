@@ -18,7 +18,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import (LlamaMLP, LlamaRMSNorm, LlamaRotaryEmbedding,
                                                       apply_rotary_pos_emb)
 
-from . import CheckError, assert_close, forbids, forbids_modules, passed
+from . import CheckError, assert_close, drawn_seed, forbids, forbids_modules, passed
 
 # Modules whose code the student's functions may not run while these checks call them: transformers (LLaMA's
 # modeling, the oracle) and the checks' own references (reference_block). torch's fused RMSNorm is a C operator
@@ -137,6 +137,7 @@ def _unchanged(inputs: list, copies: list, what: str) -> None:
 
 # --- The checks ------------------------------------------------------------------------------------------------
 
+@drawn_seed
 @forbids("rms_norm")
 @forbids_modules(*ANSWERS)
 def check_rms_norm(fn: Callable, seed: int = 0) -> None:
@@ -162,6 +163,7 @@ def check_rms_norm(fn: Callable, seed: int = 0) -> None:
     passed("rms_norm (equal to LlamaRMSNorm)")
 
 
+@drawn_seed
 @forbids_modules(*ANSWERS)
 def check_rotary(fn: Callable, seed: int = 0) -> None:
     """``fn(x, theta)`` on ``(B, n_heads, T, d_head)`` against ``LlamaRotaryEmbedding`` + ``apply_rotary_pos_emb``."""
@@ -189,6 +191,7 @@ def check_rotary(fn: Callable, seed: int = 0) -> None:
     passed("apply_rotary (equal to LlamaRotaryEmbedding + apply_rotary_pos_emb)")
 
 
+@drawn_seed
 @forbids_modules(*ANSWERS)
 def check_swiglu(fn: Callable, seed: int = 0) -> None:
     """``fn(x, w_gate, w_up, w_down)`` against ``LlamaMLP``."""
@@ -215,6 +218,7 @@ def check_swiglu(fn: Callable, seed: int = 0) -> None:
     passed("swiglu_mlp (equal to LlamaMLP)")
 
 
+@drawn_seed
 @forbids_modules(*ANSWERS)
 def check_llama_block(fn: Callable, seed: int = 0, sizes=((32, 4, 48), (24, 2, 40))) -> None:
     """``fn(x, weights, n_heads, theta, eps)`` against the first layer of ``LlamaForCausalLM``, then its logits."""

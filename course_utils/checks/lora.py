@@ -232,8 +232,9 @@ def check_add_lora(fn: Callable, seed: int = 0) -> None:
 
     from ..pretrain import build_gpt2
 
+    # ["c_fc", "proj"]: "proj" ends c_proj's name but is not a whole name part, so PEFT wraps no c_proj
     for targets, r, alpha, n_layer in ((["c_attn"], 4, 8, 2), (["c_attn", "c_proj"], 2, 4, 2),
-                                        (["c_fc"], 8, 8, 3)):
+                                        (["c_fc"], 8, 8, 3), (["c_fc", "proj"], 4, 8, 2)):
         torch.manual_seed(seed)
         model = build_gpt2(vocab_size=50, n_layer=n_layer, n_head=2, n_embd=32, block_size=16).eval()
         ids = torch.randint(50, (2, 12), generator=torch.Generator().manual_seed(seed))
@@ -390,8 +391,13 @@ def check_double_quant(quantize: Callable, dequantize: Callable, seed: int = 0, 
     bf = _quiet_bnb()
     code = bf.create_dynamic_map()
     gen = torch.Generator().manual_seed(seed)
-    for shape, scale in (((1024, 64), 0.02), ((320, 192), 1.0), ((64, 128), 5.0)):
-        w = _weights(shape, gen, scale) * torch.rand(shape[0], 1, generator=gen)  # rows of different scales
+    # the last case: a few rows near zero, so the absmax values furthest from their mean lie BELOW it (negative
+    # after subtracting the offset): absmax2 must be the largest |value|, not the largest value
+    for shape, scale, few_small in (((1024, 64), 0.02, False), ((320, 192), 1.0, False), ((64, 128), 5.0, False),
+                                    ((512, 64), 1.0, True)):
+        w = _weights(shape, gen, scale)
+        rows = torch.rand(shape[0], 1, generator=gen)  # rows of different scales
+        w = w * (torch.where(rows < 0.05, 0.01, 1.0) if few_small else rows)
         _, state = bf.quantize_4bit(w, blocksize=64, quant_type="nf4")
         _, nested = bf.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=True)
         absmax, blocksize = state.absmax, nested.state2.blocksize

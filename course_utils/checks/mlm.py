@@ -27,7 +27,7 @@ from transformers import DataCollatorForLanguageModeling
 from ..world.corpus import make_corpus
 from ..mlm import special_mask
 from ..world.tokenization import train_wordpiece
-from . import CheckError, forbids_modules, passed
+from . import CheckError, drawn_seed, forbids_modules, passed
 
 # The oracle is transformers' DataCollatorForLanguageModeling (transformers.data) and this module holds the runs
 # built on it (collator_run): when `course grade` calls the student's mask_tokens, code from neither may run. Only
@@ -155,6 +155,7 @@ def _check_labels(run: MaskingRun, mlm_probability: float) -> None:
                          "changed but their label is -100 (only change selected tokens)")
 
 
+@drawn_seed
 @forbids_modules(*ANSWERS)
 def check_mask_selection(mask_tokens: Callable, tokenizer=None, mlm_probability: float = 0.15, seed: int = 0,
                          pairs: bool = True) -> None:
@@ -181,6 +182,7 @@ def check_mask_selection(mask_tokens: Callable, tokenizer=None, mlm_probability:
     passed(f"selection & labels ({k / n:.2%} of {n} tokens selected; the collator: {k_hf / n:.2%})")
 
 
+@drawn_seed
 @forbids_modules(*ANSWERS)
 def check_mask_split(mask_tokens: Callable, tokenizer=None, seed: int = 0, pairs: bool = True) -> None:
     """Rule 2: of the selected tokens 80% become [MASK], 10% a random token, 10% stay unchanged."""
@@ -213,6 +215,7 @@ def check_mask_split(mask_tokens: Callable, tokenizer=None, seed: int = 0, pairs
     passed(f"80-10-10 split ({summary} of {total} selected tokens)")
 
 
+@drawn_seed
 @forbids_modules(*ANSWERS)
 def check_random_tokens(mask_tokens: Callable, tokenizer=None, seed: int = 0) -> None:
     """Rule 3: random replacements are drawn uniformly from the real vocabulary, never special tokens."""
@@ -243,6 +246,7 @@ def check_random_tokens(mask_tokens: Callable, tokenizer=None, seed: int = 0) ->
     passed(f"random replacements ({int(observed.sum())} draws, uniform over {len(real)} real tokens)")
 
 
+@drawn_seed
 @forbids_modules(*ANSWERS)
 def check_reproducible(mask_tokens: Callable, tokenizer=None, seed: int = 0) -> None:
     """Rule 4: the same seeded generator gives the same result; a new seed, the next call or None a new mask."""

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from . import CheckError, assert_close, forbids, forbids_modules, passed
+from . import CheckError, assert_close, drawn_seed, fenced, forbids, forbids_modules, passed
 
 # Modules whose code the student's functions may not run while these checks call them: the oracles (transformers'
 # schedules in transformers.optimization, torch.optim's AdamW and schedulers, torch.nn.utils.clip_grad), the course's
@@ -125,6 +125,7 @@ def _clip_cases(gen: torch.Generator) -> list[tuple[str, list[torch.Tensor], flo
     ]
 
 
+@drawn_seed
 @forbids_modules(*ANSWERS)
 def check_clip_grad_norm(fn: Callable, seed: int = 0) -> None:
     """Exercise 9: ``fn(grads, max_norm) -> (clipped_grads, total_norm)`` against ``clip_grad_norm_``."""
@@ -203,6 +204,7 @@ def _adamw_variant(params, grads, state, lr, weight_decay, betas, eps, decay_all
     return out
 
 
+@drawn_seed
 @forbids("_fused_adam")
 @forbids_modules(*ANSWERS)
 def check_adamw_step(fn: Callable, seed: int = 0, settings=((0.05, 0.1, (0.9, 0.999), 1e-8),
@@ -259,7 +261,7 @@ def check_adamw_step(fn: Callable, seed: int = 0, settings=((0.05, 0.1, (0.9, 0.
                                       "param -= lr * m_hat / (sqrt(v_hat) + eps).")
             if not isinstance(new_state.get("step"), int) or new_state["step"] != expected_state["step"]:
                 raise CheckError(f"{what}: new_state['step'] must be the int {expected_state['step']} (one more "
-                                 f"than the state's step), got {new_state.get('step')!r}")
+                                 f"than the state's step), got {fenced(repr(new_state.get('step')), 40)}")
             for key in ("exp_avg", "exp_avg_sq"):
                 if not isinstance(new_state.get(key), dict) or set(new_state[key]) != set(params):
                     raise CheckError(f"{what}: new_state[{key!r}] must be a dict with one tensor per parameter name")

@@ -142,7 +142,13 @@ def check_per_token_rewards(fn: Callable) -> None:
         b = ragged_batch(seed)
         lp, ref, s, m = b["logprobs"], b["ref_logprobs"], b["scores"], b["mask"]
         want = reference_rewards(lp, ref, s, m, beta)
-        got = fn(lp.clone(), ref.clone(), s.clone(), m.clone(), beta)
+        given = [lp.clone(), ref.clone(), s.clone(), m.clone()]
+        got = fn(*given, beta)
+        changed = [n for n, a, b in zip(("logprobs", "ref_logprobs", "scores", "mask"), given, (lp, ref, s, m))
+                   if not torch.equal(a, b)]
+        if changed:
+            raise CheckError(f"per-token rewards (beta={beta}) changed {', '.join(changed)} in place: return a new "
+                             "tensor and leave the inputs as they were")
         if _close(got, want):
             continue
         last = torch.zeros_like(m)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from . import CheckError, assert_gradient_reaches, forbids_modules, passed
+from . import CheckError, assert_gradient_reaches, drawn_seed, fenced, forbids_modules, passed
 from ..sft import IGNORE_INDEX, collate, quiet_hf
 from ..world.corpus import make_split_stories
 from ..world.instructions import Task, score
@@ -34,15 +34,16 @@ CHATS = [
 ]
 
 
-def check_template(fn: Callable[[str, int], tuple[str, str]]) -> None:
+@drawn_seed
+def check_template(fn: Callable[[str, int], tuple[str, str]], seed: int = 11) -> None:
     """The (text, label) -> (instruction, output) template of the 'happy' family: is someone happy in the story?"""
-    stories = make_split_stories(60, "train", seed=11)
+    stories = make_split_stories(60, "train", seed=seed)
     outputs = {}
     for story in stories:
         label = int(any(f.get("sentiment") == 1 for f in story.facts))
         got = fn(story.text, label)
         if not (isinstance(got, tuple) and len(got) == 2 and all(isinstance(x, str) for x in got)):
-            raise CheckError(f"return a tuple (instruction, output) of two strings, got {got!r}")
+            raise CheckError(f"return a tuple (instruction, output) of two strings, got {fenced(repr(got))}")
         instruction, output = got
         if story.text not in instruction:
             raise CheckError("the instruction must contain the story text unchanged, so the model can read it")
@@ -54,9 +55,9 @@ def check_template(fn: Callable[[str, int], tuple[str, str]]) -> None:
         if not _yes_no_right(task, output):
             swapped = _yes_no_right(Task("happy", instruction, YES_NO[1 - label], YES_NO[1 - label], story.text), output)
             hint = " (it is the answer for the other label: did you swap 0 and 1?)" if swapped else ""
-            raise CheckError(f"for label {label} the output should say {YES_NO[label]!r}, got {output!r}{hint}")
+            raise CheckError(f"for label {label} the output should say {YES_NO[label]!r}, got {fenced(repr(output))}{hint}")
         if output.strip() != YES_NO[label]:
-            raise CheckError(f"the output must be the verbalised label alone, {YES_NO[label]!r}, got {output!r}: the "
+            raise CheckError(f"the output must be the verbalised label alone, {YES_NO[label]!r}, got {fenced(repr(output))}: the "
                              "scorer and the model's training target are that one word")
         outputs.setdefault(label, set()).add(output)
     instructions = {fn(stories[0].text, 0)[0], fn(stories[0].text, 1)[0]}
@@ -168,7 +169,7 @@ def check_sft_loss(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], tok
     labels = batch["labels"]
     got = fn(logits.clone(), labels.clone())
     if not torch.is_tensor(got) or got.dim() != 0:
-        raise CheckError(f"return the loss as a scalar tensor, got {got!r}")
+        raise CheckError(f"return the loss as a scalar tensor, got {fenced(repr(got))}")
     if torch.allclose(got.double(), expected.double(), atol=1e-5, rtol=1e-4):
         return _check_sft_loss_extremes(fn, logits, labels)
     ce = torch.nn.functional.cross_entropy
@@ -207,21 +208,53 @@ def _check_sft_loss_extremes(fn, logits: torch.Tensor, labels: torch.Tensor) -> 
     passed("response-only SFT loss (same as TRL's)")
 
 
-def check_sft_outcome(base: dict[str, float], tuned: dict[str, float], seen_margin: float = 0.3,
-                      unseen_margin: float = 0.0) -> None:
-    """SFT must beat the base model: far above on seen families, above on held-out (unseen) families."""
-    for key in ("seen", "unseen"):
-        if key not in base or key not in tuned:
-            raise CheckError(f"pass dicts with 'seen' and 'unseen' accuracies, e.g. {{'seen': 0.8, 'unseen': 0.2}}")
-    if tuned["seen"] < base["seen"] + seen_margin:
-        raise CheckError(f"SFT accuracy on seen families {tuned['seen']:.2f} is not {seen_margin} above the base "
-                         f"model's {base['seen']:.2f}: check the labels and the loss, or train longer")
-    if tuned["unseen"] <= base["unseen"] + unseen_margin:
-        raise CheckError(f"SFT accuracy on held-out families {tuned['unseen']:.2f} does not beat the base "
-                         f"model's {base['unseen']:.2f}")
-    passed(f"SFT beats the base model (seen {base['seen']:.2f} -> {tuned['seen']:.2f}, "
-           f"unseen {base['unseen']:.2f} -> {tuned['unseen']:.2f})")
+def tuned_copy(model, base_model: str):
+    """(the base model with the student's trained weights loaded, the base model, its tokenizer), all the grader's.
+
+    Only the weights cross from the student's ``model`` (``state_dict()``, by value through the grader's proxy):
+    what answers the evaluation is the course's own architecture and generation code, never the student's.
+    """
+    import copy
+
+    from ..models import load_pretrained
+
+    base, tokenizer = load_pretrained(base_model)
+    tuned = copy.deepcopy(base)
+    try:
+        state = model.state_dict()
+        tuned.load_state_dict(state)
+    except Exception as exc:  # not a model, other layers or shapes: its weights cannot be the base's, trained
+        raise CheckError(f"pass the trained model itself (the base model {base_model!r} after SFT): its weights "
+                         f"do not load into the base model ({type(exc).__name__}: {fenced(exc)})") from None
+    return tuned.eval(), base, tokenizer
+
+
+@drawn_seed
+def check_sft_outcome(model, base_model: str, eval_stories: int, seen_margin: float = 0.3,
+                      unseen_margin: float = 0.0, seed: int = 1) -> None:
+    """SFT must beat the base model: far above on seen families, above on held-out ones (re-measured here).
+
+    Accuracies are measured by the check on evaluation tasks it draws itself (``seed``, shifted by the
+    grader's secret draw), from the weights of the student's ``model``: numbers the notebook printed count for nothing.
+    """
+    from ..sft import evaluate
+    from ..world.instructions import HELD_OUT_FAMILIES, SEEN_FAMILIES, task_split
+
+    tuned, base, tokenizer = tuned_copy(model, base_model)
+    accuracy = {}
+    for key, families in (("seen", SEEN_FAMILIES), ("unseen", HELD_OUT_FAMILIES)):
+        tasks = task_split(eval_stories, "eval", families, seed=seed)
+        accuracy[key] = evaluate(base, tokenizer, tasks)["all"], evaluate(tuned, tokenizer, tasks)["all"]
+    (base_seen, seen), (base_unseen, unseen) = accuracy["seen"], accuracy["unseen"]
+    if seen < base_seen + seen_margin:
+        raise CheckError(f"SFT accuracy on seen families {seen:.2f} is not {seen_margin} above the base model's "
+                         f"{base_seen:.2f} (measured by the check on its own tasks): check the labels and the "
+                         "loss, or train longer")
+    if unseen <= base_unseen + unseen_margin:
+        raise CheckError(f"SFT accuracy on held-out families {unseen:.2f} is not {unseen_margin} above the base "
+                         f"model's {base_unseen:.2f} (measured by the check on its own tasks)")
+    passed(f"SFT beats the base model (seen {base_seen:.2f} -> {seen:.2f}, unseen {base_unseen:.2f} -> {unseen:.2f})")
 
 
 __all__ = ["CHATS", "YES_NO", "check_encode_chat", "check_sft_loss", "check_sft_outcome", "check_template",
-           "collate", "score", "tokenizer_of", "trl_labels"]
+           "collate", "score", "tokenizer_of", "trl_labels", "tuned_copy"]

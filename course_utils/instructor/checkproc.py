@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import secrets
 import sys
 import time
 import types
@@ -24,6 +25,9 @@ from .sandbox import GIB, Limits
 PRELOAD = ["torch", "transformers", "course_utils.checks", "course_utils.instructor.remote",
            "course_utils.instructor.checkproc"]
 GRACE_S = 2  # a check computing on its own (no request to the kernel) is killed this long after its limit
+# Shifts of the checks' seeds are drawn below this: lab 02's batches draw their rare tokens from the stream
+# 2**31 - 1 - seed, which must stay apart from the masking's streams (seed, seed + 1, ...).
+SEED_SHIFTS = 2 ** 29
 STARTUP_S = 300  # a child imports what the solution imports (transformers, peft) before its first check
 
 
@@ -70,11 +74,13 @@ def verdict(source: str, trusted: dict, link, index: int) -> tuple[bool, str, st
     return True, "passed", None
 
 
-def _child(conn, solution_path: str, profile: str, workdir: str, timeout: float, memory_bytes: int) -> None:
+def _child(conn, solution_path: str, profile: str, workdir: str, timeout: float, memory_bytes: int,
+           seed_shift: int) -> None:
     """The child's loop: build the trusted names, then run each check cell the grader sends."""
     from pathlib import Path
 
     from . import remote
+    from ..checks import SEED_SHIFT
     from .notebooks import read_notebook
 
     import torch
@@ -88,6 +94,7 @@ def _child(conn, solution_path: str, profile: str, workdir: str, timeout: float,
     # Each thread reserves address space (stack, malloc arena): a many-core machine must not eat the limit.
     torch.set_num_threads(min(4, torch.get_num_threads()))
     limit_memory(memory_bytes)
+    SEED_SHIFT.set(seed_shift)
 
     def run_cell(code: str, seconds: float) -> str | None:
         conn.send(("kernel", code, seconds))
@@ -101,10 +108,16 @@ def _child(conn, solution_path: str, profile: str, workdir: str, timeout: float,
 
 
 class CheckProcess:
-    """The child process that runs one submission's checks; restarted after a check that killed it."""
+    """The child process that runs one submission's checks; restarted after a check that killed it.
 
-    def __init__(self, solution_path, profile: str, workdir, timeout: float, limits: Limits = Limits()):
-        self.args = (str(solution_path), profile, str(workdir), timeout, limits.check_memory_bytes)
+    ``seed_shift``: added to every check's seed (``checks.drawn_seed``); by default drawn secretly here, so
+    the hidden tests' inputs are chosen when the submission is graded, not written in any file.
+    """
+
+    def __init__(self, solution_path, profile: str, workdir, timeout: float, limits: Limits = Limits(),
+                 seed_shift: int | None = None):
+        seed_shift = secrets.randbelow(SEED_SHIFTS) if seed_shift is None else seed_shift
+        self.args = (str(solution_path), profile, str(workdir), timeout, limits.check_memory_bytes, seed_shift)
         self.timeout, self.memory_bytes = timeout, limits.check_memory_bytes
         self.process = self.conn = None
 

@@ -33,6 +33,7 @@ from ..settings import PROFILES
 from . import checkproc, gradebook, sandbox
 from .feedback import write_feedback
 from .notebooks import nbgrader_meta, read_notebook, strip_outputs
+from ..checks import fenced
 from .runner import error_line, grading_env
 
 # Error text in a cell that means the submission hit the sandbox, and the rule the gradebook names.
@@ -146,7 +147,9 @@ def run_graded(nb, checks: dict, checker: checkproc.CheckProcess, workdir: Path,
     """
     from jupyter_core.utils import run_sync
 
-    km = _kernel_manager(workdir, sandbox.sandbox_prefix(workdir, hide))
+    limits = sandbox.Limits()
+    cgroups = sandbox.kernel_cgroups(workdir.name, limits) if sandbox.unavailable_reason() is None else []
+    km = _kernel_manager(workdir, sandbox.sandbox_prefix(workdir, hide, limits, cgroups))
     client = _client_class()(nb, km=km, timeout=max(1, int(timeout)), kernel_name="python3", allow_errors=True)
     try:
         return _run_cells(client, nb, checks, checker, workdir, timeout, profile)
@@ -154,6 +157,7 @@ def run_graded(nb, checks: dict, checker: checkproc.CheckProcess, workdir: Path,
         checker.close()  # nbclient leaves a kernel it did not create running: kill it, and with it the whole sandbox
         if run_sync(km.is_alive)():
             run_sync(km.shutdown_kernel)(now=True)
+        sandbox.remove_cgroups(cgroups)
 
 
 def _run_cells(client, nb, checks: dict, checker: checkproc.CheckProcess, workdir: Path, timeout: float,
@@ -162,6 +166,7 @@ def _run_cells(client, nb, checks: dict, checker: checkproc.CheckProcess, workdi
 
     verdicts: dict[str, tuple[bool, str]] = {}
     notes: list[str] = []
+    failed: list[str] = []  # the student's cells that raised, as "cell N (ErrorName)"
     env = grading_env(profile)
     with client.setup_kernel(cwd=str(workdir), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):
         kernel = checkproc.kernel_runner(client)
@@ -180,7 +185,7 @@ def _run_cells(client, nb, checks: dict, checker: checkproc.CheckProcess, workdi
                         return _stopped(verdicts, checks, index, stop), notes
                 elif grade_id not in verdicts:
                     passed, message, stop = checker.run(checks[grade_id].source, index, kernel)
-                    verdicts[grade_id] = passed, message
+                    verdicts[grade_id] = passed, knock_on(message, failed)
                     if stop:
                         return _stopped(verdicts, checks, index, stop), notes
                 continue
@@ -193,7 +198,18 @@ def _run_cells(client, nb, checks: dict, checker: checkproc.CheckProcess, workdi
                 reason = "the kernel died (killed at the memory or process limit, or it exited)"
                 return _stopped(verdicts, checks, index, reason), notes
             notes += [f"{rule} in cell {index + 1}" for rule in _rules_broken(cell)]
+            failed += [f"cell {index + 1} ({fenced(o.get('ename', 'Error'), 40)})" for o in cell.get("outputs", [])
+                       if o.get("output_type") == "error"][:1]
     return verdicts, notes
+
+
+def knock_on(message: str, failed: list[str]) -> str:
+    """``message``, naming the earlier cells that failed when the check missed a name they should have defined."""
+    if "NameError" not in message or not failed:
+        return message
+    cells = ", ".join(failed[-3:])
+    return (f"{message} [probably a knock-on error: {cells} failed earlier and did not define everything; "
+            "fix that first]")
 
 
 def in_kernel(check_cell) -> bool:
@@ -215,7 +231,7 @@ def _kernel_verdict(client, check_cell, index: int, timeout: float) -> tuple[boo
         return False, f"the kernel died in this check (cell {index + 1})", "the kernel died"
     errors = [o for o in cell.outputs if o.get("output_type") == "error"]
     if errors:
-        return False, error_line(errors[0].get("ename", "Error"), errors[0].get("evalue", "")), None
+        return False, error_line(fenced(errors[0].get("ename", "Error"), 40), fenced(errors[0].get("evalue", ""))), None
     return True, "passed (checked in the student's kernel)", None
 
 
@@ -273,10 +289,13 @@ def grade_submission(submission_path: str | Path, solution_path: str | Path, tim
     hide = [Path(submission_path).resolve().parent, Path(solution_path).resolve().parent,
             Path(tempfile.gettempdir()), *(hide or [])]
     tmp = Path(tempfile.mkdtemp(prefix="course-grade-")).resolve()
+    mounted = sandbox.unavailable_reason() is None and sandbox.mount_workdir(tmp)
     checker = checkproc.CheckProcess(solution_path, profile, tmp, timeout)
     try:
         verdicts, notes = run_graded(graded, checks, checker, tmp, timeout, profile, hide)
     finally:
+        if mounted:
+            sandbox.unmount_workdir(tmp)
         _remove(tmp)
     results = []
     for grade_id in checks:

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from . import agent
-from ..checks import FORBIDDEN_MODULES, FORBIDDEN_OPS, CheckError
+from ..checks import FORBIDDEN_MODULES, FORBIDDEN_OPS, CheckError, fenced
 
 MAX_ANSWER_BYTES = 256 * 1024 ** 2
 MAX_ANSWER_DEPTH = 16      # levels of nesting in one answer
@@ -80,7 +80,7 @@ class Link:
                               f".handle({str(request_path)!r}, {str(answer_path)!r})", left)
         data = _read_regular(answer_path)
         if data is None:
-            raise RemoteError(f"the kernel could not run the student's code ({error or 'no answer'})")
+            raise RemoteError(f"the kernel could not run the student's code ({fenced(error) if error else 'no answer'})")
         answer = load_answer(data)
         for generator, state in zip(generators, answer.get("generators", [])):
             if torch.is_tensor(state) and state.dtype == torch.uint8:
@@ -88,12 +88,12 @@ class Link:
         if "forbidden" in answer:
             raise ForbiddenCall(f"forbidden call: the exercise may not use {answer['forbidden']}; write it yourself")
         if "error" in answer:
-            name, message = str(answer["error"]), str(answer.get("message", ""))
+            name, message = str(answer["error"]), fenced(answer.get("message", ""))
             cls = getattr(builtins, name, None)
             if answer.get("builtin") and isinstance(cls, type) and issubclass(cls, Exception) \
                     and cls not in (StopIteration, StopAsyncIteration):
                 raise cls(message)
-            raise RemoteError(f"{name}: {message}")
+            raise RemoteError(f"{fenced(name, 40)}: {message}")
         budget = _Budget()
         value = self.decode(answer.get("value"), budget)
         apply_changes(agent.tensors_in(args), answer.get("changed"), budget)

@@ -11,12 +11,15 @@ grading goes on unsandboxed and ``sandbox_prefix`` returns None so the caller ca
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import os
+import shlex
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +38,9 @@ class Limits:
     processes: int = 256           # RLIMIT_NPROC: processes and threads of the sandbox's user
     file_bytes: int = 256 * 1024 ** 2  # largest file it may write (RLIMIT_FSIZE)
     open_files: int = 1024
+    tmp_bytes: int = 512 * 1024 ** 2  # size of the sandbox's own /tmp and /dev/shm (memory-backed)
+    workdir_bytes: int = GIB  # the writable folder, where a root grader can mount it as a tmpfs (answers: 256 MiB)
+    workdir_files: int = 10_000
     output_bytes: int = 2 * 1024 ** 2  # cell output kept per cell (enforced by the grader)
     check_memory_bytes: int = 4 * GIB  # address space of the grader's child process that runs the checks
 
@@ -113,31 +119,114 @@ def _inside(path: Path, folders) -> bool:
     return any(path == f or f in path.parents for f in folders)
 
 
-def _closed_folders(paths) -> set[Path]:
-    """Folders on the way to ``paths`` that other users may not enter (e.g. /root, 0700)."""
-    if not as_root():
-        return set()
-    closed = set()
-    for path in paths:
-        for folder in reversed(path.parents):
-            if folder != Path("/") and folder.is_dir() and not os.stat(folder).st_mode & 0o001:
-                closed.add(folder)
-                break
-    return closed
-
-
-def _bind(flag: str, source: Path, dest: Path, covered: list[Path]) -> list[str]:
-    """bwrap arguments binding ``source`` at ``dest``, whose folders inside a covered one are made enterable (0755)."""
-    top = max((f for f in covered if _inside(dest, [f])), key=lambda f: len(f.parts), default=None)
-    folders = [] if top is None else [f for f in reversed(dest.parents) if top in f.parents]
+def _bind(flag: str, source: Path, dest: Path) -> list[str]:
+    """bwrap arguments binding ``source`` at ``dest``, the folders on the way enterable by the kernel's user (0755)."""
+    folders = [f for f in reversed(dest.parents) if f != Path("/")]
     return [a for f in folders for a in ("--perms", "0755", "--dir", str(f))] + [flag, str(source), str(dest)]
 
 
-def sandbox_prefix(workdir: str | Path, hide: list, limits: Limits = Limits()) -> list[str] | None:
+def mount_workdir(folder: Path, limits: Limits = Limits()) -> bool:
+    """Make ``folder`` (a kernel's writable folder) a tmpfs of bounded size and file count; False where the
+    grader may not mount (not root, no ``mount``): the folder then stays on the host's disk, capped per file."""
+    if not as_root() or shutil.which("mount") is None:
+        return False
+    options = f"size={limits.workdir_bytes},nr_inodes={limits.workdir_files},mode=0700"
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "course-grade", str(folder)], capture_output=True)
+    return done.returncode == 0
+
+
+def unmount_workdir(folder: Path) -> None:
+    """Undo ``mount_workdir`` (lazily: a kernel's last sockets may still be closing)."""
+    subprocess.run(["umount", "--lazy", str(folder)], capture_output=True)
+
+
+CGROUPS = Path("/sys/fs/cgroup")
+
+
+def _own_cgroup(controller: str) -> Path | None:
+    """The folder of this process's cgroup (v1) for ``controller``, or None where there is none."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, names, path = line.split(":", 2)
+            if controller in names.split(","):
+                folder = CGROUPS / controller / path.lstrip("/")
+                return folder if folder.is_dir() else None
+    return None
+
+
+def kernel_cgroups(name: str, limits: Limits) -> list[Path]:
+    """New memory and pids cgroups (v1) ``name`` under the grader's own, limited; [] where the machine refuses.
+
+    Everything a kernel starts shares them: its processes together stay within ``limits.memory_bytes`` of
+    memory (the files it writes in its memory-backed /tmp included) and ``limits.processes`` processes.
+    """
+    made = []
+    try:
+        for controller, limit_file, value in (("memory", "memory.limit_in_bytes", limits.memory_bytes),
+                                               ("pids", "pids.max", limits.processes)):
+            parent = _own_cgroup(controller)
+            if parent is None:
+                raise OSError(f"no {controller} cgroup (v1) of this process")
+            (parent / name).mkdir()
+            made.append(parent / name)
+            (parent / name / limit_file).write_text(str(value))
+    except OSError:
+        remove_cgroups(made)
+        return []
+    return made
+
+
+def remove_cgroups(folders: list[Path], tries: int = 50) -> None:
+    """Remove a kernel's cgroups once its processes are gone (a cgroup with processes cannot be removed)."""
+    for folder in folders:
+        for _ in range(tries):
+            with contextlib.suppress(FileNotFoundError):
+                try:
+                    folder.rmdir()
+                except OSError:
+                    time.sleep(0.1)
+                    continue
+            break
+
+
+def _enter(cgroups: list[Path]) -> list[str]:
+    """A command prefix that moves the command into ``cgroups`` before it starts."""
+    moves = "".join(f"echo $$ > {shlex.quote(str(f / 'cgroup.procs'))}; " for f in cgroups)
+    return ["/bin/sh", "-c", moves + 'exec "$@"', "sh"] if cgroups else []
+
+
+# What of the host a kernel may read besides Python and the course: programs, shared libraries and the
+# system's configuration (locales, time zones, fonts, certificates). Everything else is absent in the sandbox.
+SYSTEM_FOLDERS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+
+
+def readable_folders() -> list[Path]:
+    """Folders of this machine a kernel needs: Python's installation, its packages and the course package."""
+    needed = [PACKAGE_ROOT / "course_utils", Path(sys.prefix), Path(sys.base_prefix)]
+    return sorted({q for p in needed for q in (p.absolute(), p.resolve())})
+
+
+def _system_binds() -> list[str]:
+    """bwrap arguments showing the system folders read-only (a symbolic link such as /bin -> usr/bin as a link)."""
+    args = []
+    for name in SYSTEM_FOLDERS:
+        if os.path.islink(name):
+            args += ["--symlink", os.readlink(name), name]
+        elif os.path.isdir(name):
+            args += ["--ro-bind", name, name]
+    return args
+
+
+def sandbox_prefix(workdir: str | Path, hide: list, limits: Limits = Limits(),
+                   cgroups: list[Path] = ()) -> list[str] | None:
     """The command prefix that runs a program sandboxed with ``workdir`` writable, or None if unavailable.
 
-    ``hide``: folders (or files' folders) the sandbox must not see, e.g. the solutions, the submissions
-    and the gradebook; the course package and the Python installation stay visible (read-only).
+    The sandbox sees an allowlist of the host, read-only: the system folders (``SYSTEM_FOLDERS``), Python
+    and its packages, and the course package (``readable_folders``); ``workdir`` is its one writable
+    folder, and ``/tmp`` and ``/dev/shm`` are its own, size-limited. Nothing else of the machine exists
+    there (other checkouts, their solutions and git objects, home folders). ``hide``: folders inside
+    the allowlist that must still look empty (e.g. solutions kept inside the course package).
+    ``cgroups``: the kernel's cgroups (``kernel_cgroups``), entered before the sandbox starts.
     """
     if unavailable_reason() is not None:
         return None
@@ -146,28 +235,21 @@ def sandbox_prefix(workdir: str | Path, hide: list, limits: Limits = Limits()) -
     if uid is not None:  # the kernel's user owns it; root's group (bwrap, capabilities dropped) may enter it
         os.chown(workdir, uid, 0)
         workdir.chmod(0o770)
-    needed = [PACKAGE_ROOT / "course_utils", Path(sys.prefix), Path(sys.base_prefix)]
-    needed = sorted({q for p in needed for q in (p.absolute(), p.resolve())})
-    # Folders the sandbox's user may not enter are replaced by empty ones, like the hidden folders, and what
-    # the kernel needs inside them is bound back (e.g. a Python installed under /root, 0700).
-    closed = _closed_folders(needed)
     git = _git_folder(PACKAGE_ROOT)  # the course's history: solutions of every lab
-    hide = [*hide, *([git] if git else [])]
-    hidden = sorted({Path(h).resolve() for h in hide} - {Path("/")} | closed, key=lambda p: len(p.parts))
-    emptied = [f for f in hidden if f.is_dir() and not _inside(workdir, [f])]
-    covered = [*emptied, Path("/tmp")]  # folders the sandbox sees as empty (fresh tmpfs)
-    args = [shutil.which("bwrap"), "--ro-bind", "/", "/", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/dev/shm",
-            "--proc", "/proc", "--tmpfs", "/tmp", *_isolation(), "--die-with-parent", "--new-session"]
-    for folder in emptied:
-        args += ["--tmpfs", str(folder)]
-    # Bring back what the kernel needs if a hidden folder covered it (e.g. the course in the same checkout).
-    # (a checkout or virtual environment under /tmp would vanish with the private /tmp). A path is bound both
-    # where it really is and where a symbolic link puts it (e.g. /tmp/checkout/.venv -> /work/.venv), since
-    # the kernel is started through the link.
-    for path in needed:
-        if _inside(path, covered):
-            args += _bind("--ro-bind", path.resolve(), path, covered)
-    args += _bind("--bind", workdir, workdir, covered)
+    hidden = sorted({Path(h).resolve() for h in [*hide, *([git] if git else [])]} - {Path("/")},
+                    key=lambda p: len(p.parts))
+    args = [*_enter(list(cgroups)), shutil.which("bwrap"), *_system_binds(), "--dev", "/dev",
+            "--perms", "1777", "--size", str(limits.tmp_bytes), "--tmpfs", "/dev/shm", "--proc", "/proc",
+            "--perms", "1777", "--size", str(limits.tmp_bytes), "--tmpfs", "/tmp",
+            *_isolation(), "--die-with-parent", "--new-session"]
+    # A path is bound both where it really is and where a symbolic link puts it (e.g. /tmp/checkout/.venv ->
+    # /work/.venv), since the kernel is started through the link; under /tmp it lies on the sandbox's own /tmp.
+    for path in readable_folders():
+        args += _bind("--ro-bind", path.resolve(), path)
+    for folder in hidden:
+        if folder.is_dir() and not _inside(workdir, [folder]) and _inside(folder, readable_folders()):
+            args += ["--tmpfs", str(folder)]
+    args += _bind("--bind", workdir, workdir)
     args += ["--chdir", str(workdir), "--setenv", "HOME", str(workdir),
              "--setenv", "TMPDIR", str(workdir), "--setenv", "MPLCONFIGDIR", str(workdir),
              # torch's compiler cache: the grader's process may have set it to a folder of its own
