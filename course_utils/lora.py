@@ -22,7 +22,8 @@ from .world.instructions import Task, task_split
 
 __all__ = ["in_out_features", "is_fan_in_fan_out", "trainable_parameters", "full_finetune_bytes", "opposite", "opposite_task",
            "trainable_4bit",
-           "choice_accuracy", "choice_scores", "saved_activation_bytes", "OPPOSITE", "TRAIN_FAMILY", "EVAL_FAMILY", "opposite_dev_tasks",
+           "choice_accuracy", "choice_scores", "saved_activation_bytes", "OPPOSITE", "TRAIN_FAMILY", "EVAL_FAMILY",
+           "opposite_dev_tasks",
            "freeze_all_but", "BottleneckAdapter", "PEFT_METHODS", "peft_variant", "finetune_on", "qlora_finetune",
            "lora_finetune_bytes", "tensor_bytes", "module_bytes", "GiB"]
 
@@ -262,7 +263,7 @@ def choice_scores(model: nn.Module, tokenizer, tasks: Sequence[Task], choices: S
 
 def choice_accuracy(model: nn.Module, tokenizer, tasks: Sequence[Task], choices: Sequence[str] = tuple(OPPOSITE),
                     batch_size: int = 128) -> float:
-    """Share of tasks whose right answer is the model's likeliest reply among ``choices`` (as multiple-choice benchmarks score)."""
+    """Share of tasks whose right answer is the model's likeliest reply among ``choices`` (multiple-choice scoring)."""
     best = choice_scores(model, tokenizer, tasks, choices, batch_size).argmax(-1)
     return sum(choices[b] == t.answer for b, t in zip(best.tolist(), tasks)) / len(tasks)
 

@@ -1,4 +1,4 @@
-"""A CPU simulation of paged optimizer state (QLoRA's paged optimizers): a device with a byte budget, a host for the rest.
+"""A CPU simulation of QLoRA's paged optimizers: optimizer state on a device of a few bytes, the rest on the host.
 
 On a GPU, bitsandbytes' paged optimizers keep Adam's state in unified memory: when a long batch's activations
 need the room, the driver pages the least recently used state out to CPU RAM and back in when the optimizer
@@ -52,4 +52,4 @@ def page_schedule(steps: Sequence[Sequence[tuple[str, int]]], activations: Seque
 
 def adam_state_accesses(model) -> list[tuple[str, int]]:
     """The ``(name, bytes)`` of Adam's state for each trainable parameter, in the order an optimizer step visits them."""
-    return [(name, 2 * p.numel() * 4) for name, p in model.named_parameters() if p.requires_grad]  # fp32 m and v
+    return [(name, 2 * 4 * p.numel()) for name, p in model.named_parameters() if p.requires_grad]  # fp32 m, v
