@@ -22,7 +22,8 @@ from .world.instructions import Task, task_split
 
 __all__ = ["in_out_features", "is_fan_in_fan_out", "trainable_parameters", "full_finetune_bytes", "opposite", "opposite_task",
            "trainable_4bit",
-           "choice_accuracy", "OPPOSITE", "TRAIN_FAMILY", "EVAL_FAMILY", "opposite_dev_tasks",
+           "choice_accuracy", "choice_scores", "saved_activation_bytes", "OPPOSITE", "TRAIN_FAMILY", "EVAL_FAMILY",
+           "opposite_dev_tasks",
            "freeze_all_but", "BottleneckAdapter", "PEFT_METHODS", "peft_variant", "finetune_on", "qlora_finetune",
            "lora_finetune_bytes", "tensor_bytes", "module_bytes", "GiB"]
 
@@ -233,13 +234,11 @@ def finetune_on(model: nn.Module, examples: Sequence[dict], pad_token_id: int, s
 
 
 @torch.no_grad()
-def choice_accuracy(model: nn.Module, tokenizer, tasks: Sequence[Task], choices: Sequence[str] = tuple(OPPOSITE),
-                    batch_size: int = 128) -> float:
-    """Share of tasks whose right answer is the model's likeliest reply among ``choices`` (summed log-probabilities).
+def choice_scores(model: nn.Module, tokenizer, tasks: Sequence[Task], choices: Sequence[str] = tuple(OPPOSITE),
+                  batch_size: int = 128) -> torch.Tensor:
+    """``(len(tasks), len(choices))`` log-probabilities of every complete reply (the choice and <|end|>).
 
-    Each task is scored by the log-probability of every complete reply (the choice and <|end|>), as
-    multiple-choice benchmarks do. Works for PEFT's prompt- and prefix-tuned models, whose logits may
-    start with the virtual tokens' positions.
+    Works for PEFT's prompt- and prefix-tuned models, whose logits may start with the virtual tokens' positions.
     """
     if not tasks:
         raise ValueError("tasks is empty: pass at least one task")
@@ -259,8 +258,36 @@ def choice_accuracy(model: nn.Module, tokenizer, tasks: Sequence[Task], choices:
         picked = logp.gather(-1, labels.clamp(min=0)[..., None])[..., 0]
         totals.append((picked * scored).sum(-1))
     model.train(was_training)
-    best = torch.cat(totals).view(len(tasks), len(choices)).argmax(-1)
+    return torch.cat(totals).view(len(tasks), len(choices))
+
+
+def choice_accuracy(model: nn.Module, tokenizer, tasks: Sequence[Task], choices: Sequence[str] = tuple(OPPOSITE),
+                    batch_size: int = 128) -> float:
+    """Share of tasks whose right answer is the model's likeliest reply among ``choices`` (multiple-choice scoring)."""
+    best = choice_scores(model, tokenizer, tasks, choices, batch_size).argmax(-1)
     return sum(choices[b] == t.answer for b, t in zip(best.tolist(), tasks)) / len(tasks)
+
+
+def saved_activation_bytes(model: nn.Module, batch: dict) -> int:
+    """Bytes of the tensors autograd keeps for the backward pass of ``model(**batch).loss`` (parameters excluded).
+
+    Every tensor an operation saves for backward passes through ``torch.autograd.graph.saved_tensors_hooks``;
+    each storage is counted once (views share it), the model's own parameters not at all.
+    """
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params and storage.nbytes():
+            storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model(**batch).loss
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return sum(storages.values())
 
 
 def qlora_finetune(name_or_path: str, train_tasks: Sequence[Task], eval_tasks: Sequence[Task], steps: int,

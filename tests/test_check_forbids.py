@@ -50,6 +50,7 @@ EXPECTED = {  # check -> modules whose code the student's code may not run while
     lora.check_add_lora: ("peft", CHECKS),
     lora.check_nf4: ("bitsandbytes", CHECKS),
     lora.check_double_quant: ("bitsandbytes", CHECKS),
+    lora.check_page_schedule: ("course_utils.paging", CHECKS),
     prompting.check_label_scores: ("course_utils.prompting", CHECKS, "transformers"),
     prompting.check_build_prompt: ("course_utils.prompting", CHECKS),
     prompting.check_ensemble: ("course_utils.prompting", CHECKS),

@@ -142,3 +142,40 @@ def test_peft_variant_names_the_methods_it_knows():
     with pytest.raises(ValueError, match="unknown method 'ia3'"):
         peft_variant(base, "ia3", SETTINGS)
     assert set(PEFT_METHODS) == {"full", "top", "bitfit", "adapter", "prompt", "prefix", "lora"}
+
+
+def test_page_schedule_by_hand():
+    """Three states of 4 bytes on a device of 12: paged in once, then only an activation spike moves any."""
+    from course_utils.paging import page_schedule
+
+    states = [("a", 4), ("b", 4), ("c", 4)]
+    # step 3 needs 8 bytes of activations: a and b (least recently used) go out, come back for the optimizer
+    assert page_schedule([states] * 4, [0, 0, 8, 0], 12) == [(12, 0, 12), (0, 0, 12), (8, 8, 12), (0, 0, 12)]
+    # room for two of three states: a cyclic order misses every time under least-recently-used
+    assert page_schedule([states] * 2, [0, 0], 8) == [(12, 4, 8), (12, 12, 8)]
+    with pytest.raises(MemoryError, match="activations"):
+        page_schedule([states], [13], 12)
+    with pytest.raises(ValueError, match="one activation size per step"):
+        page_schedule([states], [], 12)
+
+
+def test_saved_activation_bytes_counts_what_backward_keeps():
+    """A linear layer on x (no bias) saves x for its weight's gradient: exactly x's bytes; checkpointing saves less."""
+    from course_utils.lora import saved_activation_bytes
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.Linear(8, 3, bias=False)
+
+        def forward(self, x):
+            return type("Out", (), {"loss": self.layer(x).sum()})()
+
+    x = torch.randn(5, 8)
+    assert saved_activation_bytes(Model(), {"x": x}) == x.numel() * 4
+    model = build_gpt2(vocab_size=40, n_layer=2, n_head=2, n_embd=32, block_size=16).train()
+    batch = {"input_ids": torch.randint(40, (2, 12)), "labels": torch.randint(40, (2, 12))}
+    plain = saved_activation_bytes(model, batch)
+    assert all(p.grad is None for p in model.parameters())
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    assert 0 < saved_activation_bytes(model, batch) < plain

@@ -24,10 +24,10 @@ def sol():
 
 def test_solution_passes_every_check_cell_hidden_tests_included(sol, capsys):
     cells = [c for c in read_notebook(SOLUTION).cells if nbgrader_meta(c).get("grade")]
-    assert len(cells) == 4 and sum(nbgrader_meta(c)["points"] for c in cells) == 10
+    assert len(cells) == 5 and sum(nbgrader_meta(c)["points"] for c in cells) == 12
     for cell in cells:
         exec(cell.source, dict(sol))
-    assert capsys.readouterr().out.count("all checks passed") == 8  # visible + hidden
+    assert capsys.readouterr().out.count("all checks passed") == 10  # visible + hidden
 
 
 # --- Exercise 1: the LoRA layer ---------------------------------------------------------------------
@@ -37,8 +37,8 @@ def _layer(sol, init=None, forward=None, merge=None):
     base = sol["LoRALinear"]
     attrs = {}
     if init is not None:
-        def __init__(self, layer, r, alpha):
-            base.__init__(self, layer, r, alpha)
+        def __init__(self, layer, r, alpha, use_rslora=False):
+            base.__init__(self, layer, r, alpha, use_rslora)
             init(self)
         attrs["__init__"] = __init__
     if forward is not None:
@@ -116,6 +116,14 @@ def unfrozen_base(self):
     self.base.requires_grad_(True)
 
 
+def rslora_ignored(self):
+    self.scaling = self.alpha / self.r
+
+
+def rslora_always(self):
+    self.scaling = self.alpha / math.sqrt(self.r)
+
+
 @pytest.mark.parametrize("wrong, words", [
     (dict(init=random_b), "lora_B is not zero"),
     (dict(init=swapped_init), "swapped"),
@@ -124,6 +132,8 @@ def unfrozen_base(self):
     (dict(init=tiny_a), "spread 0.01 times"),
     (dict(forward=alpha_scaling), "alpha instead of alpha / r"),
     (dict(init=unfrozen_base), "freeze the base"),
+    (dict(init=rslora_ignored), "use_rslora=True must scale the update by alpha / sqrt"),
+    (dict(init=rslora_always), "only use_rslora=True uses alpha / sqrt"),
     (dict(merge=no_transpose_merge), "Conv1D stores W transposed"),
     (dict(merge=in_place_merge), "in place"),
     (dict(forward=detached_update), "no gradient reaches them"),
@@ -143,6 +153,9 @@ def test_lora_layer_check_agrees_with_peft_on_the_solution(sol):
     x = torch.randn(3, 8, dtype=torch.float64)
     assert oracle.scaling["default"] == layer.scaling == 2.0
     torch.testing.assert_close(layer(x), oracle(x))
+    rs = sol["LoRALinear"](nn.Linear(8, 6).double(), 4, 4, use_rslora=True)
+    rs_oracle = checks.peft_lora_layer(rs.base, rs.lora_A.detach(), rs.lora_B.detach(), 4, use_rslora=True)
+    assert rs_oracle.scaling["default"] == rs.scaling == 2.0  # alpha / sqrt(r)
 
 
 # --- Exercise 2: wrapping --------------------------------------------------------------------------
@@ -240,3 +253,55 @@ def test_double_quant_with_a_linear_code_loses(sol):
 
     with pytest.raises(CheckError, match="NEAREST value of the dynamic"):
         checks.check_double_quant(linear_code, sol["double_dequantize"])
+
+
+# --- Exercise 5: the paging schedule ---------------------------------------------------------------
+
+def _pager(evict_first=True, refresh=True, room_for_activations=True, peak_with_activations=True, raise_oom=True):
+    """A page_schedule written with one rule changed (the keyword names it)."""
+    from collections import OrderedDict
+
+    def schedule(steps, activations, budget):
+        device, rows = OrderedDict(), []
+
+        def make_room(needed):
+            freed = 0
+            while device and sum(device.values()) + needed > budget:
+                freed += device.popitem(last=not evict_first)[1]
+            return freed
+
+        for accesses, act in zip(steps, activations):
+            if act > budget and raise_oom:
+                raise MemoryError
+            out = make_room(act) if room_for_activations else 0
+            paged_in, peak = 0, sum(device.values()) + (act if peak_with_activations else 0)
+            for name, nbytes in accesses:
+                if nbytes > budget and raise_oom:
+                    raise MemoryError
+                if name in device:
+                    if refresh:
+                        device.move_to_end(name)
+                    continue
+                out += make_room(nbytes)
+                device[name], paged_in = nbytes, paged_in + nbytes
+                peak = max(peak, sum(device.values()))
+            rows.append((paged_in, out, peak))
+        return rows
+
+    return schedule
+
+
+def test_a_correct_schedule_written_differently_passes():
+    checks.check_page_schedule(_pager())
+
+
+@pytest.mark.parametrize("wrong, words", [
+    (dict(refresh=False), "MOST recently used"),
+    (dict(evict_first=False), "LEAST recently used state first"),
+    (dict(room_for_activations=False), "activations need room first"),
+    (dict(peak_with_activations=False), "the peak counts activations too"),
+    (dict(raise_oom=False), "must raise MemoryError"),
+])
+def test_page_schedule_mistakes_are_named(wrong, words):
+    with pytest.raises(CheckError, match=words):
+        checks.check_page_schedule(_pager(**wrong))

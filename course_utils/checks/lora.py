@@ -28,7 +28,9 @@ from . import CheckError, assert_close, forbids_modules, passed
 LORA_ANSWERS = ("peft", "course_utils.checks")
 QUANT_ANSWERS = ("bitsandbytes", "course_utils.checks")
 
-LAYERS = (("Linear", 48, 32, 4, 8), ("Conv1D", 64, 96, 8, 16), ("Linear", 16, 40, 2, 2))
+# (kind, in, out, r, alpha, use_rslora): rsLoRA scales by alpha / sqrt(r) instead of alpha / r
+LAYERS = (("Linear", 48, 32, 4, 8, False), ("Conv1D", 64, 96, 8, 16, False), ("Linear", 16, 40, 2, 2, False),
+          ("Conv1D", 32, 48, 4, 8, True), ("Linear", 24, 16, 16, 4, True))
 
 
 def _quiet_bnb():
@@ -55,12 +57,13 @@ class _Box(nn.Module):
         return self.layer(x)
 
 
-def peft_lora_layer(base: nn.Module, A: torch.Tensor, B: torch.Tensor, alpha: float) -> nn.Module:
+def peft_lora_layer(base: nn.Module, A: torch.Tensor, B: torch.Tensor, alpha: float,
+                    use_rslora: bool = False) -> nn.Module:
     """PEFT's LoRA layer around a copy of ``base`` with ``A`` (r, in) and ``B`` (out, r) copied in."""
     from peft import LoraConfig, inject_adapter_in_model
 
     config = LoraConfig(r=A.shape[0], lora_alpha=alpha, target_modules=["layer"], lora_dropout=0.0,
-                        fan_in_fan_out=isinstance(base, Conv1D))
+                        fan_in_fan_out=isinstance(base, Conv1D), use_rslora=use_rslora)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         box = inject_adapter_in_model(config, _Box(copy.deepcopy(base)))
@@ -114,17 +117,17 @@ def _call(fn, what: str, *args):
 
 @forbids_modules(*LORA_ANSWERS)
 def check_lora_layer(cls, seed: int = 0) -> None:
-    """Exercise 1: ``cls(base, r, alpha)`` against PEFT's LoRA layer with the same A and B, then its merge.
+    """Exercise 1: ``cls(base, r, alpha, use_rslora)`` against PEFT's LoRA layer with the same A and B, then its merge.
 
     The layer is used only through calls, ``named_parameters``, ``state_dict`` and ``load_state_dict``
     (so the check works on the grader's proxy of the student's module); PEFT's layer is built here.
     """
     gen = torch.Generator().manual_seed(seed)
     scaled = []  # every lora_A divided by PEFT's bound: uniform on [-1, 1] when initialised like PEFT
-    for kind, n_in, n_out, r, alpha in LAYERS:
+    for kind, n_in, n_out, r, alpha, rslora in LAYERS:
         base = _base(kind, n_in, n_out, gen)
-        what = f"LoRALinear({kind}(in={n_in}, out={n_out}), r={r}, alpha={alpha})"
-        layer = _build(cls, copy.deepcopy(base), r, alpha)
+        what = f"LoRALinear({kind}(in={n_in}, out={n_out}), r={r}, alpha={alpha}, use_rslora={rslora})"
+        layer = _build(cls, copy.deepcopy(base), r, alpha, rslora)
         params = _params(layer)
         A, B = _param(params, "lora_A", (r, n_in)), _param(params, "lora_B", (n_out, r))
         if A.dtype != torch.float64 or B.dtype != torch.float64:
@@ -163,16 +166,20 @@ def check_lora_layer(cls, seed: int = 0) -> None:
         state = _call(layer.state_dict, f"{what}.state_dict()")
         _call(layer.load_state_dict, f"{what}.load_state_dict(...)", {**state, "lora_B": B})
         layer.eval()
-        oracle = peft_lora_layer(base, A.detach(), B, alpha)
+        oracle = peft_lora_layer(base, A.detach(), B, alpha, rslora)
         with torch.no_grad():
             got, expected = _call(layer, f"{what}(x)", x), oracle(x)
             mistakes = {
-                "the update is scaled by alpha instead of alpha / r (PEFT's scaling['default'])":
+                "use_rslora=True must scale the update by alpha / sqrt(r) (rsLoRA), not alpha / r" if rslora else
+                "use_rslora=False scales the update by alpha / r; only use_rslora=True uses alpha / sqrt(r)":
+                    _lora_output(base, x, A, B, alpha / r if rslora else alpha / math.sqrt(r)),
+                "the update is scaled by alpha instead of alpha / r (PEFT's scaling['default'])"
+                + (" or alpha / sqrt(r) with use_rslora=True" if rslora else ""):
                     _lora_output(base, x, A, B, alpha),
                 "the update is not scaled: multiply (x @ A.T @ B.T) by alpha / r": _lora_output(base, x, A, B, 1.0),
                 "the update is scaled by r / alpha: the scaling is alpha / r": _lora_output(base, x, A, B, r / alpha),
                 "the base layer's output is missing: return base(x) + the scaled update":
-                    _lora_output(base, x, A, B, alpha / r) - base(x),
+                    expected - base(x),
             }
         got = got.detach()
         if expected.shape == got.shape and not torch.allclose(got, expected, atol=1e-8):
@@ -180,7 +187,8 @@ def check_lora_layer(cls, seed: int = 0) -> None:
                 if torch.allclose(got, wrong, atol=1e-8):
                     raise CheckError(f"{what}: {message}")
         assert_close(got, expected, f"{what} output vs PEFT's LoRA layer with the same A and B", atol=1e-8,
-                     hint="forward = base(x) + (x @ A.T @ B.T) * alpha / r")
+                     hint="forward = base(x) + (x @ A.T @ B.T) * scaling, scaling = alpha / r "
+                          "(alpha / sqrt(r) with use_rslora=True)")
         _check_merge(layer, oracle, base, x, what)
     spread = torch.cat(scaled).std().item() * math.sqrt(3)  # 1 for a uniform distribution on [-1, 1]
     if not 0.8 < spread < 1.2:
@@ -214,7 +222,7 @@ def _check_merge(layer, oracle: nn.Module, base: nn.Module, x: torch.Tensor, wha
         unmerged = _call(layer, f"{what}(x)", x).detach()
         assert_close(merged.weight.detach().double(), oracle.get_base_layer().weight.detach(),
                      f"{what}.merge() weight vs PEFT's merged weight", atol=1e-8,
-                     hint="W = W0 + (alpha / r) * B @ A; GPT-2's Conv1D stores W transposed, (in, out), so add "
+                     hint="W = W0 + scaling * B @ A; GPT-2's Conv1D stores W transposed, (in, out), so add "
                           "the transpose there")
         assert_close(_call(merged, f"{what}.merge()(x)", x).detach().double(), unmerged,
                      f"{what}: merged output vs unmerged output", atol=1e-8)
@@ -440,3 +448,66 @@ def check_double_quant(quantize: Callable, dequantize: Callable, seed: int = 0, 
         assert_close(got, expected, f"{what} vs bitsandbytes' nested state", atol=1e-6, rtol=1e-6,
                      hint="absmax = code[codes] * absmax2 of its block + offset")
     passed("double quantization (the nested state of bitsandbytes' compress_statistics=True)")
+
+
+# (what the case tests, the message when only this case fails, steps, activations, budget); the first case that
+# disagrees with course_utils.paging.page_schedule names the mistake, so the cases go from simple to subtle
+_S = [("m.a", 400), ("m.b", 400), ("m.c", 800)]
+PAGE_CASES = (
+    ("every state fits", "with room for every state, each is paged in once (step 1) and never again; bytes in = "
+     "the bytes of the states paged in, bytes out 0",
+     [_S, _S, _S], [0, 0, 0], 4000),
+    ("the order of the states", "evict the LEAST recently used state first (the one touched longest ago)",
+     [[("a", 300), ("b", 300), ("c", 300)], [("c", 300), ("a", 300), ("b", 300), ("d", 300)]], [0, 0], 700),
+    ("a state used again", "a state the optimizer touches again becomes the MOST recently used (least recently "
+     "used out first, not first in first out: move it to the end when it is used, not only when paged in)",
+     [[("a", 100), ("b", 100), ("a", 100), ("c", 100)], [("a", 100), ("d", 100), ("b", 100)]], [0, 0], 200),
+    ("a spike of activations", "the step's activations need room first: page out the least recently used states "
+     "until state + activations <= budget, then run the optimizer (paging back in what it touches); the peak "
+     "counts activations too",
+     [_S, _S, _S, _S], [1000, 1000, 2800, 1000], 3200),
+    ("states of different sizes", "page out one state at a time, least recently used first, only until the new "
+     "one fits: sum(resident) + nbytes <= budget",
+     [[("w", 500), ("x", 100), ("y", 200), ("z", 600)], [("x", 100), ("w", 500), ("y", 200)]], [300, 900], 1200),
+)
+
+
+@forbids_modules("course_utils.paging", "course_utils.checks")
+def check_page_schedule(fn: Callable, seed: int = 0) -> None:
+    """Exercise 5: ``fn(steps, activations, budget)`` against ``course_utils.paging.page_schedule``, case by case.
+
+    ``seed`` adds a random case (a random subset and order of states each step, random activations).
+    """
+    from ..paging import page_schedule
+
+    gen = torch.Generator().manual_seed(seed)
+    sizes = {f"s{i}": int(s) for i, s in enumerate(torch.randint(1, 9, (8,), generator=gen) * 100)}
+    steps = [[(n, sizes[n]) for n in (f"s{int(i)}" for i in torch.randperm(8, generator=gen)[:6])] for _ in range(6)]
+    cases = PAGE_CASES + (("random orders and sizes", "compare step by step with the rules above", steps,
+                           [int(a) for a in torch.randint(0, 15, (6,), generator=gen) * 100], 2400),)
+    for name, hint, steps, activations, budget in cases:
+        what = f"page_schedule({name}: {len(steps)} steps, budget {budget})"
+        expected = page_schedule(steps, activations, budget)
+        got = _call(fn, what, [list(s) for s in steps], list(activations), budget)
+        try:
+            got = [tuple(int(v) for v in row) for row in got]
+        except (TypeError, ValueError):
+            raise CheckError(f"{what}: return a list with one (bytes_in, bytes_out, peak) tuple of ints per step, "
+                             f"got {got!r:.120}") from None
+        if got != expected:
+            step = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
+            mine = got[step] if step < len(got) else "no row"
+            theirs = expected[step] if step < len(expected) else "no row"
+            raise CheckError(f"{what}: step {step + 1} gives (in, out, peak) = {mine}, expected {theirs}: {hint}")
+    for steps, activations, budget, why in (([[("a", 100)]], [300], 200, "activations larger than the budget"),
+                                            ([[("a", 300)]], [0], 200, "a state larger than the budget")):
+        try:
+            fn(steps, activations, budget)
+        except MemoryError:
+            continue
+        except NotImplementedError:
+            raise
+        except Exception as exc:
+            raise CheckError(f"page_schedule with {why} raised {type(exc).__name__}, expected MemoryError") from exc
+        raise CheckError(f"page_schedule with {why} must raise MemoryError (paging cannot help there)")
+    passed("page_schedule (the same bytes paged in and out and peak as the course's reference, every case)")
