@@ -20,6 +20,11 @@ CI = {"sft_model": "tiny-gpt-sft", "pair_stories": 2000, "prompt_stories": 300, 
       "ptx_coef": 0.25,  # 0.5 held the LM loss but cost win rate (0.62 < 0.7) against this reward model
       # lab: 14 rollouts (6 raised r* by only 0.01 at COURSE_SEED 2; at 14 the solution gains 0.16-0.35 over seeds 0-3)
       "ptx_batch": 16, "fg_steps": 8, "max_new_tokens": 16, "lab_ppo_steps": 14, "lab_batch": 32,
+      # lab 05's outcome check re-measures mean r* of greedy replies on the grader's 225 held-out tasks (100
+      # stories): benchmarks/lab_outcome_margins.py, seeds 0-2, gained +0.306/+0.337/+0.346 over SFT with the
+      # course's policy loss and -0.115/-0.165/-0.218 with one that sends no gradient to the policy; their 95% CIs
+      # over stories are about +-0.05 (se ~0.025), so 0.1 sits 8 se under the worst right run, 8 over the best wrong one
+      "lab_margin": 0.1,
       # asserted outcomes. Win rates over SFT are asserted through their 95% bootstrap interval over the 150 evaluation
       # stories (about 350 questions): its lower end must clear 0.5. The reward models' accuracies on 300 held-out
       # pairs (noise ceiling 0.914) have a standard error of about 0.026; over the robustness matrix (seeds 0-2, both
