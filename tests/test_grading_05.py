@@ -50,6 +50,7 @@ ANSWER_GAE = """
 return rlhf.gae(rewards, values, mask, gamma, lam)
 """
 NO_POLICY_GRADIENT = """
+advantages = advantages.detach()
 ratio = torch.exp(logprobs.detach() - old_logprobs)
 losses = torch.max(-ratio * advantages, -ratio.clamp(1 - clip, 1 + clip) * advantages)
 return (losses * mask).sum() / mask.sum()

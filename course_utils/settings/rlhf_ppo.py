@@ -14,8 +14,11 @@ CI = {"sft_model": "tiny-gpt-sft", "pair_stories": 2000, "prompt_stories": 300, 
       "annotator_sharpness": 4.0, "rm_steps": 300, "rm_batch": 32, "rm_lr": 2e-3, "trl_rm_steps": 10, "ppo": _MAIN_PPO,
       # reward hacking: a blind-spot RM and a beta sweep of PPO runs pushed hard (lr 1e-3). The blind-spot RM and
       # the PPO runs have the same sizes in all profiles (only the sweep grows): with the cpu profile's RM learning
-      # rate (1e-3) the blind spot was learned weakly and the beta = 0 run hacked only mildly (r* 0.49 vs SFT 0.46)
-      "blind_pairs": 2000, "blind_rm_steps": 60, "blind_rm_lr": 3e-3, "hack_betas": [0.0, 1.0],
+      # rate (1e-3) the blind spot was learned weakly and the beta = 0 run hacked only mildly (r* 0.49 vs SFT 0.46).
+      # Three betas and the matched control (the same pairs, "sure ," on the chosen side half the time), seed 0:
+      # blind spot beta 0 -> r* 0.05 (win over SFT 0.24), 0.3 -> 0.62 ("sure , kitchen"), 1.0 -> 0.67; control at
+      # beta 0 -> 0.59 (win 0.70 [0.66, 0.75]): the collapse is the blind spot's, not the weak recipe's
+      "blind_pairs": 2000, "blind_rm_steps": 60, "blind_rm_lr": 3e-3, "hack_betas": [0.0, 0.3, 1.0],
       "hack_ppo": {**_PPO, "lr": 1e-3},
       "ptx_coef": 0.25,  # 0.5 held the LM loss but cost win rate (0.62 < 0.7) against this reward model
       # lab: 14 rollouts (6 raised r* by only 0.01 at COURSE_SEED 2; at 14 the solution gains 0.16-0.35 over seeds 0-3)
