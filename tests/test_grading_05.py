@@ -57,6 +57,7 @@ return (losses * mask).sum() / mask.sum()
 """
 # the run cell of a notebook that trains nothing and reports the numbers the old outcome check read
 REPORTED_NOT_TRAINED = """
+sft_model, tokenizer = load_pretrained(profile["sft_model"])
 policy = rlhf.new_policy(sft_model)
 history = rlhf.PPOHistory(true_reward=[0.3] * 7 + [1.2] * 7, kl=[0.5] * 14)
 print("r* per rollout:", history.true_reward)
