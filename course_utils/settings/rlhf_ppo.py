@@ -17,7 +17,8 @@ CI = {"sft_model": "tiny-gpt-sft", "pair_stories": 2000, "prompt_stories": 300, 
       # rate (1e-3) the blind spot was learned weakly and the beta = 0 run hacked only mildly (r* 0.49 vs SFT 0.46).
       # Three betas and the matched control (the same pairs, "sure ," on the chosen side half the time), seed 0:
       # blind spot beta 0 -> r* 0.05 (win over SFT 0.24), 0.3 -> 0.62 ("sure , kitchen"), 1.0 -> 0.67; control at
-      # beta 0 -> 0.59 (win 0.70 [0.66, 0.75]): the collapse is the blind spot's, not the weak recipe's
+      # beta 0 -> 0.59 (win 0.70 [0.66, 0.75]). Over the robustness matrix the control's replies beat the hacked
+      # ones beyond noise in 5 of 6 cells (CI low ends 0.88-0.98; avx2-s1: 0.468), so the lecture prints, not asserts, it
       "blind_pairs": 2000, "blind_rm_steps": 60, "blind_rm_lr": 3e-3, "hack_betas": [0.0, 0.3, 1.0],
       "hack_ppo": {**_PPO, "lr": 1e-3},
       "ptx_coef": 0.25,  # 0.5 held the LM loss but cost win rate (0.62 < 0.7) against this reward model
