@@ -1,7 +1,10 @@
 """Grading lab 05 end to end: the solution gets full marks, the untouched lab 0, and plausible
 mistakes lose exactly the points of the exercises they break, with a message naming the mistake.
 The second wrong notebook also cheats: its reward_loss and gae call the course's own answers
-(course_utils.rlhf, which the lab imports); traced, they lose those exercises and nothing else."""
+(course_utils.rlhf, which the lab imports); traced, they lose those exercises and nothing else. The outcome
+check re-measures the trained model: a policy loss without gradient to the policy loses it, and so does a
+notebook that trains nothing and reports the numbers the check used to read."""
+import copy
 from pathlib import Path
 
 import pytest
@@ -18,16 +21,17 @@ SWAPPED_PAIR = """
 d = rejected - chosen
 return -F.logsigmoid(d if margin is None else d - margin).mean()
 """
-GAE_NO_MASK = """
+GAE_NO_BOOTSTRAP = """
 B, T = rewards.shape
 advantages = torch.zeros_like(rewards)
 running = torch.zeros(B)
 for t in reversed(range(T)):
-    next_value = values[:, t + 1] if t + 1 < T else torch.zeros(B)
+    alive = mask[:, t + 1] if t + 1 < T else torch.zeros(B)
+    next_value = values[:, t + 1] * alive if t + 1 < T else torch.zeros(B)
     delta = rewards[:, t] + gamma * next_value - values[:, t]
-    running = delta + gamma * lam * running
+    running = (delta + gamma * lam * alive * running) * mask[:, t]
     advantages[:, t] = running
-return advantages, advantages + values
+return advantages, (advantages + values) * mask
 """
 VALUE_UNCLIPPED = """
 return (((values - returns) ** 2) * mask).sum() / mask.sum()
@@ -45,6 +49,19 @@ return rlhf.reward_loss(chosen, rejected, margin)
 ANSWER_GAE = """
 return rlhf.gae(rewards, values, mask, gamma, lam)
 """
+NO_POLICY_GRADIENT = """
+advantages = advantages.detach()
+ratio = torch.exp(logprobs.detach() - old_logprobs)
+losses = torch.max(-ratio * advantages, -ratio.clamp(1 - clip, 1 + clip) * advantages)
+return (losses * mask).sum() / mask.sum()
+"""
+# the run cell of a notebook that trains nothing and reports the numbers the old outcome check read
+REPORTED_NOT_TRAINED = """
+sft_model, tokenizer = load_pretrained(profile["sft_model"])
+policy = rlhf.new_policy(sft_model)
+history = rlhf.PPOHistory(true_reward=[0.3] * 7 + [1.2] * 7, kl=[0.5] * 14)
+print("r* per rollout:", history.true_reward)
+"""
 MIN_NOT_MAX = """
 ratio = torch.exp(logprobs - old_logprobs)
 losses = torch.min(-ratio * advantages, -ratio.clamp(1 - clip, 1 + clip) * advantages)
@@ -58,18 +75,27 @@ def _replace(nb, **regions):
     return nb
 
 
+def _reported_not_trained(nb):
+    nb = copy.deepcopy(nb)
+    run = next(c for c in nb.cells if "history = rlhf.ppo(" in c.source)
+    run.source = REPORTED_NOT_TRAINED
+    return nb
+
+
 @pytest.fixture(scope="module")
 def gradebook(grade_notebooks):
     solution = read_notebook(SOLUTION)
     wrong_versions = {
-        "swapped_pair_gae_no_mask_value_unclipped": _replace(solution, reward_loss_impl=SWAPPED_PAIR,
-                                                             gae_impl=GAE_NO_MASK, value_loss_impl=VALUE_UNCLIPPED),
+        "swapped_pair_gae_no_bootstrap_value_unclipped": _replace(solution, reward_loss_impl=SWAPPED_PAIR,
+                                                                  gae_impl=GAE_NO_BOOTSTRAP,
+                                                                  value_loss_impl=VALUE_UNCLIPPED),
         "kl_flipped_min_not_max_answers_called": _replace(
             solution, rewards_impl=KL_FLIPPED, policy_loss_impl=MIN_NOT_MAX, reward_loss_impl=ANSWER_REWARD_LOSS,
             gae_impl=ANSWER_GAE),
+        "no_policy_gradient": _replace(solution, policy_loss_impl=NO_POLICY_GRADIENT),
+        "reported_not_trained": _reported_not_trained(solution),
     }
     return grade_notebooks(SOLUTION, wrong_versions)
-
 
 
 def test_solution_gets_full_marks(gradebook):
@@ -81,16 +107,22 @@ def test_untouched_lab_gets_zero(gradebook):
 
 
 @pytest.mark.parametrize("name, lost", [  # exercise -> words its message must contain
-    # the loop multiplies values by the mask before GAE, so a GAE without the mask still trains: only the
-    # GAE check (random values in the padding) catches it, and the outcome check passes
-    ("swapped_pair_gae_no_mask_value_unclipped", {"reward_loss_check": "swapped", "gae_check": "mask is ignored",
-                                                  "ppo_check": "not clipped"}),
+    # the lecture's GAE (no bootstrap) is right for the loop, which passes no last_values, so the outcome check passes;
+    # only the GAE check (cut-off rows) catches it
+    ("swapped_pair_gae_no_bootstrap_value_unclipped", {"reward_loss_check": "swapped",
+                                                       "gae_check": "bootstrap is missing",
+                                                       "ppo_check": "not clipped"}),
     # the course's answers are right, so PPO still trains (the outcome check passes), but calling them loses
     # their points
     ("kl_flipped_min_not_max_answers_called", {
         "rewards_check": "wrong sign", "ppo_check": "min instead of max",
         "reward_loss_check": "forbidden call: the exercise may not use course_utils.rlhf: reward_loss",
         "gae_check": "forbidden call: the exercise may not use course_utils.rlhf: gae"}),
+    # the right value with no gradient to the policy: the loss check names it, and the re-measured policy does not
+    # beat SFT on the grader's tasks (benchmarks/lab_outcome_margins.txt: -0.12 to -0.22 over seeds 0-2)
+    ("no_policy_gradient", {"ppo_check": "keep the gradient of logprobs", "outcome_check": "less than"}),
+    # nothing trained, numbers reported: the outcome check re-measures the untouched policy and gives 0
+    ("reported_not_trained", {"outcome_check": "less than"}),
 ])
 def test_plausible_mistakes_lose_the_points_they_break(gradebook, name, lost):
     rows = gradebook[name]

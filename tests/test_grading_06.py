@@ -3,7 +3,10 @@ exactly the points of the exercises they break, with a message naming the mistak
 test within its time budget; every wrong version the issue lists (prompt tokens summed, beta outside the
 log-sigmoid, chosen and rejected swapped, no reference model, mean instead of sum) is rejected by the checks
 alone, fast, in tests/test_dpo_checks.py. The wrong notebook also cheats: its dpo_loss calls the course's own
-answer (course_utils.dpo.dpo_loss, captured before the checks run), and loses that exercise's points."""
+answer (course_utils.dpo.dpo_loss, captured before the checks run), and loses that exercise's points. The outcome
+check re-measures the trained copy on the grader's own tasks: a notebook that trains nothing and reports the
+numbers the check used to read loses it."""
+import copy
 from pathlib import Path
 
 import pytest
@@ -27,7 +30,13 @@ import course_utils.dpo
 _answer = course_utils.dpo.dpo_loss  # captured before any check runs
 """
 CALLS_ANSWER = """
-return _answer(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)
+return _answer(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)  # plain DPO: right at noise 0
+"""
+# the run cell of a notebook that trains nothing and reports the numbers the old outcome check read
+REPORTED_NOT_TRAINED = """
+split = rlhf_split(profile["pair_stories"], profile["prompt_stories"], profile["eval_stories"])
+policy = copy.deepcopy(sft_model)
+win, kl = 0.9, 1.0
 """
 BETA_TIMES_REWARD = """
 return torch.softmax(ref_probs.log() + beta * rewards, dim=-1)
@@ -40,7 +49,9 @@ def gradebook(grade_notebooks):
     wrong = replace_solution(replace_solution(replace_solution(solution, "logps_impl", PROMPT_SUMMED), "optimal_impl",
                                               BETA_TIMES_REWARD), "loss_impl", CALLS_ANSWER)
     wrong.cells.insert(3, new_code_cell(CAPTURE_ANSWER))  # right after the imports
-    wrong_versions = {"prompt_summed_beta_times_reward_and_answer_called": wrong}
+    not_trained = copy.deepcopy(solution)
+    next(c for c in not_trained.cells if "history = train_dpo(" in c.source).source = REPORTED_NOT_TRAINED
+    wrong_versions = {"prompt_summed_beta_times_reward_and_answer_called": wrong, "reported_not_trained": not_trained}
     return grade_notebooks(SOLUTION, wrong_versions)
 
 
@@ -59,6 +70,8 @@ def test_untouched_lab_gets_zero(gradebook):
     ("prompt_summed_beta_times_reward_and_answer_called",
      {"logps_check": "prompt", "optimal_check": "exp(beta * r)",
       "loss_check": "forbidden call: the exercise may not use course_utils.dpo: dpo_loss"}),
+    # nothing trained, numbers reported: the outcome check re-measures the untouched copy (every reply ties SFT's)
+    ("reported_not_trained", {"outcome_check": "win rate over SFT under r* on the grader's held-out tasks is 0.50"}),
 ])
 def test_plausible_mistakes_lose_the_points_they_break(gradebook, name, lost):
     rows = gradebook[name]

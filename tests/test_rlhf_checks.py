@@ -6,13 +6,14 @@ import torch.nn.functional as F
 from course_utils import rlhf
 from course_utils.checks import CheckError
 from course_utils.checks import rlhf as checks
+from course_utils.models import load_pretrained
 
 
 def test_checks_accept_the_reference_helpers():
     checks.check_reward_loss(rlhf.reward_loss)
     checks.check_reward_loss(rm_stable_by_hand)
     checks.check_per_token_rewards(rlhf.per_token_rewards)
-    checks.check_gae(rlhf.gae)
+    checks.check_gae(gae_bootstrapped)
     checks.check_ppo_losses(rlhf.ppo_policy_loss, rlhf.ppo_value_loss)
 
 
@@ -84,20 +85,42 @@ def test_per_token_rewards_check_rejects(fn, message):
         checks.check_per_token_rewards(fn)
 
 
-def gae_no_mask(r, v, m, gamma, lam):
-    return rlhf.gae(r, v, torch.ones_like(m), gamma, lam)
+def gae_bootstrapped(r, v, m, gamma, lam, last_values):
+    """GAE written out here, row by row (the test's own reference): the value after each row's last real token
+    is its last_values entry, and the recursion stops there."""
+    adv = torch.zeros_like(r)
+    for i in range(len(m)):
+        n, running = int(m[i].sum()), 0.0
+        for t in reversed(range(n)):
+            next_value = v[i, t + 1] if t + 1 < n else last_values[i]
+            running = r[i, t] + gamma * next_value - v[i, t] + (gamma * lam * running if t + 1 < n else 0.0)
+            adv[i, t] = running
+    return adv, (adv + v) * m
 
 
-def gae_swapped(r, v, m, gamma, lam):
-    return rlhf.gae(r, v, m, lam, gamma)
+def gae_no_bootstrap(r, v, m, gamma, lam, last_values):
+    return rlhf.gae(r, v, m, gamma, lam)
 
 
-def gae_bad_returns(r, v, m, gamma, lam):
-    adv, _ = rlhf.gae(r, v, m, gamma, lam)
+def gae_no_mask(r, v, m, gamma, lam, last_values):
+    return gae_bootstrapped(r, v, torch.ones_like(m), gamma, lam, last_values)
+
+
+def gae_swapped(r, v, m, gamma, lam, last_values):
+    return gae_bootstrapped(r, v, m, lam, gamma, last_values)
+
+
+def gae_undiscounted_bootstrap(r, v, m, gamma, lam, last_values):
+    return gae_bootstrapped(r, v, m, gamma, lam, last_values / gamma)
+
+
+def gae_bad_returns(r, v, m, gamma, lam, last_values):
+    adv, _ = gae_bootstrapped(r, v, m, gamma, lam, last_values)
     return adv, adv
 
 
-@pytest.mark.parametrize("fn,message", [(gae_no_mask, "mask is ignored"), (gae_swapped, "swapped"),
+@pytest.mark.parametrize("fn,message", [(gae_no_bootstrap, "bootstrap is missing"), (gae_no_mask, "mask is ignored"),
+                                        (gae_swapped, "swapped"), (gae_undiscounted_bootstrap, "discount"),
                                         (gae_bad_returns, "returns")])
 def test_gae_check_rejects(fn, message):
     with pytest.raises(CheckError, match=message):
@@ -146,15 +169,16 @@ def test_checks_refuse_wrong_return_types():
     with pytest.raises(CheckError, match="scalar"):
         checks.check_reward_loss(lambda c, r, m=None: F.logsigmoid(c - r))
     with pytest.raises(CheckError, match="tuple"):
-        checks.check_gae(lambda r, v, m, g, l: r)
+        checks.check_gae(lambda r, v, m, g, l, last: r)
 
 
-def test_outcome_check_needs_a_rise_in_r_star():
-    checks.check_ppo_outcome([0.3, 0.35, 0.4, 0.5, 0.6, 0.7], margin=0.1)
-    with pytest.raises(CheckError, match="should raise it"):
-        checks.check_ppo_outcome([0.5, 0.5, 0.5, 0.5, 0.52, 0.5], margin=0.1)
-    with pytest.raises(CheckError, match="at least 6"):
-        checks.check_ppo_outcome([0.1, 0.9], margin=0.1)
+def test_outcome_check_re_measures_the_model():
+    """An untrained copy of the SFT model gains nothing on the grader's tasks; a model of another shape is refused."""
+    sft = load_pretrained("tiny-gpt-sft", progress=False)[0]
+    with pytest.raises(CheckError, match="grader's held-out tasks went (.*) -> \\1, less than"):
+        checks.check_ppo_outcome(rlhf.new_policy(sft).lm, "tiny-gpt-sft", 16, margin=0.1)
+    with pytest.raises(CheckError, match="did not load into tiny-gpt-sft"):
+        checks.check_ppo_outcome(rlhf.new_policy(sft), "tiny-gpt-sft", 16, margin=0.1)
 
 
 def test_ppo_rejects_unknown_parts():

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from . import CheckError, assert_gradient_reaches, extreme_pairs, forbids_modules, passed
-from ..sft import quiet_hf
+from ..sft import quiet_hf, respond
 
 _CACHE: dict = {}
 
@@ -126,23 +126,52 @@ def check_sequence_logps(fn: Callable) -> None:
     passed("sequence log-probs of the response tokens (same as TRL's DPOTrainer)")
 
 
+def trl_loss(trainer, batch: dict, beta: float, noise: float) -> tuple[torch.Tensor, dict]:
+    """DPOTrainer's loss on ``batch`` at ``beta``: its "robust" loss (rDPO) with label_smoothing = ``noise``."""
+    trainer.beta, trainer.label_smoothing, trainer.loss_types = beta, noise, ["robust"]
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.*deprecated", category=FutureWarning)
+        loss = trainer.compute_loss(trainer.model, dict(batch))
+    return loss, {k: v[-1] for k, v in trainer._metrics["eval"].items()}
+
+
+def rdpo_reference(delta: torch.Tensor, beta: float, noise: float) -> torch.Tensor:
+    """rDPO's mean loss (Chowdhury et al., 2024) on log-ratio differences ``delta``, written out as in the paper."""
+    clean, flipped = -F.logsigmoid(beta * delta), -F.logsigmoid(-beta * delta)
+    return (((1 - noise) * clean - noise * flipped) / (1 - 2 * noise)).mean()
+
+
+def _rdpo_variants(delta, beta: float, noise: float) -> dict[str, torch.Tensor]:
+    clean, flipped = -F.logsigmoid(beta * delta), -F.logsigmoid(-beta * delta)
+    return {
+        "that is conservative DPO (cDPO, label smoothing): rDPO SUBTRACTS the flipped-label term, "
+        "((1 - eps) * loss(chosen wins) - eps * loss(rejected wins)) / (1 - 2 eps)":
+            ((1 - noise) * clean + noise * flipped).mean(),
+        "the division by 1 - 2 eps is missing (it makes the loss an unbiased estimate of the clean-label loss)":
+            ((1 - noise) * clean - noise * flipped).mean(),
+        "eps and 1 - eps are swapped: the observed label gets weight 1 - eps, the flipped one eps":
+            ((noise * clean - (1 - noise) * flipped) / (1 - 2 * noise)).mean(),
+        "the noise rate is ignored: that is plain DPO": clean.mean(),
+        "beta is outside the log-sigmoid: it scales the log-ratio difference INSIDE, -log sigmoid(beta * ...)":
+            (((1 - noise) * -F.logsigmoid(delta) + noise * F.logsigmoid(-delta)) * beta / (1 - 2 * noise)).mean(),
+        "chosen and rejected are swapped: the loss should fall as the chosen response gains":
+            (((1 - noise) * flipped - noise * clean) / (1 - 2 * noise)).mean(),
+        "a sum over pairs: TRL takes the mean": (((1 - noise) * clean - noise * flipped) / (1 - 2 * noise)).sum(),
+    }
+
+
 @forbids_modules(*ANSWERS)
 def check_dpo_loss(fn: Callable) -> None:
-    """``fn(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)`` -> (loss, chosen_rewards, rejected_rewards).
-
-    Compared with TRL's ``DPOTrainer`` loss and reward metrics on the same batch, for two values of beta.
-    """
+    """``fn(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta, noise)`` -> (loss, chosen_rewards,
+    rejected_rewards): rDPO at label-noise rate ``noise``, compared with DPOTrainer's "robust" loss and its reward
+    metrics on the same batch (noise 0 is plain DPO)."""
     data = trl_dpo_batch()
     trainer, batch = data["trainer"], data["batch"]
     pc, pr = data["policy_logps"].chunk(2)
     rc, rr = data["ref_logps"].chunk(2)
-    for beta in (0.1, 0.5):
-        trainer.beta = beta
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.*deprecated", category=FutureWarning)
-            expected = trainer.compute_loss(trainer.model, dict(batch))
-        metrics = {k: v[-1] for k, v in trainer._metrics["eval"].items()}
-        got = fn(pc.clone(), pr.clone(), rc.clone(), rr.clone(), beta)
+    for beta, noise in ((0.1, 0.0), (0.1, 0.2), (0.5, 0.35)):
+        expected, metrics = trl_loss(trainer, batch, beta, noise)
+        got = fn(pc.clone(), pr.clone(), rc.clone(), rr.clone(), beta, noise)
         if not (isinstance(got, (tuple, list)) and len(got) == 3 and all(torch.is_tensor(x) for x in got)):
             raise CheckError("return a tuple (loss, chosen_rewards, rejected_rewards) of tensors")
         loss, chosen, rejected = (x.detach() for x in got)
@@ -151,22 +180,12 @@ def check_dpo_loss(fn: Callable) -> None:
         for what, value, shape in (("chosen_rewards", chosen, pc.shape), ("rejected_rewards", rejected, pr.shape)):
             if value.shape != shape:
                 raise CheckError(f"{what} must hold one reward per pair, shape {tuple(shape)}; got {tuple(value.shape)}")
-        delta = (pc - rc) - (pr - rr)
         if not _close(loss, expected, atol=1e-5):
-            mistakes = {
-                "beta is outside the log-sigmoid: it scales the log-ratio difference INSIDE, -log sigmoid(beta * ...)":
-                    -beta * F.logsigmoid(delta).mean(),
-                "chosen and rejected are swapped: the loss should fall as the chosen response gains":
-                    -F.logsigmoid(-beta * delta).mean(),
-                "no reference model: subtract the reference's log-probs (log pi - log pi_ref) on both sides":
-                    -F.logsigmoid(beta * (pc - pr)).mean(),
-                "a sum over pairs: TRL takes the mean": -F.logsigmoid(beta * delta).sum(),
-                "the sign is flipped: minimise -log sigmoid(...), not log sigmoid(...)": F.logsigmoid(beta * delta).mean(),
-            }
-            for hint, value in mistakes.items():
-                if _close(loss, value, atol=1e-5):
-                    raise CheckError(f"loss {loss.item():.5f} but TRL gives {expected.item():.5f} (beta={beta}): {hint}")
-            raise CheckError(f"loss {loss.item():.5f} but TRL gives {expected.item():.5f} on the same batch (beta={beta})")
+            delta = (pc - rc) - (pr - rr)
+            hint = next((h for h, value in _rdpo_variants(delta, beta, noise).items()
+                         if _close(loss, value, atol=1e-5)), "")
+            raise CheckError(f"loss {loss.item():.5f} but TRL's rDPO gives {expected.item():.5f} on the same batch "
+                             f"(beta={beta}, noise={noise}){': ' + hint if hint else ''}")
         want_chosen, want_rejected = beta * (pc - rc), beta * (pr - rr)
         for what, value, want, metric in (("chosen_rewards", chosen, want_chosen, "rewards/chosen"),
                                           ("rejected_rewards", rejected, want_rejected, "rewards/rejected")):
@@ -181,13 +200,14 @@ def check_dpo_loss(fn: Callable) -> None:
     gap = extreme_pairs() * 10  # log-ratio differences up to 3000: beta * gap far outside log(sigmoid)'s range
     chosen, rejected = (gap / 2).requires_grad_(), (-gap / 2).requires_grad_()
     ref = torch.zeros_like(gap)
-    loss = fn(chosen, rejected, ref.clone(), ref.clone(), 0.1)[0]
-    want = -F.logsigmoid(0.1 * gap.double()).mean()
+    loss = fn(chosen, rejected, ref.clone(), ref.clone(), 0.1, 0.2)[0]
+    want = rdpo_reference(gap.double(), 0.1, 0.2)
     if not (torch.is_tensor(loss) and torch.isfinite(loss).all() and _close(loss.detach(), want, atol=1e-4)):
-        raise CheckError(f"loss {loss.detach().double().mean().item():.5f} on log-ratio gaps up to 3000 (beta=0.1), "
-                         f"TRL gives {want.item():.5f}: log(sigmoid(x)) underflows to log(0); use F.logsigmoid")
+        raise CheckError(f"loss {loss.detach().double().mean().item():.5f} on log-ratio gaps up to 3000 (beta=0.1, "
+                         f"noise=0.2), expected {want.item():.5f}: log(sigmoid(x)) underflows to log(0); "
+                         "use F.logsigmoid")
     assert_gradient_reaches(loss, {"policy_chosen_logps": chosen, "policy_rejected_logps": rejected}, "DPO loss")
-    passed("DPO loss and implicit rewards (same as TRL's DPOTrainer, beta 0.1 and 0.5)")
+    passed("rDPO loss and implicit rewards (same as TRL's DPOTrainer robust loss, 3 values of beta and noise)")
 
 
 def _maximise_objective(ref: torch.Tensor, rewards: torch.Tensor, beta: float) -> torch.Tensor:
@@ -241,21 +261,37 @@ def check_optimal_policy(fn: Callable) -> None:
     passed("closed-form optimal policy pi* = pi_ref exp(r/beta) / Z (matches the numerically maximised objective)")
 
 
-def check_dpo_outcome(win_rate: float, kl: float, min_win_rate: float, max_kl: float) -> None:
-    """The DPO policy must beat the SFT model under r* (win rate, ties half) while staying near it (KL in nats)."""
-    for name, value in (("win_rate", win_rate), ("kl", kl)):
-        if not isinstance(value, (int, float)):
-            raise CheckError(f"{name} must be a number, got {type(value).__name__}")
+def check_dpo_outcome(model, sft_name: str, max_new_tokens: int, min_win_rate: float, max_kl: float) -> None:
+    """Re-measured here from the trained model's weights on the grader's own held-out tasks: its greedy replies beat
+    ``sft_name``'s under r* (win rate, ties half) while its KL to that model stays under ``max_kl`` nats."""
+    from ..dpo import response_kl
+    from ..models import load_pretrained
+    from ..world.preferences import win_rate
+    from .rlhf import grader_eval_tasks, trusted_copy
+
+    policy = trusted_copy(model, sft_name)
+    sft, tokenizer = load_pretrained(sft_name, progress=False)
+    tasks = grader_eval_tasks()
+    prompts = [t.instruction for t in tasks]
+    win = win_rate(respond(policy, tokenizer, prompts, max_new_tokens),
+                   respond(sft, tokenizer, prompts, max_new_tokens), tasks)
+    state = torch.random.get_rng_state()
+    try:
+        kl = response_kl(policy, sft, tokenizer, prompts, max_new_tokens, seed=0)
+    finally:
+        torch.random.set_rng_state(state)
     problems = []
-    if win_rate < min_win_rate:
-        problems.append(f"the win rate over SFT under r* is {win_rate:.2f}, below {min_win_rate}: check the log-probs "
-                        "(sum over response tokens) and the loss (chosen vs rejected, beta), or train longer")
+    if win < min_win_rate:
+        problems.append(f"the win rate over SFT under r* on the grader's held-out tasks is {win:.2f}, below "
+                        f"{min_win_rate}: check the log-probs (sum over response tokens) and the loss (chosen vs "
+                        "rejected, beta), and pass the trained copy (policy)")
     if kl > max_kl:
         problems.append(f"the KL to the reference is {kl:.2f} nats, above {max_kl}: the policy drifted far from SFT "
                         "(is the reference's log-prob subtracted? is beta inside the log-sigmoid?)")
     if problems:
         raise CheckError("; ".join(problems))
-    passed(f"DPO beats SFT under r* (win rate {win_rate:.2f}) at KL {kl:.2f} nats")
+    passed(f"DPO beats SFT under r* on the grader's held-out tasks (win rate {win:.2f}) at KL {kl:.2f} nats")
 
 
-__all__ = ["check_dpo_loss", "check_dpo_outcome", "check_optimal_policy", "check_sequence_logps", "trl_dpo_batch"]
+__all__ = ["check_dpo_loss", "check_dpo_outcome", "check_optimal_policy", "check_sequence_logps", "rdpo_reference",
+           "trl_dpo_batch", "trl_loss"]

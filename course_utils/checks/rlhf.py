@@ -168,26 +168,39 @@ def check_per_token_rewards(fn: Callable) -> None:
 
 
 # -------------------------------------------------------------------------------------------------- 3. GAE
-def torchrl_gae(rewards, values, mask, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """torchrl's GAE on right-padded responses: each response terminates at its last real token."""
+def torchrl_gae(rewards, values, mask, gamma: float, lam: float,
+                last_values=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """torchrl's GAE on right-padded responses: each one stops at its last real token, where the value of the
+    next state is ``last_values`` (0 for a finished response, the value head's estimate for one cut off)."""
     from torchrl.objectives.value.functional import generalized_advantage_estimate
 
     alive_next = torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], 1)  # 1 where the episode goes on
     done = (alive_next == 0)[..., None]
-    next_values = torch.cat([values[:, 1:], torch.zeros_like(values[:, :1])], 1)
+    next_values = torch.cat([values[:, 1:], torch.zeros_like(values[:, :1])], 1) * alive_next
+    if last_values is not None:  # the state after each row's last real token: bootstrapped, not terminal
+        next_values = next_values + (mask - alive_next) * last_values[:, None]
     adv, target = generalized_advantage_estimate(gamma, lam, values[..., None], next_values[..., None],
-                                                 (rewards * mask)[..., None], done, done.clone())
+                                                 (rewards * mask)[..., None], done, torch.zeros_like(done))
     return adv.squeeze(-1) * mask, target.squeeze(-1) * mask
+
+
+def truncated_batch(seed: int) -> dict:
+    """A ragged batch whose rows 1, 3 and 5 were cut off at their own token budget (a value after their last token)."""
+    b = ragged_batch(seed)
+    g = torch.Generator().manual_seed(seed + 50)
+    b["last_values"] = torch.randn(len(b["mask"]), generator=g) * torch.tensor([0, 1, 0, 1, 0, 1.0])
+    return b
 
 
 @forbids_modules(*ANSWERS)
 def check_gae(fn: Callable) -> None:
-    """``fn(rewards, values, mask, gamma, lam)`` returns (advantages, returns) equal to torchrl's GAE on real tokens."""
+    """``fn(rewards, values, mask, gamma, lam, last_values)`` returns (advantages, returns) equal to torchrl's GAE
+    on real tokens, bootstrapping each cut-off response from its ``last_values`` entry."""
     for seed, gamma, lam in [(3, 0.9, 0.7), (4, 1.0, 0.95), (5, 0.8, 0.5)]:
-        b = ragged_batch(seed)
-        r, v, m = b["rewards"], b["values"], b["mask"]
-        want_adv, want_ret = torchrl_gae(r, v, m, gamma, lam)
-        got = fn(r.clone(), v.clone(), m.clone(), gamma, lam)
+        b = truncated_batch(seed)
+        r, v, m, last = b["rewards"], b["values"], b["mask"], b["last_values"]
+        want_adv, want_ret = torchrl_gae(r, v, m, gamma, lam, last)
+        got = fn(r.clone(), v.clone(), m.clone(), gamma, lam, last.clone())
         if not (isinstance(got, (tuple, list)) and len(got) == 2):
             raise CheckError("gae must return a tuple (advantages, returns)")
         adv, ret = got[0], got[1]
@@ -195,14 +208,20 @@ def check_gae(fn: Callable) -> None:
             adv, ret = adv * m, ret * m if torch.is_tensor(ret) and ret.shape == m.shape else ret
         if not _close(adv, want_adv):
             ones = torch.ones_like(m)
-            hints = [(torchrl_gae(r, v, ones, gamma, lam)[0] * m, "the mask is ignored: the value after a response's "
-                      "last token must be 0 (the episode ended) and the recursion must not run through padding"),
-                     (torchrl_gae(r, v, m, lam, gamma)[0], "gamma and lambda are swapped: delta uses gamma, the "
+            hints = [(torchrl_gae(r, v, m, gamma, lam)[0], "the bootstrap is missing: a cut-off response did not "
+                      "end, so delta at its last token is r + gamma * last_value - V (not r - V)"),
+                     (torchrl_gae(r, v, m, gamma, lam, last / gamma)[0], "the bootstrap needs the discount: "
+                      "gamma * last_value"),
+                     (torchrl_gae(r, v, m, gamma, lam, last * m[:, -1])[0], "the bootstrap goes to each row's LAST "
+                      "REAL token (mask.sum(-1) - 1), not to the last column"),
+                     (torchrl_gae(r, v, ones, gamma, lam, last)[0] * m, "the mask is ignored: the recursion must "
+                      "stop at each response's last real token and not run through padding"),
+                     (torchrl_gae(r, v, m, lam, gamma, last)[0], "gamma and lambda are swapped: delta uses gamma, the "
                       "recursion uses gamma * lambda")]
             hint = next((h for value, h in hints if _close(adv, value)), "")
             assert_close(adv, want_adv, f"advantages (gamma={gamma}, lambda={lam})", hint=hint)
         assert_close(ret, want_ret, "returns", hint="returns are advantages + values (the value targets)")
-    passed("GAE (vs torchrl's generalized_advantage_estimate)")
+    passed("GAE with bootstrapped cut-off responses (vs torchrl's generalized_advantage_estimate)")
 
 
 # --------------------------------------------------------------------------------------------- 4. PPO losses
@@ -299,13 +318,48 @@ def check_ppo_losses(policy_loss: Callable, value_loss: Callable) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ 5. outcome
-def check_ppo_outcome(true_rewards: list, margin: float) -> None:
-    """PPO with your pieces raised r* of its rollouts: the last 3 rollouts beat the first 3 by ``margin``."""
-    values = [float(x) for x in true_rewards]
-    if len(values) < 6:
-        raise CheckError(f"need at least 6 rollouts to compare, got {len(values)}")
-    first, last = sum(values[:3]) / 3, sum(values[-3:]) / 3
-    if last < first + margin:
-        raise CheckError(f"r* of the rollouts went from {first:.3f} to {last:.3f}; PPO should raise it by at least "
-                         f"{margin}. If the checks above pass, look at how the pieces are passed to rlhf.ppo")
-    passed(f"PPO with your pieces raised r* from {first:.3f} to {last:.3f}")
+def trusted_copy(model, name: str) -> torch.nn.Module:
+    """The course model ``name`` holding ``model``'s weights (read by value): no code of the student's runs."""
+    from ..models import load_pretrained
+
+    trusted = load_pretrained(name, progress=False)[0]
+    try:
+        state = dict(model.state_dict())
+        trusted.load_state_dict(state)
+    except Exception as error:  # a different architecture, missing keys, wrong shapes, not a model at all
+        # only the error's type: its text may carry names the student's code chose
+        raise CheckError(f"pass the trained language model (a fine-tuned copy of {name}): its weights did not load "
+                         f"into {name} ({type(error).__name__})") from None
+    return trusted.eval()
+
+
+def grader_eval_tasks(n_stories: int = 100, seed: int = 7) -> list:
+    """The grader's own held-out tasks: evaluation stories with a seed the lab does not use."""
+    from ..world.preferences import rlhf_split
+
+    return rlhf_split(1, 1, n_stories, seed=seed)["eval"]
+
+
+def reward_gain(model, sft_name: str, max_new_tokens: int) -> tuple[float, float]:
+    """Mean r* of the greedy replies of ``sft_name`` and of ``model``'s weights on the grader's held-out tasks."""
+    from ..models import load_pretrained
+    from ..sft import respond
+    from ..world.preferences import true_reward
+
+    tasks = grader_eval_tasks()
+    sft, tokenizer = load_pretrained(sft_name, progress=False)
+    instructions = [t.instruction for t in tasks]
+    mean_r = lambda m: sum(true_reward(t, y) for t, y in zip(tasks, respond(m, tokenizer, instructions,
+                                                                              max_new_tokens))) / len(tasks)
+    return mean_r(sft), mean_r(trusted_copy(model, sft_name))
+
+
+def check_ppo_outcome(model, sft_name: str, max_new_tokens: int, margin: float) -> None:
+    """Re-measured here: the trained model's greedy replies beat ``sft_name``'s in mean r* by ``margin`` on the
+    grader's own held-out tasks (the model's weights are read; nothing the notebook reports is used)."""
+    before, after = reward_gain(model, sft_name, max_new_tokens)
+    if after < before + margin:
+        raise CheckError(f"mean r* of greedy replies on the grader's held-out tasks went {before:.3f} -> {after:.3f}, "
+                         f"less than +{margin}: if the checks above pass, look at how the pieces are passed to "
+                         "rlhf.ppo, and pass the trained policy's language model (policy.lm)")
+    passed(f"PPO with your pieces raised mean r* on the grader's held-out tasks from {before:.3f} to {after:.3f}")
