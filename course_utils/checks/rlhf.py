@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from . import CheckError, assert_close, assert_gradient_reaches, extreme_pairs, forbids_modules, passed
+from . import CheckError, assert_close, assert_gradient_reaches, drawn_seed, extreme_pairs, forbids_modules, passed
 
 # The course's own answers live in course_utils.rlhf (lecture 05 uses them: reward_loss, per_token_rewards, gae,
 # ppo_policy_loss, ppo_value_loss), the oracles are TRL and torchrl, and this module holds written-out references
@@ -340,13 +340,13 @@ def grader_eval_tasks(n_stories: int = 100, seed: int = 7) -> list:
     return rlhf_split(1, 1, n_stories, seed=seed)["eval"]
 
 
-def reward_gain(model, sft_name: str, max_new_tokens: int) -> tuple[float, float]:
+def reward_gain(model, sft_name: str, max_new_tokens: int, seed: int = 7) -> tuple[float, float]:
     """Mean r* of the greedy replies of ``sft_name`` and of ``model``'s weights on the grader's held-out tasks."""
     from ..models import load_pretrained
     from ..sft import respond
     from ..world.preferences import true_reward
 
-    tasks = grader_eval_tasks()
+    tasks = grader_eval_tasks(seed=seed)
     sft, tokenizer = load_pretrained(sft_name, progress=False)
     instructions = [t.instruction for t in tasks]
     mean_r = lambda m: sum(true_reward(t, y) for t, y in zip(tasks, respond(m, tokenizer, instructions,
@@ -354,10 +354,12 @@ def reward_gain(model, sft_name: str, max_new_tokens: int) -> tuple[float, float
     return mean_r(sft), mean_r(trusted_copy(model, sft_name))
 
 
-def check_ppo_outcome(model, sft_name: str, max_new_tokens: int, margin: float) -> None:
+@drawn_seed
+def check_ppo_outcome(model, sft_name: str, max_new_tokens: int, margin: float, seed: int = 7) -> None:
     """Re-measured here: the trained model's greedy replies beat ``sft_name``'s in mean r* by ``margin`` on the
-    grader's own held-out tasks (the model's weights are read; nothing the notebook reports is used)."""
-    before, after = reward_gain(model, sft_name, max_new_tokens)
+    grader's own held-out tasks, drawn by ``seed`` (the model's weights are read; nothing the notebook reports is
+    used). In grading, the seed is shifted by a number the grader draws, so the tasks are in no readable file."""
+    before, after = reward_gain(model, sft_name, max_new_tokens, seed)
     if after < before + margin:
         raise CheckError(f"mean r* of greedy replies on the grader's held-out tasks went {before:.3f} -> {after:.3f}, "
                          f"less than +{margin}: if the checks above pass, look at how the pieces are passed to "
