@@ -72,9 +72,13 @@ def test_untouched_lab_gets_zero(gradebook):
     assert total(rows) == (0, TOTAL)
 
 
+NEAR_THE_BAR = {"end_masked_checks_patched": {"outcome_check"}}
+
+
 @pytest.mark.parametrize("name, lost", [  # exercise -> words its message must contain
-    # masking <|end|> is caught by the labels check even with the checks replaced in the kernel; measured: the short
-    # SFT run still answers well enough for the outcome check
+    # masking <|end|> is caught by the labels check even with the checks replaced in the kernel; the model then never
+    # learns to stop, and its seen accuracy measured by the outcome check sits near the bar (0.19 on one of the
+    # grader's draws, at or above 0.25 on others), so the outcome may be lost too (NEAR_THE_BAR)
     ("end_masked_checks_patched", {"encode_check": "<|end|>"}),
     # swapped labels, a mean of per-sequence means, and the course's own encode_chat called: each loses its exercise,
     # the SFT run passes
@@ -86,4 +90,4 @@ def test_untouched_lab_gets_zero(gradebook):
 ])
 def test_plausible_mistakes_lose_the_points_they_break(gradebook, name, lost):
     rows = gradebook[name]
-    assert_lost_exactly(rows, lost)
+    assert_lost_exactly(rows, lost, may_also_lose=frozenset(NEAR_THE_BAR.get(name, ())))
