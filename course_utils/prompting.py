@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .world.reasoning import DELIMITER, TEMPLATES, TRIGGER, Problem, fill
+from .world.reasoning import DELIMITER, GAIN, LOSE, NUMBER_WORDS, TEMPLATES, TRIGGER, Problem, fill
 
 
 def _check_model_inputs(prompts, labels) -> None:
@@ -132,6 +132,42 @@ def cot_prompt(problem: Problem, style: str, demos: Sequence[Problem] = ()) -> s
 def read_answer(prompt: str, continuation: str) -> str | None:
     """The answer of a generated continuation, read with ``extract_answer`` from the query's line onwards."""
     return extract_answer(prompt.split(DELIMITER)[-1] + " " + continuation)
+
+
+CHAIN_ERRORS = ("another day's event", "a misread event", "a wrong carried count", "wrong arithmetic",
+                "wrong length or answer")
+
+
+def _event(clause: str) -> tuple[str | None, int | None]:
+    """The (op, amount) an event clause means: 'he finds two' -> ('plus', 2); unknown words give None."""
+    words = clause.split()
+    if len(words) != 3:
+        return None, None
+    op = "plus" if words[1] in GAIN else "minus" if words[1] in LOSE else None
+    return op, NUMBER_WORDS.index(words[2]) if words[2] in NUMBER_WORDS else None
+
+
+def chain_error(problem: Problem, chain: str) -> str | None:
+    """The first mistake of a generated chain ('day one he gets two , three plus two is five . ...'), or None.
+
+    Each written step is compared with the problem's: the event it restates (by meaning: 'gets' and 'finds' both
+    add), the count it starts from and the sum it writes; then the number of steps and the final answer."""
+    steps = [s.split() for s in chain.split(" . ") if s.split()[:1] == ["day"]]
+    number = {w: i for i, w in enumerate(NUMBER_WORDS)}.get
+    for i, (words, (op, amount), before, after) in enumerate(zip(steps, problem.steps, problem.totals,
+                                                                 problem.totals[1:])):
+        clause, _, sums = " ".join(words[2:]).partition(" , ")
+        if _event(clause) != (op, amount):
+            others = problem.steps[:i] + problem.steps[i + 1:]
+            return CHAIN_ERRORS[0] if _event(clause) in others else CHAIN_ERRORS[1]
+        got = sums.split()  # 'three plus two is five'
+        if len(got) != 5 or number(got[0]) != before:
+            return CHAIN_ERRORS[2]
+        if (got[1], number(got[2])) != (op, amount) or number(got[4]) != after:
+            return CHAIN_ERRORS[3]
+    if len(steps) != len(problem.steps) or extract_answer(chain) != problem.answer:
+        return CHAIN_ERRORS[4]
+    return None
 
 
 def vote(answers: Sequence[str | None]) -> str | None:

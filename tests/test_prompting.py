@@ -154,3 +154,29 @@ def test_evolve_keeps_the_best_and_improves():
     assert history[-1] == (target, 1.0)
     with pytest.raises(ValueError, match="non-empty"):
         P.evolve([], score, [], mutate, 3)
+
+
+def test_chain_error_names_the_first_mistake_of_a_chain():
+    p = next(q for q in R.make_problems(50, 3, "eval", seed=4) if len({s for s in q.steps}) == 3)
+    chain = p.cot().split(p.question)[1]
+    assert P.chain_error(p, chain) is None
+    steps = chain.strip().split(" . ")
+    n = R.NUMBER_WORDS
+
+    def with_step(i, text):
+        return " ".join(" . ".join(steps[:i] + [text] + steps[i + 1:]).split())
+
+    day2 = steps[1].split(" , ")[0]  # 'day two he gives three'
+    other = day2.rsplit(" ", 3)[0] + " " + p.days[2]  # day two restating day three's event
+    assert P.chain_error(p, with_step(1, other + " , " + steps[1].split(" , ")[1])) == "another day's event"
+    op, amount = p.steps[1]
+    misread = f"{p.days[1].split()[0]} {R.GAIN[0] if op == 'minus' else R.LOSE[0]} {n[amount]}"  # the wrong direction
+    if (("plus" if op == "minus" else "minus"), amount) not in p.steps:
+        assert P.chain_error(p, with_step(1, day2.rsplit(" ", 3)[0] + " " + misread + " , x")) == "a misread event"
+    before, after = p.totals[1], p.totals[2]
+    sums = f"{n[before]} {op} {n[amount]} is {n[(after + 1) % 10]}"
+    assert P.chain_error(p, with_step(1, f"{day2} , {sums}")) == "wrong arithmetic"
+    carried = f"{n[(before + 1) % 10]} {op} {n[amount]} is {n[after]}"
+    assert P.chain_error(p, with_step(1, f"{day2} , {carried}")) == "a wrong carried count"
+    assert P.chain_error(p, " . ".join(steps[:2]) + f" . answer : {p.answer} .") == "wrong length or answer"
+    assert P.chain_error(p, chain.replace(f"answer : {p.answer}", "answer : ten")) == "wrong length or answer"

@@ -22,16 +22,35 @@ def test_examples_are_balanced_deterministic_and_in_their_split():
 
 
 def test_problem_steps_and_chain_are_right():
-    for p in R.make_problems(50, (1, 2, 3, 4)):
-        assert len(p.steps) == len(p.totals) - 1 and all(0 <= t <= 9 for t in p.totals)
+    amounts = set()
+    for p in R.make_problems(200, (1, 2, 3, 4)):
+        assert len(p.steps) == len(p.days) == len(p.totals) - 1 and all(0 <= t <= 9 for t in p.totals)
         total = p.totals[0]
-        for (op, amount), after in zip(p.steps, p.totals[1:]):
+        for i, ((op, amount), after) in enumerate(zip(p.steps, p.totals[1:]), start=1):
             total = total + amount if op == "plus" else total - amount
-            assert total == after
+            assert total == after and f"on day {R.NUMBER_WORDS[i]} {p.days[i - 1]} ." in p.text
+            amounts.add(amount)
         assert p.direct().endswith(f"answer : {p.answer} .")
         chain = p.chain()
-        assert chain.count(" : ") == len(p.steps) and chain.endswith(f": {p.answer} {p.unit(p.totals[-1])} .")
+        assert chain.count(" is ") == len(p.steps) and chain.endswith(f"is {p.answer} .")
         assert p.cot(trigger=True).split(R.TRIGGER)[1].strip().startswith(chain)
+    assert amounts == set(R.AMOUNTS)  # no one-operation shortcut: a day adds or takes away one to three
+
+
+def test_one_day_sub_problems_chain_to_the_answer():
+    for p in R.make_problems(40, (2, 3, 4), "eval", seed=2):
+        count = p.totals[0]
+        for day in range(1, len(p.steps) + 1):
+            sub = p.one_day(day, count)
+            assert sub.question.endswith("after one day ?") and sub.text.count(" . ") == 1
+            count = R.NUMBER_WORDS.index(sub.answer)
+        assert R.NUMBER_WORDS[count] == p.answer
+    p = R.make_problems(1, 2, "eval", seed=2)[0]
+    with pytest.raises(ValueError, match="day must be"):
+        p.one_day(3, 0)
+    off = p.one_day(1, 0 if p.steps[0][0] == "minus" else 9)  # a wrong earlier count can leave the range
+    with pytest.raises(ValueError, match="no answer"):
+        off.answer
 
 
 def _training_text() -> str:

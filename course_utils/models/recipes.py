@@ -39,11 +39,11 @@ RECIPES = {
     },
     "tiny-gpt-reasoner": {  # module 08: few-shot episodes and word problems (world/reasoning.py)
         "world": ["reasoning"],
-        "data": {"n": 12000, "seed": 0, "mixture": MIXTURE, "version": REASONING_VERSION},  # training split only
+        "data": {"n": 48000, "seed": 0, "mixture": MIXTURE, "version": REASONING_VERSION},  # training split only
         "vocab_size": 700,  # every world word one token
         "config": {"n_layer": 2, "n_head": 4, "n_embd": 64, "block_size": 192},
         "copy": {"n": 4000, "steps": 600, "lr": 3e-3},  # first grow induction heads on copy lists
-        "train": {"steps": 3500, "batch_size": 32, "lr": 3e-3, "seed": 0},  # CoT and ICL appear after ~1500-3000
+        "train": {"steps": 12000, "batch_size": 32, "lr": 3e-3, "seed": 0},  # at 3500 steps seed 1 learnt no ICL
     },
 }
 # The SFT model of modules 05-06. Its demonstrations are right but often wordy (as people write them), so its

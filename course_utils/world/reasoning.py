@@ -4,7 +4,8 @@ A tiny GPT pretrained on this mixture does in-context learning and benefits from
 - **classification episodes**: k demonstrations and a query of one task (the feeling of a story sentence,
   or its topic), written with one prompt template; the label words change from episode to episode
   (bursty data with varying label mappings), so the model must read the demonstrations to answer;
-- **word problems** from the story world ("mia has three cups . she gets two more . ..."), written with
+- **word problems** from the story world ("mia has three cups . on day one she gets two . on day two she loses
+  one ."), written with
   the answer alone, with the intermediate steps, or with a "let's think step by step" trigger first;
   every episode keeps one format, so demonstrations decide the format of the answer;
 - **rules**: an instruction naming the label words ("rule : happy is X , sad is Y .") before or after the
@@ -24,7 +25,7 @@ from .corpus import (ANIMALS, COLORS, NAMES, NEGATIVE, NUMBERS, OBJECTS, PLACES,
                      _give, plural, sentence_split)
 
 SPLITS = ("train", "eval")
-REASONING_VERSION = 4  # 4: ten sentiment sentence patterns, copy lists in the mixture; bumped whenever the generated text changes (then run `course models build`)
+REASONING_VERSION = 5  # 5: each day of a word problem adds or takes 1-3 (no one-operation shortcut); 4: ten sentiment patterns; bumped whenever the generated text changes (then run `course models build`)
 NUMBER_WORDS = ["zero", *NUMBERS]
 DELIMITER = "\n"
 # Prompt templates: {x} the input, {y} the label words. "cloze" templates put text after the label.
@@ -52,7 +53,6 @@ VERBALIZERS = {  # sentiment verbalisers the lecture compares (negative word, po
 GAIN = ("gets", "finds")
 LOSE = ("gives", "loses")
 TRIGGER = "let 's think step by step ."
-MAX_AMOUNT = 1
 
 
 def _check_split(split: str) -> None:
@@ -180,22 +180,26 @@ def classification_episode(rng: random.Random, split: str = "train") -> str:
 
 @dataclass(frozen=True)
 class Problem:
-    """A multi-step word problem: its text, the steps (op, amount) and every intermediate total."""
+    """A multi-step word problem: its text, the steps (op, amount), every intermediate total and each day's clause."""
 
     text: str
     question: str
     totals: tuple[int, ...]
     steps: tuple[tuple[str, int], ...]
+    days: tuple[str, ...]  # each day's event without its day: 'she loses two'
 
     @property
     def answer(self) -> str:
         """The final count as a number word."""
+        if not 0 <= self.totals[-1] <= 9:
+            raise ValueError(f"this problem's count ends at {self.totals[-1]}, outside zero..nine: it has no answer")
         return NUMBER_WORDS[self.totals[-1]]
 
     def chain(self) -> str:
-        """The intermediate steps, one small update each: 'day one : four cups . day two : five cups .'."""
-        return " ".join(f"day {NUMBER_WORDS[i]} : {NUMBER_WORDS[t]} {self.unit(t)} ."
-                        for i, t in enumerate(self.totals[1:], start=1))
+        """The intermediate steps, one small update each: 'day one she gets two , three plus two is five .'."""
+        return " ".join(f"day {NUMBER_WORDS[i]} {day} , {NUMBER_WORDS[before]} {op} {NUMBER_WORDS[amount]} is "
+                        f"{NUMBER_WORDS[after]} ." for i, (day, (op, amount), before, after)
+                        in enumerate(zip(self.days, self.steps, self.totals, self.totals[1:]), start=1))
 
     def unit(self, n: int) -> str:
         """The counted object in singular or plural: 'cup' or 'cups'."""
@@ -210,17 +214,35 @@ class Problem:
         """The problem answered with its intermediate steps (after the step-by-step trigger if ``trigger``)."""
         return " ".join([self.text, self.question] + [TRIGGER] * trigger + [self.chain(), f"answer : {self.answer} ."])
 
+    def one_day(self, day: int, count: int) -> "Problem":
+        """Day ``day`` (1-based) alone as a one-day problem starting from ``count``: a decomposition's sub-problem."""
+        if not 1 <= day <= len(self.days) or not 0 <= count <= 9:
+            raise ValueError(f"day must be 1..{len(self.days)} and count 0..9, got day={day}, count={count}")
+        (op, amount), name = self.steps[day - 1], self.text.split()[0]
+        after = count + amount if op == "plus" else count - amount  # may leave zero..nine after a wrong count
+        return Problem(f"{name} has {NUMBER_WORDS[count]} {self.unit(count)} . on day one {self.days[day - 1]} .",
+                       f"how many {self.unit(2)} does {name} have after one day ?", (count, after),
+                       (self.steps[day - 1],), (self.days[day - 1],))
+
+
+AMOUNTS = (1, 2, 3)  # what one day adds or takes away
+
 
 def _make_problem(rng: random.Random, steps: int) -> Problem:
     name, obj = rng.choice(NAMES), rng.choice(OBJECTS)
-    gain = rng.random() < 0.5
-    start = rng.randint(0, 9 - steps) if gain else rng.randint(steps, 9)
-    totals = tuple(start + i if gain else start - i for i in range(steps + 1))
     pronoun = "she" if name in ("mia", "ana", "zoe", "ivy", "eva") else "he"
-    verb = rng.choice(GAIN if gain else LOSE)
-    text = f"{name} has {NUMBER_WORDS[start]} {obj if start == 1 else plural(obj)} . each day {pronoun} {verb} one ."
+    totals, ops, days = [rng.randint(0, 9)], [], []
+    for _ in range(steps):  # each day gains or loses 1-3, the count staying within zero..nine
+        op, amount = rng.choice([(o, a) for o in ("plus", "minus") for a in AMOUNTS
+                                 if 0 <= totals[-1] + (a if o == "plus" else -a) <= 9])
+        totals.append(totals[-1] + (amount if op == "plus" else -amount))
+        ops.append((op, amount))
+        days.append(f"{pronoun} {rng.choice(GAIN if op == 'plus' else LOSE)} {NUMBER_WORDS[amount]}")
+    start = totals[0]
+    text = " ".join([f"{name} has {NUMBER_WORDS[start]} {obj if start == 1 else plural(obj)} ."]
+                    + [f"on day {NUMBER_WORDS[i]} {day} ." for i, day in enumerate(days, start=1)])
     question = f"how many {plural(obj)} does {name} have after {NUMBER_WORDS[steps]} {'day' if steps == 1 else 'days'} ?"
-    return Problem(text, question, totals, (("plus" if gain else "minus", 1),) * steps)
+    return Problem(text, question, tuple(totals), tuple(ops), tuple(days))
 
 
 def make_problems(n: int, steps: int | tuple[int, ...] = (1, 2, 3, 4), split: str = "train", seed: int = 0) -> list[Problem]:
