@@ -13,7 +13,8 @@ from collections.abc import Callable
 
 import torch
 
-from . import CheckError, assert_gradient_reaches, drawn_seed, fenced, forbids_modules, passed
+from . import (CheckError, assert_gradient_reaches, drawn_seed, fenced, forbids_modules, passed,
+               trained_copy)
 from ..sft import IGNORE_INDEX, collate, quiet_hf
 from ..world.corpus import make_split_stories
 from ..world.instructions import Task, score
@@ -208,27 +209,6 @@ def _check_sft_loss_extremes(fn, logits: torch.Tensor, labels: torch.Tensor) -> 
     passed("response-only SFT loss (same as TRL's)")
 
 
-def tuned_copy(model, base_model: str):
-    """(the base model with the student's trained weights loaded, the base model, its tokenizer), all the grader's.
-
-    Only the weights cross from the student's ``model`` (``state_dict()``, by value through the grader's proxy):
-    what answers the evaluation is the course's own architecture and generation code, never the student's.
-    """
-    import copy
-
-    from ..models import load_pretrained
-
-    base, tokenizer = load_pretrained(base_model)
-    tuned = copy.deepcopy(base)
-    try:
-        state = model.state_dict()
-        tuned.load_state_dict(state)
-    except Exception as exc:  # not a model, other layers or shapes: its weights cannot be the base's, trained
-        raise CheckError(f"pass the trained model itself (the base model {base_model!r} after SFT): its weights "
-                         f"do not load into the base model ({type(exc).__name__}: {fenced(exc)})") from None
-    return tuned.eval(), base, tokenizer
-
-
 @drawn_seed
 def check_sft_outcome(model, base_model: str, eval_stories: int, seen_margin: float = 0.3,
                       unseen_margin: float = 0.0, seed: int = 1) -> None:
@@ -237,10 +217,12 @@ def check_sft_outcome(model, base_model: str, eval_stories: int, seen_margin: fl
     Accuracies are measured by the check on evaluation tasks it draws itself (``seed``, shifted by the
     grader's secret draw), from the weights of the student's ``model``: numbers the notebook printed count for nothing.
     """
+    from ..models import load_pretrained
     from ..sft import evaluate
     from ..world.instructions import HELD_OUT_FAMILIES, SEEN_FAMILIES, task_split
 
-    tuned, base, tokenizer = tuned_copy(model, base_model)
+    tuned = trained_copy(model, base_model)
+    base, tokenizer = load_pretrained(base_model, progress=False)
     accuracy = {}
     for key, families in (("seen", SEEN_FAMILIES), ("unseen", HELD_OUT_FAMILIES)):
         tasks = task_split(eval_stories, "eval", families, seed=seed)
@@ -257,4 +239,4 @@ def check_sft_outcome(model, base_model: str, eval_stories: int, seen_margin: fl
 
 
 __all__ = ["CHATS", "YES_NO", "check_encode_chat", "check_sft_loss", "check_sft_outcome", "check_template",
-           "collate", "score", "tokenizer_of", "trl_labels", "tuned_copy"]
+           "collate", "score", "tokenizer_of", "trl_labels"]
