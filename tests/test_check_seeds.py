@@ -57,3 +57,35 @@ def test_lab_04s_template_check_passes_the_solution_with_any_drawn_seed(shift, c
     finally:
         SEED_SHIFT.reset(token)
     assert "all checks passed" in capsys.readouterr().out
+
+
+def _beam_search(next_logits, input_ids, num_beams, max_new_tokens, logprobs=True, accumulate=True):
+    """A beam search written as a student would: right, on raw logits, or forgetting the beams' scores so far."""
+    import torch
+
+    beams, scores = input_ids, torch.zeros(1, dtype=torch.float64)
+    for _ in range(max_new_tokens):
+        step = next_logits(beams).double()
+        step = torch.log_softmax(step, -1) if logprobs else step
+        total = scores[:, None] + step if accumulate else step
+        scores, flat = total.flatten().topk(num_beams)
+        beams = torch.cat([beams[flat // total.size(-1)], (flat % total.size(-1))[:, None]], 1)
+    return beams[:1]
+
+
+@pytest.mark.parametrize("shift", range(0, checkproc.SEED_SHIFTS, checkproc.SEED_SHIFTS // 12))
+def test_beam_search_mistakes_fail_on_every_draw(shift, capsys):
+    """The beam check's logits have a different log-normaliser per row: a search on raw logits fails on each draw."""
+    import functools
+
+    from course_utils.checks import CheckError, gpt
+
+    token = SEED_SHIFT.set(shift)
+    try:
+        gpt.check_beam_search(_beam_search)
+        for kwargs, words in (({"logprobs": False}, "LOG-probabilities"), ({"accumulate": False}, "score so far")):
+            with pytest.raises(CheckError, match=words):
+                gpt.check_beam_search(functools.partial(_beam_search, **kwargs))
+    finally:
+        SEED_SHIFT.reset(token)
+    assert "all checks passed" in capsys.readouterr().out
