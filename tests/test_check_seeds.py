@@ -89,3 +89,21 @@ def test_beam_search_mistakes_fail_on_every_draw(shift, capsys):
     finally:
         SEED_SHIFT.reset(token)
     assert "all checks passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("shift", SHIFTS)
+def test_lab_04s_chat_check_passes_the_solution_and_draws_new_chats(shift, capsys):
+    """The hidden chats are drawn per submission: other chats on other draws, the solution right on each."""
+    from course_utils.checks import sft
+
+    cell = next(c for c in read_notebook(ROOT / "solutions" / "04_instruction_tuning.ipynb").cells
+                if nbgrader_meta(c).get("grade_id") == "encode_impl")
+    namespace = {}
+    exec(cell.source, namespace)
+    token = SEED_SHIFT.set(shift)
+    try:
+        sft.check_encode_chat(namespace["encode_chat"], "tiny-gpt", drawn=6)
+    finally:
+        SEED_SHIFT.reset(token)
+    assert "all checks passed" in capsys.readouterr().out
+    assert sft.drawn_chats(6, 5 + shift) != sft.drawn_chats(6, 5)

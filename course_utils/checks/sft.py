@@ -8,6 +8,7 @@ shift, a mean of per-sequence means) and name the one that matches.
 """
 from __future__ import annotations
 
+import random
 import tempfile
 from collections.abc import Callable
 
@@ -118,16 +119,33 @@ def trl_labels(tokenizer, chats: list[list[dict]]) -> list[dict]:
         return [{"input_ids": list(r["input_ids"]), "labels": list(r["labels"])} for r in trainer.train_dataset]
 
 
+def drawn_chats(n: int, seed: int) -> list[list[dict]]:
+    """``n`` chats on the world's stories drawn from ``seed``: one turn each, and every third one of two turns."""
+    from ..world.instructions import task_split
+
+    tasks = task_split(max(1, n), "train", seed=seed)
+    rng = random.Random(seed)
+    chats = []
+    for i in range(n):
+        first, second = rng.sample(tasks, 2) if len(tasks) > 1 else (tasks[0], tasks[0])
+        chats.append(first.messages() + (second.messages() if i % 3 == 2 else []))
+    return chats
+
+
+@drawn_seed
 @forbids_modules(*ANSWERS)
-def check_encode_chat(fn: Callable, tokenizer) -> None:
+def check_encode_chat(fn: Callable, tokenizer, drawn: int = 0, seed: int = 5) -> None:
     """``fn(tokenizer, messages)`` must give TRL's input_ids and labels (-100 except on the assistant's tokens).
 
-    ``tokenizer``: the tokenizer, or the name of the model whose tokenizer to use (see ``tokenizer_of``).
+    ``tokenizer``: the tokenizer, or the name of the model whose tokenizer to use (see ``tokenizer_of``). The
+    chats: the readable ``CHATS`` (the notebook's visible test), then ``drawn`` more drawn from ``seed`` (shifted
+    by the grader's secret draw in grading, so the hidden chats are in no file).
     """
     tokenizer = tokenizer_of(tokenizer)
-    expected = trl_labels(tokenizer, CHATS)
+    chats = CHATS + drawn_chats(drawn, seed)
+    expected = trl_labels(tokenizer, chats)
     end_id = tokenizer.convert_tokens_to_ids("<|end|>")
-    for chat, exp in zip(CHATS, expected):
+    for chat, exp in zip(chats, expected):
         got = fn(tokenizer, chat)
         if not isinstance(got, dict) or not {"input_ids", "labels"} <= set(got):
             raise CheckError("return a dict with 'input_ids' and 'labels' (lists of ints)")
@@ -238,5 +256,5 @@ def check_sft_outcome(model, base_model: str, eval_stories: int, seen_margin: fl
     passed(f"SFT beats the base model (seen {base_seen:.2f} -> {seen:.2f}, unseen {base_unseen:.2f} -> {unseen:.2f})")
 
 
-__all__ = ["CHATS", "YES_NO", "check_encode_chat", "check_sft_loss", "check_sft_outcome", "check_template",
+__all__ = ["CHATS", "YES_NO", "check_encode_chat", "drawn_chats", "check_sft_loss", "check_sft_outcome", "check_template",
            "collate", "score", "tokenizer_of", "trl_labels"]
