@@ -326,8 +326,10 @@ def check_grpo_outcome(policy, sft_name: str, max_new_tokens: int, margin: float
     per task from the same random numbers for both. Nothing the notebook made or reported is used.
     """
     from ..models import load_pretrained
+    from ..sft import quiet_hf
     from .rlhf import grader_eval_tasks
 
+    quiet_hf()  # no library warnings in the grader (generate warns about padding on some batches of these tasks)
     trained = trained_copy(policy, sft_name)
     if not all(torch.isfinite(p).all() for p in trained.parameters()):
         raise CheckError("the trained weights hold NaN or inf: training diverged (an advantage divided by a group "
