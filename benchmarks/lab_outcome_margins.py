@@ -1,15 +1,19 @@
-"""The outcome checks of labs 05 and 06 re-measure the student's trained model on the grader's held-out tasks.
+"""The outcome checks of labs 05, 06 and 09 re-measure the student's trained model on the grader's held-out tasks.
 
 This measures, over seeds 0-2 at the ci sizes, what those checks see for the course's own pieces and for a broken
 piece: lab 05 with the course's policy loss and with one that sends no gradient to the policy; lab 06 with rDPO at
-the pairs' label-noise rate and with an untrained copy. In grading the task draw's seed is shifted by a secret
-number, so ``--draws`` measures other draws too. Run: ``python benchmarks/lab_outcome_margins.py --draws 7,1007``.
+the pairs' label-noise rate and with an untrained copy; lab 09 with the course's advantages and loss, with the
+advantages' sign flipped, with a group std of 0 left undivided-by-eps, and untrained. In grading the task draw's seed
+is shifted by a secret number, so ``--draws`` measures other draws too.
+Run: ``python benchmarks/lab_outcome_margins.py --draws 7,1007 [--labs 05,06,09]``.
 """
 import copy
 
 import torch
 
 from course_utils import rlhf, setup
+from course_utils import grpo
+from course_utils.checks.grpo import OUTCOME_SAMPLES, verified_shares
 from course_utils.checks.rlhf import grader_eval_tasks
 from course_utils.dpo import DPOObjective, encode_pair, response_kl, train_dpo, with_reference
 from course_utils.models import load_pretrained
@@ -75,18 +79,67 @@ def lab06(tasks, seeds=(0, 1, 2)) -> None:
               f"(95% CI {mean_ci(outcomes, [t.story for t in tasks])}), KL {kl:.2f} nats", flush=True)
 
 
+def no_eps_advantages(rewards, group_size, scale=True):
+    """Divided by the group's std without the 1e-4: a group whose rewards are all equal gives 0 / 0."""
+    g = rewards.view(-1, group_size)
+    return ((g - g.mean(1, keepdim=True)) / g.std(1, keepdim=True)).reshape(-1)
+
+
+LAB09_VARIANTS = {"course pieces": {}, "advantages' sign flipped": {
+    "advantages": lambda r, g, s=True: -grpo.group_advantages(r, g, s)}, "no eps, std 0 groups": {
+    "advantages": no_eps_advantages}, "untrained copy": None}
+
+
+def lab09(draws, seeds=(0, 1, 2)) -> None:
+    """pass@1 gain over SFT (the check's own measurement) after the lab's GRPO run, per training seed and draw."""
+    profile = setup("09_rlvr_grpo", profile="ci", verbose=False)
+    sft, tok = load_pretrained(profile["sft_model"], progress=False)
+    split = rlhf_split(profile["pair_stories"], profile["prompt_stories"], profile["eval_stories"])
+    mnt = profile["max_new_tokens"]
+    tasks = {d: grader_eval_tasks(seed=d) for d in draws}
+    base = {d: verified_shares(sft, tok, tasks[d], OUTCOME_SAMPLES, mnt, d) for d in draws}
+    for seed in seeds:
+        for name, parts in LAB09_VARIANTS.items():
+            if parts is None and seed != seeds[0]:
+                continue
+            policy = copy.deepcopy(sft)
+            if parts is not None:
+                cfg = grpo.GRPOConfig(group_size=profile["group_size"], prompts=profile["lab_prompts"],
+                                      steps=profile["lab_steps"], lr=profile["lab_lr"], max_new_tokens=mnt, seed=seed)
+                torch.manual_seed(seed)
+                try:
+                    grpo.grpo(policy, sft, grpo.correctness_reward, tok, split["prompts"], cfg,
+                              parts={**grpo.PARTS, **parts}, progress=False)
+                except RuntimeError as error:
+                    print(f"lab 09, seed {seed}, {name:26s}: training stopped ({str(error)[:60]})", flush=True)
+            if not all(torch.isfinite(p).all() for p in policy.parameters()):
+                print(f"lab 09, seed {seed}, {name:26s}: weights hold NaN or inf (the check refuses them)", flush=True)
+                continue
+            for d in draws:
+                after = verified_shares(policy, tok, tasks[d], OUTCOME_SAMPLES, mnt, d)
+                gain = [a - b for a, b in zip(after, base[d])]
+                p0 = sum(base[d]) / len(gain)
+                print(f"lab 09, seed {seed}, draw {d}, {name:26s}: pass@1 {p0:.3f} -> {p0 + sum(gain) / len(gain):.3f},"
+                      f" gain {mean_ci(gain, [t.story for t in tasks[d]])}", flush=True)
+
+
 if __name__ == "__main__":
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--draws", default="7", help="comma-separated seeds of the grader's task draw (7: the notebook's)")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
+    parser.add_argument("--labs", default="05,06,09", help="comma-separated labs to measure")
     args = parser.parse_args()
     quiet_hf()
-    for draw in map(int, args.draws.split(",")):
+    seeds = tuple(map(int, args.seeds.split(",")))
+    if "09" in args.labs:
+        lab09(tuple(map(int, args.draws.split(","))), seeds)
+    for draw in map(int, args.draws.split(",")) if {"05", "06"} & set(args.labs.split(",")) else ():
         grader_tasks = grader_eval_tasks(seed=draw)
         print(f"grader's held-out tasks (draw {draw}): {len(grader_tasks)} from "
               f"{len({t.story for t in grader_tasks})} stories")
-        seeds = tuple(map(int, args.seeds.split(",")))
-        lab05(grader_tasks, seeds)
-        lab06(grader_tasks, seeds)
+        if "05" in args.labs:
+            lab05(grader_tasks, seeds)
+        if "06" in args.labs:
+            lab06(grader_tasks, seeds)

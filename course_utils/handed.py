@@ -11,14 +11,21 @@ import torch
 
 
 class NextLogits:
-    """``ids (B, T) -> logits (B, vocab)`` of the next token (lab 03's decoding exercises receive one)."""
+    """``ids (B, T) -> logits (B, vocab)`` of the next token (lab 03's decoding exercises receive one).
 
-    def __init__(self, model: torch.nn.Module):
+    ``offsets`` (one number per token id, optional) adds ``offsets[last token]`` to every logit of a row: a
+    constant per row, so every log-probability (hence greedy and beam search on log-probs) is unchanged, while
+    sums of raw logits are not.
+    """
+
+    def __init__(self, model: torch.nn.Module, offsets: torch.Tensor | None = None):
         self.model = model
+        self.offsets = offsets
 
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return self.model(ids).logits[:, -1, :]
+            logits = self.model(ids).logits[:, -1, :]
+        return logits if self.offsets is None else logits + self.offsets[ids[:, -1], None].to(logits.dtype)
 
 
 class TableScorer:

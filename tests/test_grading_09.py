@@ -4,7 +4,11 @@ test within its time budget; each of its mistakes leaves the GRPO run unchanged 
 gradient, and the verifier and pass@k are not used in training), so the outcome exercise keeps its points. The
 other mistakes the issue names (batch instead of group normalisation, per-sequence averaging) are rejected by the
 checks alone, fast, in tests/test_grpo_checks.py. The wrong notebook also cheats: its group_advantages calls the
-course's own answer (course_utils.grpo.group_advantages) and loses that exercise's points."""
+course's own answer (course_utils.grpo.group_advantages) and loses that exercise's points. A second notebook has
+every piece right but trains the reference instead of the copy it passes to the check: the outcome check, which
+re-measures the passed weights against the shipped SFT model on its own tasks, finds no gain and takes exactly its
+points (the other wrong pieces it separates, over training seeds and draws: benchmarks/lab_outcome_margins.txt)."""
+import copy
 from pathlib import Path
 
 import pytest
@@ -45,7 +49,16 @@ def gradebook(grade_notebooks):
     for grade_id, code in {"verify_impl": SUBSTRING, "advantages_impl": ANSWER_ADVANTAGES, "loss_impl": NOT_DETACHED,
                            "pass_at_k_impl": WITH_REPLACEMENT}.items():
         wrong = replace_solution(wrong, grade_id, code)
-    return grade_notebooks(SOLUTION, {"substring_answer_called_not_detached_with_replacement": wrong})
+    return grade_notebooks(SOLUTION, {"substring_answer_called_not_detached_with_replacement": wrong,
+                                      "trained_the_reference": _trained_the_reference(solution)})
+
+
+def _trained_the_reference(nb):
+    """The run cell trains sft_model (the reference) and leaves policy, the copy it hands to the check, untouched."""
+    nb = copy.deepcopy(nb)
+    run = next(c for c in nb.cells if "history = run_grpo(policy, sft_model," in c.source)
+    run.source = run.source.replace("run_grpo(policy, sft_model,", "run_grpo(sft_model, policy,")
+    return nb
 
 
 def test_solution_gets_full_marks(gradebook):
@@ -61,3 +74,7 @@ def test_plausible_mistakes_lose_the_points_they_break(gradebook):
         "verify_check": "substring", "loss_check": "detach", "pass_at_k_check": "WITH replacement",
         "advantages_check": "forbidden call: the exercise may not use course_utils.grpo: group_advantages"},
         partial=True)
+
+
+def test_training_the_wrong_model_loses_exactly_the_outcome(gradebook):
+    assert_lost_exactly(gradebook["trained_the_reference"], {"outcome_check": "less than +0.02"})

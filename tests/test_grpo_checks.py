@@ -81,7 +81,16 @@ def test_pass_at_k_check_rejects(fn, message):
         checks.check_pass_at_k(fn)
 
 
-def test_outcome_check_refuses_the_reference_itself():
-    model = torch.nn.Linear(1, 1)
-    with pytest.raises(CheckError, match="same object"):
-        checks.check_grpo_outcome(model, model, None, [], 4, 4, 0.0)
+def test_outcome_check_re_measures_the_weights():
+    """An untrained copy gains exactly 0 (the same samples), NaN weights and other models are refused."""
+    from course_utils.models import load_pretrained
+
+    sft = load_pretrained("tiny-gpt-sft", progress=False)[0]
+    with pytest.raises(CheckError, match="held-out tasks went (.*) -> \\1, less than \\+0.02"):
+        checks.check_grpo_outcome(sft, "tiny-gpt-sft", 12)
+    with torch.no_grad():
+        sft.lm_head.weight.fill_(float("nan"))
+    with pytest.raises(CheckError, match="NaN or inf: training diverged"):
+        checks.check_grpo_outcome(sft, "tiny-gpt-sft", 12)
+    with pytest.raises(CheckError, match="did not load into tiny-gpt-sft"):
+        checks.check_grpo_outcome(torch.nn.Linear(1, 1), "tiny-gpt-sft", 12)

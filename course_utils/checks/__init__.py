@@ -132,3 +132,21 @@ def assert_gradient_reaches(loss, inputs: dict, what: str, hint: str = "") -> No
 def extreme_pairs(dtype=torch.float32) -> torch.Tensor:
     """Differences of two scores, from hugely negative to hugely positive: log(sigmoid(x)) underflows at the ends."""
     return torch.tensor([-300.0, -90.0, -20.0, -1.0, 0.0, 1.0, 20.0, 90.0, 300.0], dtype=dtype)
+
+
+def trained_copy(model, name: str) -> torch.nn.Module:
+    """The grader's own course model ``name`` holding ``model``'s trained weights, in eval mode.
+
+    Only the weights cross from the student's ``model`` (``state_dict()``, by value through the grader's
+    proxy): what the outcome checks then run is the course's architecture and generation code, never the
+    student's. A model whose weights do not fit ``name`` is refused with the error fenced.
+    """
+    from ..models import load_pretrained
+
+    trusted = load_pretrained(name, progress=False)[0]
+    try:
+        trusted.load_state_dict(dict(model.state_dict()))
+    except Exception as exc:  # not a model, other layers or shapes: its weights cannot be ``name``'s, trained
+        raise CheckError(f"pass the trained model itself (a fine-tuned copy of {name!r}): its weights did not load "
+                         f"into {name} ({type(exc).__name__}: {fenced(exc)})") from None
+    return trusted.eval()

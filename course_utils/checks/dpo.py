@@ -16,7 +16,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from . import CheckError, assert_gradient_reaches, drawn_seed, extreme_pairs, forbids_modules, passed
+from . import (CheckError, assert_gradient_reaches, drawn_seed, extreme_pairs, forbids_modules, passed,
+               trained_copy)
 from ..sft import quiet_hf, respond
 
 _CACHE: dict = {}
@@ -270,9 +271,9 @@ def check_dpo_outcome(model, sft_name: str, max_new_tokens: int, min_win_rate: f
     from ..dpo import response_kl
     from ..models import load_pretrained
     from ..world.preferences import win_rate
-    from .rlhf import grader_eval_tasks, trusted_copy
+    from .rlhf import grader_eval_tasks
 
-    policy = trusted_copy(model, sft_name)
+    policy = trained_copy(model, sft_name)
     sft, tokenizer = load_pretrained(sft_name, progress=False)
     tasks = grader_eval_tasks(seed=seed)
     prompts = [t.instruction for t in tasks]

@@ -377,26 +377,40 @@ def reference_beam_search(next_logits: Callable, ids: torch.Tensor, num_beams: i
 @drawn_seed
 @forbids_modules(*DECODING_ANSWERS)
 def check_beam_search(fn: Callable, seed: int = 0, settings=((2, 4), (3, 6), (5, 5), (4, 1))) -> None:
-    """Exercise 5: ``fn(next_logits, input_ids, num_beams, max_new_tokens)`` against ``generate(num_beams=k)``."""
+    """Exercise 5: ``fn(next_logits, input_ids, num_beams, max_new_tokens)`` against ``generate(num_beams=k)``.
+
+    The rows of ``next_logits`` are shifted by a drawn constant per row (``NextLogits``' offsets, several nats):
+    log-probabilities, hence ``generate``'s answer, stay the same, but a search that sums raw logits ranks the
+    beams by the offsets. For n > 1 each prompt is drawn until ``generate`` and the three typical mistakes give
+    four different answers, so each mistake fails, with its own message, on every draw (tests/test_check_seeds.py).
+    """
     gen = torch.Generator().manual_seed(seed)
     model = random_gpt2(seed=seed + 1)
-    next_logits = next_logits_fn(model)
+    next_logits = NextLogits(model, offsets=8.0 * torch.randn(model.config.vocab_size, generator=gen,
+                                                                dtype=torch.float64))
     for num_beams, n in settings:
-        for _ in range(20):  # prefer a prompt on which beam search and greedy disagree (always, for n > 1)
+        fallback = None
+        for _ in range(100):
             ids = torch.randint(50, (1, 3), generator=gen)
-            expected, greedy = _generate(model, ids, n, num_beams), _generate(model, ids, n)
-            if n == 1 or not torch.equal(expected, greedy):
+            expected = _generate(model, ids, n, num_beams)
+            mistakes = {
+                "scores must be sums of LOG-probabilities (log_softmax of the logits), not of raw logits":
+                    reference_beam_search(next_logits, ids, num_beams, n, use_logprobs=False),
+                "each candidate's score must include its beam's score so far: score(beam + token) = "
+                "score(beam) + log p(token | beam)": reference_beam_search(next_logits, ids, num_beams, n,
+                                                                           accumulate=False),
+                "this is the greedy answer: keep the num_beams best (beam, token) pairs at every step, over all "
+                "beams": _generate(model, ids, n),
+            }
+            outputs = [tuple(x.flatten().tolist()) for x in (expected, *mistakes.values())]
+            if n == 1 or len(set(outputs)) == len(outputs):  # every mistake fails, and is told apart
                 break
+            if fallback is None and outputs[0] not in outputs[1:]:  # every mistake fails
+                fallback = ids, expected, mistakes
+        else:
+            ids, expected, mistakes = fallback or (ids, expected, mistakes)
         what = f"beam_search with num_beams={num_beams}, {n} new tokens"
         got = fn(next_logits, ids.clone(), num_beams, n)
-        mistakes = {
-            "scores must be sums of LOG-probabilities (log_softmax of the logits), not of raw logits":
-                reference_beam_search(next_logits, ids, num_beams, n, use_logprobs=False),
-            "each candidate's score must include its beam's score so far: score(beam + token) = "
-            "score(beam) + log p(token | beam)": reference_beam_search(next_logits, ids, num_beams, n, accumulate=False),
-            "this is the greedy answer: keep the num_beams best (beam, token) pairs at every step, over all beams":
-                greedy,
-        }
         _check_ids(got, ids, expected, what, mistakes)
     passed("beam_search (token for token equal to generate(num_beams=k))")
 

@@ -10,6 +10,7 @@ one that matches.
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable
 
 import torch
@@ -62,10 +63,31 @@ def _schedule_mistakes(max_lr: float, min_lr: float, warmup: int, total: int) ->
     }
 
 
+def drawn_schedules(n: int, seed: int) -> list[tuple[int, int, float, float]]:
+    """``n`` schedules (warmup, total, max_lr, min_lr) drawn from ``seed``, the boundaries among them.
+
+    The first has no warm-up, the second ends with its warm-up (warmup == total) and the third decays to 0;
+    learning rates span 1e-4 to 3.
+    """
+    rng = random.Random(seed)
+    schedules = []
+    for i in range(n):
+        warmup = 0 if i == 0 else rng.randint(1, 10)
+        total = warmup if i == 1 else warmup + rng.randint(1, 30)
+        max_lr = 10 ** rng.uniform(-4, 0.5)
+        schedules.append((warmup, total, max_lr, 0.0 if i == 2 else max_lr * rng.uniform(0.01, 0.5)))
+    return schedules
+
+
+@drawn_seed
 @forbids_modules(*ANSWERS)
-def check_lr_schedule(fn: Callable, schedules=SCHEDULES) -> None:
-    """Exercise 8: ``fn(step, max_lr, min_lr, warmup_steps, total_steps)`` at every step of each schedule."""
-    for warmup, total, max_lr, min_lr in schedules:
+def check_lr_schedule(fn: Callable, schedules=SCHEDULES, drawn: int = 0, seed: int = 3) -> None:
+    """Exercise 8: ``fn(step, max_lr, min_lr, warmup_steps, total_steps)`` at every step of each schedule.
+
+    ``schedules``: readable cases (the notebook's visible test); ``drawn``: that many more, drawn from ``seed``
+    (shifted by the grader's secret draw in grading, so the hidden schedules are in no file).
+    """
+    for warmup, total, max_lr, min_lr in (*schedules, *drawn_schedules(drawn, seed)):
         what = f"lr_at(step, max_lr={max_lr}, min_lr={min_lr}, warmup_steps={warmup}, total_steps={total})"
         expected = reference_lrs(max_lr, min_lr, warmup, total)
         got = []

@@ -13,7 +13,8 @@ from collections.abc import Callable
 
 import torch
 
-from . import CheckError, assert_close, assert_gradient_reaches, drawn_seed, extreme_pairs, forbids_modules, passed
+from . import (CheckError, assert_close, assert_gradient_reaches, drawn_seed, extreme_pairs, forbids_modules, passed,
+               trained_copy)
 
 # The course's own answers live in course_utils.rlhf (lecture 05 uses them: reward_loss, per_token_rewards, gae,
 # ppo_policy_loss, ppo_value_loss), the oracles are TRL and torchrl, and this module holds written-out references
@@ -318,21 +319,6 @@ def check_ppo_losses(policy_loss: Callable, value_loss: Callable) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ 5. outcome
-def trusted_copy(model, name: str) -> torch.nn.Module:
-    """The course model ``name`` holding ``model``'s weights (read by value): no code of the student's runs."""
-    from ..models import load_pretrained
-
-    trusted = load_pretrained(name, progress=False)[0]
-    try:
-        state = dict(model.state_dict())
-        trusted.load_state_dict(state)
-    except Exception as error:  # a different architecture, missing keys, wrong shapes, not a model at all
-        # only the error's type: its text may carry names the student's code chose
-        raise CheckError(f"pass the trained language model (a fine-tuned copy of {name}): its weights did not load "
-                         f"into {name} ({type(error).__name__})") from None
-    return trusted.eval()
-
-
 def grader_eval_tasks(n_stories: int = 100, seed: int = 7) -> list:
     """The grader's own held-out tasks: evaluation stories with a seed the lab does not use."""
     from ..world.preferences import rlhf_split
@@ -351,7 +337,7 @@ def reward_gain(model, sft_name: str, max_new_tokens: int, seed: int = 7) -> tup
     instructions = [t.instruction for t in tasks]
     mean_r = lambda m: sum(true_reward(t, y) for t, y in zip(tasks, respond(m, tokenizer, instructions,
                                                                               max_new_tokens))) / len(tasks)
-    return mean_r(sft), mean_r(trusted_copy(model, sft_name))
+    return mean_r(sft), mean_r(trained_copy(model, sft_name))
 
 
 @drawn_seed

@@ -8,12 +8,14 @@ shift, a mean of per-sequence means) and name the one that matches.
 """
 from __future__ import annotations
 
+import random
 import tempfile
 from collections.abc import Callable
 
 import torch
 
-from . import CheckError, assert_gradient_reaches, drawn_seed, fenced, forbids_modules, passed
+from . import (CheckError, assert_gradient_reaches, drawn_seed, fenced, forbids_modules, passed,
+               trained_copy)
 from ..sft import IGNORE_INDEX, collate, quiet_hf
 from ..world.corpus import make_split_stories
 from ..world.instructions import Task, score
@@ -117,16 +119,33 @@ def trl_labels(tokenizer, chats: list[list[dict]]) -> list[dict]:
         return [{"input_ids": list(r["input_ids"]), "labels": list(r["labels"])} for r in trainer.train_dataset]
 
 
+def drawn_chats(n: int, seed: int) -> list[list[dict]]:
+    """``n`` chats on the world's stories drawn from ``seed``: one turn each, and every third one of two turns."""
+    from ..world.instructions import task_split
+
+    tasks = task_split(max(1, n), "train", seed=seed)
+    rng = random.Random(seed)
+    chats = []
+    for i in range(n):
+        first, second = rng.sample(tasks, 2) if len(tasks) > 1 else (tasks[0], tasks[0])
+        chats.append(first.messages() + (second.messages() if i % 3 == 2 else []))
+    return chats
+
+
+@drawn_seed
 @forbids_modules(*ANSWERS)
-def check_encode_chat(fn: Callable, tokenizer) -> None:
+def check_encode_chat(fn: Callable, tokenizer, drawn: int = 0, seed: int = 5) -> None:
     """``fn(tokenizer, messages)`` must give TRL's input_ids and labels (-100 except on the assistant's tokens).
 
-    ``tokenizer``: the tokenizer, or the name of the model whose tokenizer to use (see ``tokenizer_of``).
+    ``tokenizer``: the tokenizer, or the name of the model whose tokenizer to use (see ``tokenizer_of``). The
+    chats: the readable ``CHATS`` (the notebook's visible test), then ``drawn`` more drawn from ``seed`` (shifted
+    by the grader's secret draw in grading, so the hidden chats are in no file).
     """
     tokenizer = tokenizer_of(tokenizer)
-    expected = trl_labels(tokenizer, CHATS)
+    chats = CHATS + drawn_chats(drawn, seed)
+    expected = trl_labels(tokenizer, chats)
     end_id = tokenizer.convert_tokens_to_ids("<|end|>")
-    for chat, exp in zip(CHATS, expected):
+    for chat, exp in zip(chats, expected):
         got = fn(tokenizer, chat)
         if not isinstance(got, dict) or not {"input_ids", "labels"} <= set(got):
             raise CheckError("return a dict with 'input_ids' and 'labels' (lists of ints)")
@@ -208,27 +227,6 @@ def _check_sft_loss_extremes(fn, logits: torch.Tensor, labels: torch.Tensor) -> 
     passed("response-only SFT loss (same as TRL's)")
 
 
-def tuned_copy(model, base_model: str):
-    """(the base model with the student's trained weights loaded, the base model, its tokenizer), all the grader's.
-
-    Only the weights cross from the student's ``model`` (``state_dict()``, by value through the grader's proxy):
-    what answers the evaluation is the course's own architecture and generation code, never the student's.
-    """
-    import copy
-
-    from ..models import load_pretrained
-
-    base, tokenizer = load_pretrained(base_model)
-    tuned = copy.deepcopy(base)
-    try:
-        state = model.state_dict()
-        tuned.load_state_dict(state)
-    except Exception as exc:  # not a model, other layers or shapes: its weights cannot be the base's, trained
-        raise CheckError(f"pass the trained model itself (the base model {base_model!r} after SFT): its weights "
-                         f"do not load into the base model ({type(exc).__name__}: {fenced(exc)})") from None
-    return tuned.eval(), base, tokenizer
-
-
 @drawn_seed
 def check_sft_outcome(model, base_model: str, eval_stories: int, seen_margin: float = 0.3,
                       unseen_margin: float = 0.0, seed: int = 1) -> None:
@@ -237,10 +235,12 @@ def check_sft_outcome(model, base_model: str, eval_stories: int, seen_margin: fl
     Accuracies are measured by the check on evaluation tasks it draws itself (``seed``, shifted by the
     grader's secret draw), from the weights of the student's ``model``: numbers the notebook printed count for nothing.
     """
+    from ..models import load_pretrained
     from ..sft import evaluate
     from ..world.instructions import HELD_OUT_FAMILIES, SEEN_FAMILIES, task_split
 
-    tuned, base, tokenizer = tuned_copy(model, base_model)
+    tuned = trained_copy(model, base_model)
+    base, tokenizer = load_pretrained(base_model, progress=False)
     accuracy = {}
     for key, families in (("seen", SEEN_FAMILIES), ("unseen", HELD_OUT_FAMILIES)):
         tasks = task_split(eval_stories, "eval", families, seed=seed)
@@ -256,5 +256,5 @@ def check_sft_outcome(model, base_model: str, eval_stories: int, seen_margin: fl
     passed(f"SFT beats the base model (seen {base_seen:.2f} -> {seen:.2f}, unseen {base_unseen:.2f} -> {unseen:.2f})")
 
 
-__all__ = ["CHATS", "YES_NO", "check_encode_chat", "check_sft_loss", "check_sft_outcome", "check_template",
-           "collate", "score", "tokenizer_of", "trl_labels", "tuned_copy"]
+__all__ = ["CHATS", "YES_NO", "check_encode_chat", "drawn_chats", "check_sft_loss", "check_sft_outcome", "check_template",
+           "collate", "score", "tokenizer_of", "trl_labels"]
