@@ -123,3 +123,10 @@ def test_fill_and_errors():
         R.make_problems(3, steps=9)
     with pytest.raises(ValueError, match="template"):
         R.fill("no fields", "x")
+
+
+def test_name_gender_follows_the_pronouns_of_the_problems():
+    assert R.name_gender("in the park mia felt sad .") == 1 and R.name_gender("tom was glad .") == 0
+    assert R.name_gender("the white fox was happy .") is None
+    for p in R.make_problems(40, (1, 2), "eval", seed=5):
+        assert R.name_gender(p.text) == (p.days[0].split()[0] == "she")

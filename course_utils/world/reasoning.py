@@ -226,11 +226,18 @@ class Problem:
 
 
 AMOUNTS = (1, 2, 3)  # what one day adds or takes away
+SHE_NAMES = ("mia", "ana", "zoe", "ivy", "eva")  # the names the world's problems call "she" (the others "he")
+
+
+def name_gender(text: str) -> int | None:
+    """1 if the first name in ``text`` is one of SHE_NAMES, 0 for another name, None for a sentence without one."""
+    name = next((w for w in text.split() if w in NAMES), None)
+    return None if name is None else int(name in SHE_NAMES)
 
 
 def _make_problem(rng: random.Random, steps: int) -> Problem:
     name, obj = rng.choice(NAMES), rng.choice(OBJECTS)
-    pronoun = "she" if name in ("mia", "ana", "zoe", "ivy", "eva") else "he"
+    pronoun = "she" if name in SHE_NAMES else "he"
     totals, ops, days = [rng.randint(0, 9)], [], []
     for _ in range(steps):  # each day gains or loses 1-3, the count staying within zero..nine
         op, amount = rng.choice([(o, a) for o in ("plus", "minus") for a in AMOUNTS
