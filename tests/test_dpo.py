@@ -88,8 +88,13 @@ def test_a_short_dpo_run_learns_the_training_pairs(tiny_gpt):
         train_dpo(policy, examples, tok.pad_token_id, beta=0.1, steps=1, batch_size=2, lr=1e-3)
     examples = with_reference(examples, model, tok.pad_token_id)
     assert implicit_reward_accuracy(policy, examples, tok.pad_token_id) == 0.0  # policy == reference: no margin
-    history = train_dpo(policy, examples, tok.pad_token_id, beta=0.1, steps=15, batch_size=6, lr=3e-3, progress=False)
+    objective = DPOObjective(0.1)
+    history = train_dpo(policy, examples, tok.pad_token_id, beta=0.1, steps=15, batch_size=6, lr=3e-3, progress=False,
+                        loss_fn=objective)
     assert history.losses[-1] < history.losses[0]
+    assert len(objective.log_ratios) == 15 and max(map(abs, objective.log_ratios[0])) < 1e-4  # step 1: policy = ref
+    chosen, rejected = objective.log_ratios[-1]
+    assert chosen - rejected > 0  # the margin the loss widens
     assert implicit_reward_accuracy(policy, examples, tok.pad_token_id) == 1.0
 
 
