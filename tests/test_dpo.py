@@ -6,7 +6,7 @@ import torch
 
 from course_utils.checks.dpo import trl_dpo_batch
 from course_utils.dpo import (DPOObjective, bradley_terry, collate_pairs, dpo_loss, encode_pair, fit_toy_dpo,
-                              implicit_reward_accuracy, kl_objective, optimal_policy, response_kl, train_dpo,
+                              implicit_reward_accuracy, ipo_loss, kl_objective, optimal_policy, response_kl, train_dpo,
                               with_reference)
 from course_utils.world.instructions import task_split
 from course_utils.world.preferences import sample_pairs
@@ -115,3 +115,20 @@ def test_encode_pair_rejects_messages():
         encode_pair(None, [{"role": "user", "content": "hi"}], "a", "b")
     with pytest.raises(ValueError, match="empty"):
         collate_pairs([], 0)
+
+
+def test_ipo_is_trls_ipo_loss():
+    data = trl_dpo_batch()
+    trainer, batch = data["trainer"], data["batch"]
+    rc, rr = data["ref_logps"].chunk(2)
+    loss_types, trainer.loss_types = trainer.loss_types, ["ipo"]
+    try:
+        for beta in (0.1, 0.5, 2.0):
+            trainer.beta = beta
+            with torch.no_grad():
+                expected = trainer.compute_loss(trainer.model, dict(batch))
+                got = DPOObjective(beta, loss_fn=ipo_loss, per_token=True)(
+                    trainer.model, {**batch, "ref_chosen_logps": rc, "ref_rejected_logps": rr})
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    finally:
+        trainer.loss_types, trainer.beta = loss_types, 0.1

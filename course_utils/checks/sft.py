@@ -1,10 +1,12 @@
 """Checks for lab 04 (instruction tuning); TRL's SFT pipeline and the world's scorers are the oracles.
 
 Oracles: the scorer of the world's task families (is the output the right answer?), the ``labels`` that
-TRL's ``SFTTrainer`` builds with ``assistant_only_loss=True`` for the same chat, and the loss TRL's
+TRL's ``SFTTrainer`` builds with ``assistant_only_loss=True`` for the same chat (for a template without
+``{% generation %}``, such as Llama 3's, TRL's own training copy of it), and the loss TRL's
 ``SFTTrainer.compute_loss`` returns on the same batch. When a result is wrong, the checks compare it with
-typical mistakes (training on the prompt, masking the end token, an off-by-one at the boundary, no
-shift, a mean of per-sequence means) and name the one that matches.
+typical mistakes (training on the prompt or the turn markers, masking the end-of-turn token, only the last
+reply, labels shifted by hand, an off-by-one at the boundary, no shift in the loss, a mean of per-sequence
+means) and name the one that matches.
 """
 from __future__ import annotations
 
@@ -80,7 +82,7 @@ def _trl_trainer(tokenizer, dataset, out_dir: str, **extra):
     from trl import SFTConfig, SFTTrainer
 
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=512, n_embd=32, n_layer=1, n_head=2,
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=32, n_layer=1, n_head=2,
                                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                                        pad_token_id=tokenizer.pad_token_id))
     args = SFTConfig(output_dir=out_dir, assistant_only_loss=True, bf16=False, activation_checkpointing=False,
