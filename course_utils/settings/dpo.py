@@ -4,7 +4,7 @@ NOTEBOOK = "06_dpo"
 # eval_stories 210: the lecture's evaluation tasks come from 203 distinct stories (>= 200, so that win rates get
 # intervals of about +-0.05 when resampling stories); the lab keeps 60 (lab_eval_stories)
 CI = {"sft_model": "tiny-gpt-sft", "pair_stories": 1000, "prompt_stories": 300, "eval_stories": 210,
-      "lab_eval_stories": 60, "best_of_n": 4,
+      "lab_eval_stories": 60, "best_of_n": 4, "ipo_beta": 0.1,
       "pairs": 1000, "annotator_sharpness": 4.0, "held_out_pairs": 300, "max_new_tokens": 16,
       # the toy: a few pair tasks, six candidate responses each, enumerated exactly
       "toy_tasks": 3, "toy_beta": 0.5, "toy_betas": [0.1, 0.5, 2.0],
