@@ -124,7 +124,8 @@ def ipo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
     """IPO (Azar et al., 2023): (log-ratio chosen - log-ratio rejected - 1/(2 beta))^2, mean over pairs.
 
     Same returns as ``dpo_loss``. TRL 1.16's ``loss_type="ipo"`` feeds it log-probs averaged per response token
-    (``DPOObjective(beta, loss_fn=ipo_loss, per_token=True)``); its squared loss stops pushing once the margin reaches 1/(2 beta).
+    (``DPOObjective(beta, loss_fn=ipo_loss, per_token=True)``); the squared loss stops pushing once the margin
+    reaches 1/(2 beta).
     """
     if beta <= 0:
         raise ValueError(f"beta must be positive, got {beta}")
@@ -175,8 +176,8 @@ def preferred_ft(model, tokenizer, pairs: Sequence, steps: int, batch_size: int,
     """The DPO paper's Preferred-FT baseline: SFT of ``model`` (in place) on the chosen reply of each pair."""
     from .sft import collate, encode_chat, sft_loss
 
-    examples = [encode_chat(tokenizer, [{"role": "user", "content": p.prompt}, {"role": "assistant", "content": p.chosen}])
-                for p in pairs]
+    examples = [encode_chat(tokenizer, [{"role": "user", "content": p.prompt},
+                                        {"role": "assistant", "content": p.chosen}]) for p in pairs]
     rng = random.Random(seed)
     return train(model, lambda: collate(rng.sample(examples, batch_size), tokenizer.pad_token_id), steps=steps, lr=lr,
                  loss_fn=lambda m, b: sft_loss(m(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits,
@@ -291,6 +292,6 @@ def bradley_terry(rewards: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(rewards[:, :, None] - rewards[:, None, :])
 
 
-__all__ = ["DPOObjective", "bradley_terry", "collate_pairs", "dpo_loss", "encode_pair", "fit_toy_dpo", "ipo_loss", "preferred_ft",
-           "implicit_reward_accuracy", "kl_objective", "optimal_policy", "pair_logps", "response_kl", "response_logps",
-           "sequence_logps", "train_dpo", "with_reference"]
+__all__ = ["DPOObjective", "bradley_terry", "collate_pairs", "dpo_loss", "encode_pair", "fit_toy_dpo",
+           "implicit_reward_accuracy", "ipo_loss", "kl_objective", "optimal_policy", "pair_logps", "preferred_ft",
+           "response_kl", "response_logps", "sequence_logps", "train_dpo", "with_reference"]

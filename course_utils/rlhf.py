@@ -487,8 +487,8 @@ def plot_history(history: PPOHistory, axes=None, title: str = "PPO", label: str 
     return plot_panels(panels, "rollout", axes, title, label)
 
 
-__all__ = ["best_of_n", "DenseTrueReward", "LivePPOPlot", "PPOConfig", "PPOHistory", "PolicyWithValue", "PretrainBatches",
-           "RMReward", "Rollout", "TrueReward", "chat_ids", "gae", "kl_to_reference", "lm_loss", "masked_mean",
+__all__ = ["DenseTrueReward", "LivePPOPlot", "PPOConfig", "PPOHistory", "PolicyWithValue", "PretrainBatches",
+           "RMReward", "Rollout", "TrueReward", "best_of_n", "chat_ids", "gae", "kl_to_reference", "lm_loss", "masked_mean",
            "new_policy", "no_dropout", "pair_accuracy", "pair_batch", "pad_right", "per_token_rewards",
            "plot_history", "positions", "ppo", "ppo_policy_loss", "ppo_update", "ppo_value_loss",
            "response_logprobs", "reward_loss", "reward_model_from", "rm_loss_fn", "rm_scores", "rollout", "score",

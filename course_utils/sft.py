@@ -77,7 +77,8 @@ def with_llama3_template(tokenizer):
     from trl.chat_template_utils import llama3_chat_template
 
     hub_like = copy.deepcopy(tokenizer)
-    hub_like.add_special_tokens({"additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]})
+    markers = ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+    hub_like.add_special_tokens({"additional_special_tokens": markers})
     hub_like.chat_template = llama3_chat_template
     return hub_like
 
@@ -166,4 +167,5 @@ def evaluate(model, tokenizer, tasks: Sequence[Task], max_new_tokens: int = 12) 
 
 
 __all__ = ["ASSISTANT", "COURSE_MARKERS", "END", "IGNORE_INDEX", "LLAMA3_MARKERS", "collate", "encode_chat",
-           "end_of_turn_ids", "evaluate", "quiet_hf", "readable_template", "respond", "sft_loss", "with_llama3_template"]
+           "end_of_turn_ids", "evaluate", "quiet_hf", "readable_template", "respond", "sft_loss",
+           "with_llama3_template"]

@@ -304,5 +304,5 @@ def check_sft_outcome(model, base_model: str, eval_stories: int, seen_margin: fl
     passed(f"SFT beats the base model (seen {base_seen:.2f} -> {seen:.2f}, unseen {base_unseen:.2f} -> {unseen:.2f})")
 
 
-__all__ = ["CHATS", "YES_NO", "check_encode_chat", "drawn_chats", "check_sft_loss", "check_sft_outcome", "check_template",
-           "collate", "score", "tokenizer_of", "trl_labels", "tuned_copy"]
+__all__ = ["CHATS", "YES_NO", "check_encode_chat", "check_sft_loss", "check_sft_outcome", "check_template", "collate",
+           "drawn_chats", "score", "tokenizer_of", "trl_labels", "tuned_copy"]
