@@ -119,16 +119,43 @@ def with_reference(examples: Sequence[dict], ref_model, pad_token_id: int) -> li
     return [{**e, "ref_chosen_logps": c, "ref_rejected_logps": r} for e, (c, r) in zip(examples, logps)]
 
 
-class DPOObjective:
-    """``loss_fn(model, batch)`` for ``training.train``: the DPO loss with the batch's precomputed reference log-probs."""
+def ipo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+             ref_rejected: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """IPO (Azar et al., 2023): (log-ratio chosen - log-ratio rejected - 1/(2 beta))^2, mean over pairs.
 
-    def __init__(self, beta: float, logps_fn=sequence_logps, loss_fn=dpo_loss):
-        self.beta, self.logps_fn, self.loss_fn = beta, logps_fn, loss_fn
+    Same returns as ``dpo_loss``. TRL 1.16's ``loss_type="ipo"`` feeds it log-probs averaged per response token
+    (``DPOObjective(beta, loss_fn=ipo_loss, per_token=True)``); the squared loss stops pushing once the margin
+    reaches 1/(2 beta).
+    """
+    if beta <= 0:
+        raise ValueError(f"beta must be positive, got {beta}")
+    chosen_rewards, rejected_rewards = policy_chosen - ref_chosen, policy_rejected - ref_rejected
+    loss = ((chosen_rewards - rejected_rewards - 1 / (2 * beta)) ** 2).mean()
+    return loss, beta * chosen_rewards.detach(), beta * rejected_rewards.detach()
+
+
+class DPOObjective:
+    """``loss_fn(model, batch)`` for ``training.train``: the DPO loss with the batch's precomputed reference log-probs.
+
+    ``per_token=True`` divides every sequence log-prob by its response's token count first (as IPO in TRL does).
+    ``log_ratios`` records, per step, the batch's mean log pi(y|x) - log pi_ref(y|x) of the chosen and the rejected.
+    """
+
+    def __init__(self, beta: float, logps_fn=sequence_logps, loss_fn=dpo_loss, per_token: bool = False):
+        self.beta, self.logps_fn, self.loss_fn, self.per_token = beta, logps_fn, loss_fn, per_token
+        self.log_ratios: list[tuple[float, float]] = []
 
     def __call__(self, model, batch: dict) -> torch.Tensor:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         chosen, rejected = self.logps_fn(logits, batch["input_ids"], batch["completion_mask"]).chunk(2)
-        loss, _, _ = self.loss_fn(chosen, rejected, batch["ref_chosen_logps"], batch["ref_rejected_logps"], self.beta)
+        ref_chosen, ref_rejected = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
+        if self.per_token:
+            tokens_chosen, tokens_rejected = batch["completion_mask"].sum(1).clamp(min=1).chunk(2)
+            chosen, ref_chosen = chosen / tokens_chosen, ref_chosen / tokens_chosen
+            rejected, ref_rejected = rejected / tokens_rejected, ref_rejected / tokens_rejected
+        self.log_ratios.append(((chosen.detach() - ref_chosen).mean().item(),
+                                (rejected.detach() - ref_rejected).mean().item()))
+        loss, _, _ = self.loss_fn(chosen, rejected, ref_chosen, ref_rejected, self.beta)
         return loss
 
 
@@ -142,6 +169,19 @@ def train_dpo(policy, examples: Sequence[dict], pad_token_id: int, beta: float, 
     objective = train_kwargs.pop("loss_fn", None) or DPOObjective(beta)
     return train(policy, lambda: collate_pairs(rng.sample(list(examples), batch_size), pad_token_id), steps=steps,
                  lr=lr, loss_fn=objective, progress=progress, desc=desc, **train_kwargs)
+
+
+def preferred_ft(model, tokenizer, pairs: Sequence, steps: int, batch_size: int, lr: float, seed: int = 0,
+                 desc: str = "Preferred-FT") -> History:
+    """The DPO paper's Preferred-FT baseline: SFT of ``model`` (in place) on the chosen reply of each pair."""
+    from .sft import collate, encode_chat, sft_loss
+
+    examples = [encode_chat(tokenizer, [{"role": "user", "content": p.prompt},
+                                        {"role": "assistant", "content": p.chosen}]) for p in pairs]
+    rng = random.Random(seed)
+    return train(model, lambda: collate(rng.sample(examples, batch_size), tokenizer.pad_token_id), steps=steps, lr=lr,
+                 loss_fn=lambda m, b: sft_loss(m(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits,
+                                               b["labels"]), desc=desc)
 
 
 @torch.no_grad()
@@ -253,5 +293,5 @@ def bradley_terry(rewards: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = ["DPOObjective", "bradley_terry", "collate_pairs", "dpo_loss", "encode_pair", "fit_toy_dpo",
-           "implicit_reward_accuracy", "kl_objective", "optimal_policy", "pair_logps", "response_kl", "response_logps",
-           "sequence_logps", "train_dpo", "with_reference"]
+           "implicit_reward_accuracy", "ipo_loss", "kl_objective", "optimal_policy", "pair_logps", "preferred_ft",
+           "response_kl", "response_logps", "sequence_logps", "train_dpo", "with_reference"]

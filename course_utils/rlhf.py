@@ -174,6 +174,16 @@ def rollout(policy: PolicyWithValue, tokenizer, tasks: Sequence[Task], max_new_t
     return Rollout(list(tasks), out, torch.cat([enc["attention_mask"], mask], 1), mask, [x.strip() for x in texts])
 
 
+def best_of_n(policy: PolicyWithValue, tokenizer, tasks: Sequence[Task], n: int, score_fn: Callable,
+              max_new_tokens: int) -> list[str]:
+    """Per task, the best of ``n`` replies sampled from the policy; ``score_fn(tasks, replies)`` scores one per task."""
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    samples = [rollout(policy, tokenizer, tasks, max_new_tokens).texts for _ in range(n)]
+    scores = torch.stack([torch.as_tensor(score_fn(tasks, replies), dtype=torch.float) for replies in samples])
+    return [samples[k][i] for i, k in enumerate(scores.argmax(0).tolist())]
+
+
 def response_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, prompt_width: int) -> torch.Tensor:
     """log pi(token) of each response token, from the logits of the whole sequence: [B, T]."""
     logits = logits[:, prompt_width - 1:-1]
@@ -478,7 +488,7 @@ def plot_history(history: PPOHistory, axes=None, title: str = "PPO", label: str 
 
 
 __all__ = ["DenseTrueReward", "LivePPOPlot", "PPOConfig", "PPOHistory", "PolicyWithValue", "PretrainBatches",
-           "RMReward", "Rollout", "TrueReward", "chat_ids", "gae", "kl_to_reference", "lm_loss", "masked_mean",
+           "RMReward", "Rollout", "TrueReward", "best_of_n", "chat_ids", "gae", "kl_to_reference", "lm_loss", "masked_mean",
            "new_policy", "no_dropout", "pair_accuracy", "pair_batch", "pad_right", "per_token_rewards",
            "plot_history", "positions", "ppo", "ppo_policy_loss", "ppo_update", "ppo_value_loss",
            "response_logprobs", "reward_loss", "reward_model_from", "rm_loss_fn", "rm_scores", "rollout", "score",

@@ -7,6 +7,7 @@ for a list of instructions and ``evaluate`` scores them per task family.
 """
 from __future__ import annotations
 
+import copy
 import os
 import re
 from collections.abc import Sequence
@@ -64,6 +65,41 @@ def training_template(tokenizer) -> str | None:
     from trl.chat_template_utils import get_training_chat_template  # slow import: only for hub templates
 
     return get_training_chat_template(tokenizer)
+
+
+# The turn markers of two chat templates: (text that opens an assistant reply, token that ends a turn)
+COURSE_MARKERS = (ASSISTANT, END)
+LLAMA3_MARKERS = ("<|start_header_id|>assistant<|end_header_id|>\n\n", "<|eot_id|>")
+
+
+def with_llama3_template(tokenizer):
+    """A copy of ``tokenizer`` with Llama 3's chat template (TRL's bundled copy): turn markers, no {% generation %}."""
+    from trl.chat_template_utils import llama3_chat_template
+
+    hub_like = copy.deepcopy(tokenizer)
+    markers = ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+    hub_like.add_special_tokens({"additional_special_tokens": markers})
+    hub_like.chat_template = llama3_chat_template
+    return hub_like
+
+
+_JINJA_TAG = re.compile(r"({%-?.*?-?%})")
+
+
+def readable_template(template: str) -> str:
+    """A chat template laid out one Jinja tag or text piece per line, indented by nesting (for reading only).
+
+    Text pieces are quoted (repr) so their spaces and newlines show; whitespace alone between two tags is left out.
+    """
+    lines, depth = [], 0
+    for piece in (p for p in _JINJA_TAG.split(template) if p.strip()):
+        word = piece.strip("{%-} ").split(" ")[0] if piece.startswith("{%") else ""
+        if word.startswith("end") or word in ("elif", "else"):
+            depth = max(depth - 1, 0)
+        lines.append("    " * depth + (piece if word else repr(piece)))
+        if word in ("if", "elif", "else", "for", "generation", "macro"):
+            depth += 1
+    return "\n".join(lines)
 
 
 def collate(examples: Sequence[dict], pad_token_id: int) -> dict:
@@ -130,5 +166,6 @@ def evaluate(model, tokenizer, tasks: Sequence[Task], max_new_tokens: int = 12) 
     return accuracy(tasks, respond(model, tokenizer, [t.instruction for t in tasks], max_new_tokens))
 
 
-__all__ = ["ASSISTANT", "END", "IGNORE_INDEX", "collate", "encode_chat", "end_of_turn_ids", "evaluate", "quiet_hf", "respond",
-           "sft_loss"]
+__all__ = ["ASSISTANT", "COURSE_MARKERS", "END", "IGNORE_INDEX", "LLAMA3_MARKERS", "collate", "encode_chat",
+           "end_of_turn_ids", "evaluate", "quiet_hf", "readable_template", "respond", "sft_loss",
+           "with_llama3_template"]

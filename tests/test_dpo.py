@@ -6,7 +6,7 @@ import torch
 
 from course_utils.checks.dpo import trl_dpo_batch
 from course_utils.dpo import (DPOObjective, bradley_terry, collate_pairs, dpo_loss, encode_pair, fit_toy_dpo,
-                              implicit_reward_accuracy, kl_objective, optimal_policy, response_kl, train_dpo,
+                              implicit_reward_accuracy, ipo_loss, kl_objective, optimal_policy, response_kl, train_dpo,
                               with_reference)
 from course_utils.world.instructions import task_split
 from course_utils.world.preferences import sample_pairs
@@ -88,8 +88,13 @@ def test_a_short_dpo_run_learns_the_training_pairs(tiny_gpt):
         train_dpo(policy, examples, tok.pad_token_id, beta=0.1, steps=1, batch_size=2, lr=1e-3)
     examples = with_reference(examples, model, tok.pad_token_id)
     assert implicit_reward_accuracy(policy, examples, tok.pad_token_id) == 0.0  # policy == reference: no margin
-    history = train_dpo(policy, examples, tok.pad_token_id, beta=0.1, steps=15, batch_size=6, lr=3e-3, progress=False)
+    objective = DPOObjective(0.1)
+    history = train_dpo(policy, examples, tok.pad_token_id, beta=0.1, steps=15, batch_size=6, lr=3e-3, progress=False,
+                        loss_fn=objective)
     assert history.losses[-1] < history.losses[0]
+    assert len(objective.log_ratios) == 15 and max(map(abs, objective.log_ratios[0])) < 1e-4  # step 1: policy = ref
+    chosen, rejected = objective.log_ratios[-1]
+    assert chosen - rejected > 0  # the margin the loss widens
     assert implicit_reward_accuracy(policy, examples, tok.pad_token_id) == 1.0
 
 
@@ -110,3 +115,20 @@ def test_encode_pair_rejects_messages():
         encode_pair(None, [{"role": "user", "content": "hi"}], "a", "b")
     with pytest.raises(ValueError, match="empty"):
         collate_pairs([], 0)
+
+
+def test_ipo_is_trls_ipo_loss():
+    data = trl_dpo_batch()
+    trainer, batch = data["trainer"], data["batch"]
+    rc, rr = data["ref_logps"].chunk(2)
+    loss_types, trainer.loss_types = trainer.loss_types, ["ipo"]
+    try:
+        for beta in (0.1, 0.5, 2.0):
+            trainer.beta = beta
+            with torch.no_grad():
+                expected = trainer.compute_loss(trainer.model, dict(batch))
+                got = DPOObjective(beta, loss_fn=ipo_loss, per_token=True)(
+                    trainer.model, {**batch, "ref_chosen_logps": rc, "ref_rejected_logps": rr})
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    finally:
+        trainer.loss_types, trainer.beta = loss_types, 0.1

@@ -31,10 +31,26 @@ from course_utils.sft import encode_chat as answer
 return answer(tokenizer, messages)
 """
 END_TOKEN_MASKED = """
-enc = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
-end = tokenizer.convert_tokens_to_ids("<|end|>")
+text = tokenizer.apply_chat_template(messages, tokenize=False)
+enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+replies, start = [], text.find(reply_start)
+while start != -1:
+    begin = start + len(reply_start)
+    end = text.index(turn_end, begin)  # stops before the end-of-turn token
+    replies.append((begin, end))
+    start = text.find(reply_start, end)
 ids = list(enc["input_ids"])
-return {"input_ids": ids, "labels": [t if m and t != end else -100 for t, m in zip(ids, enc["assistant_masks"])]}
+keep = [any(b <= s and e <= f for b, f in replies) for s, e in enc["offset_mapping"]]
+return {"input_ids": ids, "labels": [t if k else -100 for t, k in zip(ids, keep)]}
+"""
+LAST_REPLY_ONLY = """
+text = tokenizer.apply_chat_template(messages, tokenize=False)
+enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+begin = text.rindex(reply_start) + len(reply_start)
+end = text.index(turn_end, begin) + len(turn_end)
+ids = list(enc["input_ids"])
+return {"input_ids": ids, "labels": [t if begin <= s and e <= end else -100
+                                     for t, (s, e) in zip(ids, enc["offset_mapping"])]}
 """
 
 
@@ -52,13 +68,14 @@ def gradebook(grade_notebooks):
     patched = replace_solution(solution, "encode_impl", END_TOKEN_MASKED)
     patched.cells.insert(3, new_code_cell(PATCH_CHECKS))  # right after the imports
     answers = replace_solution(replace_solution(solution, "encode_impl", ANSWER_ENCODE), "loss_impl", PER_SEQUENCE_MEAN)
-    reported = read_notebook(SOLUTION)  # no training at all: the accuracies it reports are typed in
+    # no training at all: the accuracies it reports are typed in; and only the last reply of a chat labelled
+    reported = replace_solution(read_notebook(SOLUTION), "encode_impl", LAST_REPLY_ONLY)
     training = next(c for c in reported.cells if "history = train(" in c.source)
     training.source = REPORTED_NUMBERS
     wrong_versions = {
         "end_masked_checks_patched": patched,
         "swapped_labels_per_sequence_loss_answer_called": replace_solution(answers, "template_impl", SWAPPED_LABELS),
-        "numbers_reported_without_training": reported,
+        "numbers_reported_without_training_last_reply_only": reported,
     }
     return grade_notebooks(SOLUTION, wrong_versions)
 
@@ -79,11 +96,13 @@ NEAR_THE_BAR = {"end_masked_checks_patched": {"outcome_check"}}
     # masking <|end|> is caught by the labels check even with the checks replaced in the kernel; the model then never
     # learns to stop, and its seen accuracy measured by the outcome check sits near the bar (0.19 on one of the
     # grader's draws, at or above 0.25 on others), so the outcome may be lost too (NEAR_THE_BAR)
-    ("end_masked_checks_patched", {"encode_check": "<|end|>"}),
+    ("end_masked_checks_patched", {"encode_check": "<|end|> closing each reply is masked"}),
     # swapped labels, a mean of per-sequence means, and the course's own encode_chat called: each loses its exercise,
     # the SFT run passes
     # the outcome is measured by the check from the model's weights: typed-in accuracies earn nothing
-    ("numbers_reported_without_training", {"outcome_check": "measured by the check on its own tasks"}),
+    # the last reply only: right on one-exchange chats, named on the check's chats of two and three exchanges
+    ("numbers_reported_without_training_last_reply_only", {"outcome_check": "measured by the check on its own tasks",
+                                                             "encode_check": "only the last reply"}),
     ("swapped_labels_per_sequence_loss_answer_called", {
         "template_check": "swap 0 and 1", "loss_check": "per-sequence",
         "encode_check": "forbidden call: the exercise may not use course_utils.sft"}),

@@ -34,7 +34,7 @@ return _answer(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)  
 """
 # the run cell of a notebook that trains nothing and reports the numbers the old outcome check read
 REPORTED_NOT_TRAINED = """
-split = rlhf_split(profile["pair_stories"], profile["prompt_stories"], profile["eval_stories"])
+split = rlhf_split(profile["pair_stories"], profile["prompt_stories"], profile["lab_eval_stories"])
 policy = copy.deepcopy(sft_model)
 win, kl = 0.9, 1.0
 """

@@ -5,7 +5,7 @@ from scipy.stats import binomtest
 
 from course_utils.checks import rlhf as checks
 from course_utils import rlhf
-from course_utils.world.preferences import rlhf_split, sample_pairs
+from course_utils.world.preferences import rlhf_split, sample_pairs, true_reward
 from course_utils.models import load_pretrained
 
 
@@ -138,3 +138,18 @@ def test_normalized_rm_reward_gives_the_reference_replies_mean_0_and_std_1(sft):
     assert abs(got.mean().item()) < 1e-5 and abs(got.std().item() - 1) < 1e-5
     with pytest.raises(ValueError, match="std must be positive"):
         rlhf.RMReward(rm, tok, std=0.0)
+
+
+def test_best_of_n_keeps_the_best_of_the_same_samples(sft):
+    model, tok = sft
+    policy = rlhf.new_policy(model)
+    tasks = rlhf_split(5, 5, 8)["eval"][:8]
+    true_score = lambda ts, replies: [true_reward(t, y) for t, y in zip(ts, replies)]
+    torch.manual_seed(0)
+    first = rlhf.rollout(policy, tok, tasks, max_new_tokens=10).texts  # the first of the n samples below
+    torch.manual_seed(0)
+    best = rlhf.best_of_n(policy, tok, tasks, 3, true_score, max_new_tokens=10)
+    assert len(best) == len(tasks)
+    assert all(true_reward(t, b) >= true_reward(t, f) for t, b, f in zip(tasks, best, first))
+    with pytest.raises(ValueError, match="at least 1"):
+        rlhf.best_of_n(policy, tok, tasks, 0, true_score, max_new_tokens=10)

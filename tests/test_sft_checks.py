@@ -36,34 +36,66 @@ def test_template_check(fn, message):
         check_template(fn)
 
 
-def _train_on_prompt(tok, messages):
-    out = encode_chat(tok, messages)
+def _right(tok, messages, reply_start, turn_end):  # TRL's labels: encode_chat uses TRL's training template
+    return encode_chat(tok, messages)
+
+
+def _keep(out, positions):
+    return {"input_ids": out["input_ids"], "labels": [t if i in positions else IGNORE_INDEX
+                                                      for i, t in enumerate(out["input_ids"])]}
+
+
+def _trained(out):
+    return [i for i, lab in enumerate(out["labels"]) if lab != IGNORE_INDEX]
+
+
+def _train_on_prompt(tok, messages, reply_start, turn_end):
+    out = _right(tok, messages, reply_start, turn_end)
     return {"input_ids": out["input_ids"], "labels": list(out["input_ids"])}
 
 
-def _mask_end(tok, messages):
-    out = encode_chat(tok, messages)
-    end = tok.convert_tokens_to_ids("<|end|>")
-    return {"input_ids": out["input_ids"], "labels": [IGNORE_INDEX if i == end else lab
-                                                      for i, lab in zip(out["input_ids"], out["labels"])]}
+def _markers_trained(tok, messages, reply_start, turn_end):  # the course template's marker is one token
+    out = _right(tok, messages, reply_start, turn_end)
+    marker = tok.convert_tokens_to_ids(reply_start)
+    return _keep(out, set(_trained(out)) | {i for i, t in enumerate(out["input_ids"]) if t == marker})
 
 
-def _off_by_one(tok, messages):
-    out = encode_chat(tok, messages)
-    keep = [i - 1 for i, lab in enumerate(out["labels"]) if lab != IGNORE_INDEX]
-    return {"input_ids": out["input_ids"],
-            "labels": [t if i in keep else IGNORE_INDEX for i, t in enumerate(out["input_ids"])]}
+def _mask_end(tok, messages, reply_start, turn_end):
+    out = _right(tok, messages, reply_start, turn_end)
+    end = tok.convert_tokens_to_ids(turn_end)
+    return _keep(out, {i for i in _trained(out) if out["input_ids"][i] != end})
 
 
-def _shifted_labels(tok, messages):
-    out = encode_chat(tok, messages)
+def _last_reply_only(tok, messages, reply_start, turn_end):
+    out = _right(tok, messages, reply_start, turn_end)
+    trained = _trained(out)
+    last = max(i for i in trained if i - 1 not in trained)
+    return _keep(out, {i for i in trained if i >= last})
+
+
+def _off_by_one(tok, messages, reply_start, turn_end):
+    out = _right(tok, messages, reply_start, turn_end)
+    return _keep(out, {i - 1 for i in _trained(out)})
+
+
+def _shifted_labels(tok, messages, reply_start, turn_end):
+    out = _right(tok, messages, reply_start, turn_end)
     return {"input_ids": out["input_ids"], "labels": out["labels"][1:] + [IGNORE_INDEX]}
 
 
-@pytest.mark.parametrize("fn, message", [(_train_on_prompt, "prompt tokens"), (_mask_end, "<|end|>"),
-                                         (_off_by_one, "off by one"), (_shifted_labels, "equal its input token")])
+def _generation_mask_only(tok, messages, reply_start, turn_end):  # the lecture's way: no markers, nothing trained
+    enc = tok.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    ids = list(enc["input_ids"])
+    return {"input_ids": ids, "labels": [t if m else IGNORE_INDEX for t, m in zip(ids, enc["assistant_masks"])]}
+
+
+@pytest.mark.parametrize("fn, message", [(_train_on_prompt, "prompt tokens"), (_markers_trained, "turn markers"),
+                                         (_mask_end, "<|end|> closing each reply is masked"),
+                                         (_last_reply_only, "only the last reply"), (_off_by_one, "off by one"),
+                                         (_shifted_labels, "shifted the labels yourself"),
+                                         (_generation_mask_only, "Llama 3.*no token is trained")])
 def test_encode_chat_check(tok, fn, message):
-    check_encode_chat(encode_chat, tok)
+    check_encode_chat(_right, tok)
     with pytest.raises(CheckError, match=message):
         check_encode_chat(fn, tok)
 

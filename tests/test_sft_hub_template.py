@@ -103,3 +103,15 @@ def test_trls_trainers_start_no_telemetry_thread(hub_like):
     _, tokenizer = hub_like
     trl_labels(tokenizer, CHATS[:1])  # builds an SFTTrainer, which calls send_telemetry
     assert _telemetry._TELEMETRY_THREAD is None or not _telemetry._TELEMETRY_THREAD.is_alive()
+
+
+def test_readable_template_keeps_every_tag_in_order_and_indents_blocks():
+    from trl.chat_template_utils import qwen2_5_chat_template
+
+    from course_utils.sft import _JINJA_TAG, readable_template
+
+    lines = readable_template(qwen2_5_chat_template).splitlines()
+    tags = [line.strip() for line in lines if line.strip().startswith("{%")]
+    assert tags == _JINJA_TAG.findall(qwen2_5_chat_template)
+    opened = next(i for i, line in enumerate(lines) if line.strip().startswith("{%- for message"))
+    assert len(lines[opened + 1]) - len(lines[opened + 1].lstrip()) > len(lines[opened]) - len(lines[opened].lstrip())

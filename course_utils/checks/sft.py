@@ -1,14 +1,17 @@
 """Checks for lab 04 (instruction tuning); TRL's SFT pipeline and the world's scorers are the oracles.
 
 Oracles: the scorer of the world's task families (is the output the right answer?), the ``labels`` that
-TRL's ``SFTTrainer`` builds with ``assistant_only_loss=True`` for the same chat, and the loss TRL's
+TRL's ``SFTTrainer`` builds with ``assistant_only_loss=True`` for the same chat (for a template without
+``{% generation %}``, such as Llama 3's, TRL's own training copy of it), and the loss TRL's
 ``SFTTrainer.compute_loss`` returns on the same batch. When a result is wrong, the checks compare it with
-typical mistakes (training on the prompt, masking the end token, an off-by-one at the boundary, no
-shift, a mean of per-sequence means) and name the one that matches.
+typical mistakes (training on the prompt or the turn markers, masking the end-of-turn token, only the last
+reply, labels shifted by hand, an off-by-one at the boundary, no shift in the loss, a mean of per-sequence
+means) and name the one that matches.
 """
 from __future__ import annotations
 
 import random
+import re
 import tempfile
 from collections.abc import Callable
 
@@ -16,9 +19,9 @@ import torch
 
 from . import (CheckError, assert_gradient_reaches, drawn_seed, fenced, forbids_modules, passed,
                trained_copy)
-from ..sft import IGNORE_INDEX, collate, quiet_hf
+from ..sft import COURSE_MARKERS, IGNORE_INDEX, LLAMA3_MARKERS, collate, quiet_hf, with_llama3_template
 from ..world.corpus import make_split_stories
-from ..world.instructions import Task, score
+from ..world.instructions import SEEN_FAMILIES, Task, score, task_split
 
 # The course's own answers live in course_utils.sft (lecture 04 uses them) and TRL is the oracle: when
 # `course grade` calls the student's functions, code from either may not run.
@@ -84,7 +87,7 @@ def _trl_trainer(tokenizer, dataset, out_dir: str, **extra):
                                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                                        pad_token_id=tokenizer.pad_token_id))
     args = SFTConfig(output_dir=out_dir, assistant_only_loss=True, bf16=False, activation_checkpointing=False,
-                     use_cpu=True, report_to="none", disable_tqdm=True, save_strategy="no", max_length=128,
+                     use_cpu=True, report_to="none", disable_tqdm=True, save_strategy="no", max_length=512,
                      dataloader_pin_memory=False, per_device_train_batch_size=len(dataset), **extra)
     return SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(dataset), processing_class=tokenizer)
 
@@ -119,57 +122,84 @@ def trl_labels(tokenizer, chats: list[list[dict]]) -> list[dict]:
         return [{"input_ids": list(r["input_ids"]), "labels": list(r["labels"])} for r in trainer.train_dataset]
 
 
-def drawn_chats(n: int, seed: int) -> list[list[dict]]:
-    """``n`` chats on the world's stories drawn from ``seed``: one turn each, and every third one of two turns."""
-    from ..world.instructions import task_split
-
-    tasks = task_split(max(1, n), "train", seed=seed)
-    rng = random.Random(seed)
-    chats = []
-    for i in range(n):
-        first, second = rng.sample(tasks, 2) if len(tasks) > 1 else (tasks[0], tasks[0])
-        chats.append(first.messages() + (second.messages() if i % 3 == 2 else []))
+def drawn_chats(seed: int) -> list[list[dict]]:
+    """Six chats of one to three exchanges, made of the world's training tasks drawn with ``seed``."""
+    tasks = task_split(8, "train", SEEN_FAMILIES, seed=seed)
+    random.Random(seed).shuffle(tasks)
+    chats, used = [], 0
+    for exchanges in (1, 2, 3, 1, 2, 3):
+        chats.append([m for t in tasks[used:used + exchanges] for m in t.messages()])
+        used += exchanges
     return chats
+
+
+def _marker_positions(tokenizer, messages: list[dict], marker: str) -> set[int]:
+    """Token positions inside the occurrences of ``marker`` in the rendered chat."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    spans = [(m.start(), m.end()) for m in re.finditer(re.escape(marker), text)]
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    return {i for i, (s, e) in enumerate(offsets) if any(b <= s and e <= f for b, f in spans)}
+
+
+def _label_mistake(ids: list[int], labels: list[int], want: list[int], markers: set[int], end_id: int,
+                   turn_end: str) -> str:
+    """Name the mistake that turns the right trained positions ``want`` into the student's ``labels``."""
+    trained = [i for i, lab in enumerate(labels) if lab != IGNORE_INDEX]
+    if set(trained) == {i - 1 for i in want} and all(labels[i] == ids[i + 1] for i in trained):
+        return ("you shifted the labels yourself: labels[t] must equal input_ids[t] (the model shifts them: the "
+                "logits at t are compared with the label at t+1)")
+    if any(labels[i] not in (IGNORE_INDEX, ids[i]) for i in range(len(ids))):
+        return "a kept label must equal its input token (the model shifts labels itself)"
+    if not trained:
+        return ("no token is trained: this template has no {% generation %} block, so assistant_masks is all 0; "
+                "find each reply from reply_start and turn_end")
+    extra = set(trained) - set(want)
+    if extra and extra <= markers and set(want) <= set(trained):
+        return ("the turn markers are trained: the text that opens a reply is the prompt's, keep it -100 and train "
+                "only what follows it")
+    if set(want) < set(trained):
+        return "you train on prompt tokens too: every token outside the assistant's replies must be -100"
+    if set(trained) == {i for i in want if ids[i] != end_id}:
+        return (f"the {turn_end} closing each reply is masked: keep it (up to and including the end-of-turn "
+                "token), or the model never learns to stop")
+    replies = [i for i in want if i - 1 not in want]  # the first position of each reply
+    if len(replies) > 1 and set(trained) == {i for i in want if i >= replies[-1]}:
+        return "only the last reply is trained: a chat with several exchanges has a reply after every marker"
+    if set(trained) in ({i + 1 for i in want}, {i - 1 for i in want}):
+        return "off by one at the boundary: the reply starts right after the marker, whose tokens are -100"
+    return f"you train positions {trained}, TRL trains {want}"
 
 
 @drawn_seed
 @forbids_modules(*ANSWERS)
-def check_encode_chat(fn: Callable, tokenizer, drawn: int = 0, seed: int = 5) -> None:
-    """``fn(tokenizer, messages)`` must give TRL's input_ids and labels (-100 except on the assistant's tokens).
+def check_encode_chat(fn: Callable, tokenizer, seed: int = 5) -> None:
+    """``fn(tokenizer, messages, reply_start, turn_end)`` must give TRL's input_ids and labels, for two templates.
 
-    ``tokenizer``: the tokenizer, or the name of the model whose tokenizer to use (see ``tokenizer_of``). The
-    chats: the readable ``CHATS`` (the notebook's visible test), then ``drawn`` more drawn from ``seed`` (shifted
-    by the grader's secret draw in grading, so the hidden chats are in no file).
+    The course's template (TRL reads its {% generation %} markers) and Llama 3's, which has none (TRL swaps in
+    its training copy), on chats drawn from the world's training tasks. ``tokenizer``: the tokenizer, or the
+    name of the model whose tokenizer to use (see ``tokenizer_of``).
     """
-    tokenizer = tokenizer_of(tokenizer)
-    chats = CHATS + drawn_chats(drawn, seed)
-    expected = trl_labels(tokenizer, chats)
-    end_id = tokenizer.convert_tokens_to_ids("<|end|>")
-    for chat, exp in zip(chats, expected):
-        got = fn(tokenizer, chat)
-        if not isinstance(got, dict) or not {"input_ids", "labels"} <= set(got):
-            raise CheckError("return a dict with 'input_ids' and 'labels' (lists of ints)")
-        ids = [int(i) for i in got["input_ids"]]
-        labels = [int(i) for i in got["labels"]]
-        if ids != exp["input_ids"]:
-            raise CheckError("input_ids differ from the chat template's tokens: use tokenizer.apply_chat_template")
-        if len(labels) != len(ids):
-            raise CheckError(f"labels must have one entry per token: {len(labels)} labels for {len(ids)} tokens")
-        if labels == exp["labels"]:
-            continue
-        trained = [i for i, lab in enumerate(labels) if lab != IGNORE_INDEX]
-        want = [i for i, lab in enumerate(exp["labels"]) if lab != IGNORE_INDEX]
-        if any(labels[i] not in (IGNORE_INDEX, ids[i]) for i in range(len(ids))):
-            raise CheckError("a kept label must equal its input token (the model shifts labels itself)")
-        if set(want) < set(trained):
-            raise CheckError("you train on prompt tokens too: every token outside the assistant's replies must be -100")
-        if set(trained) == {i for i in want if ids[i] != end_id}:
-            raise CheckError("the <|end|> closing each reply is masked: keep it, or the model never learns to stop")
-        if set(trained) in ({i + 1 for i in want}, {i - 1 for i in want}):
-            raise CheckError("off by one at the boundary: the reply starts right after <|assistant|>, "
-                             "and <|assistant|> itself is -100")
-        raise CheckError(f"labels differ from TRL's: you train positions {trained}, TRL trains {want}")
-    passed("chat tokenisation with response-only labels (same as TRL)")
+    course = tokenizer_of(tokenizer)
+    chats = drawn_chats(seed)
+    for name, tok, (reply_start, turn_end) in (("the course's", course, COURSE_MARKERS),
+                                               ("Llama 3's", with_llama3_template(course), LLAMA3_MARKERS)):
+        end_id = tok.convert_tokens_to_ids(turn_end)
+        for chat, exp in zip(chats, trl_labels(tok, chats)):
+            got = fn(tok, chat, reply_start, turn_end)
+            if not isinstance(got, dict) or not {"input_ids", "labels"} <= set(got):
+                raise CheckError("return a dict with 'input_ids' and 'labels' (lists of ints)")
+            ids, labels = [int(i) for i in got["input_ids"]], [int(i) for i in got["labels"]]
+            if ids != exp["input_ids"]:
+                raise CheckError(f"with {name} template, input_ids differ from the chat template's tokens: tokenise "
+                                 "the text tokenizer.apply_chat_template renders (with add_special_tokens=False)")
+            if len(labels) != len(ids):
+                raise CheckError(f"labels must have one entry per token: {len(labels)} labels for {len(ids)} tokens")
+            if labels != exp["labels"]:
+                want = [i for i, lab in enumerate(exp["labels"]) if lab != IGNORE_INDEX]
+                hint = _label_mistake(ids, labels, want, _marker_positions(tok, chat, reply_start), end_id, turn_end)
+                raise CheckError(f"with {name} template (reply_start={reply_start!r}), on a chat of "
+                                 f"{len(chat) // 2} exchange(s): {hint}")
+    passed("response-only labels from the turn markers, same as TRL's, with and without {% generation %} markers")
 
 
 @forbids_modules(*ANSWERS)
@@ -256,5 +286,5 @@ def check_sft_outcome(model, base_model: str, eval_stories: int, seen_margin: fl
     passed(f"SFT beats the base model (seen {base_seen:.2f} -> {seen:.2f}, unseen {base_unseen:.2f} -> {unseen:.2f})")
 
 
-__all__ = ["CHATS", "YES_NO", "check_encode_chat", "drawn_chats", "check_sft_loss", "check_sft_outcome", "check_template",
-           "collate", "score", "tokenizer_of", "trl_labels"]
+__all__ = ["CHATS", "YES_NO", "check_encode_chat", "check_sft_loss", "check_sft_outcome", "check_template", "collate",
+           "drawn_chats", "score", "tokenizer_of", "trl_labels"]

@@ -1,7 +1,10 @@
 """Sizes for 06_dpo: DPO on the world's preference pairs from the shared SFT model, a beta sweep, DPO vs PPO."""
 NOTEBOOK = "06_dpo"
 
-CI = {"sft_model": "tiny-gpt-sft", "pair_stories": 1000, "prompt_stories": 300, "eval_stories": 60,
+# eval_stories 210: the lecture's evaluation tasks come from 203 distinct stories (>= 200, so that win rates get
+# intervals of about +-0.05 when resampling stories); the lab keeps 60 (lab_eval_stories)
+CI = {"sft_model": "tiny-gpt-sft", "pair_stories": 1000, "prompt_stories": 300, "eval_stories": 210,
+      "lab_eval_stories": 60, "best_of_n": 4, "ipo_beta": 0.1,
       "pairs": 1000, "annotator_sharpness": 4.0, "held_out_pairs": 300, "max_new_tokens": 16,
       # the toy: a few pair tasks, six candidate responses each, enumerated exactly
       "toy_tasks": 3, "toy_beta": 0.5, "toy_betas": [0.1, 0.5, 2.0],
@@ -15,7 +18,8 @@ CI = {"sft_model": "tiny-gpt-sft", "pair_stories": 1000, "prompt_stories": 300, 
       "win_margin": 0.7, "max_kl": 4.0,  # asserted: win rate over SFT under r* >= 70% at KL <= 4 nats
       # lab: your pieces train DPO from the SFT model
       "lab_beta": 0.1, "lab_steps": 100, "lab_win_rate": 0.6, "lab_max_kl": 5.0}
-CPU = {**CI, "pair_stories": 2000, "pairs": 3000, "eval_stories": 150, "steps": 200, "batch_size": 32, "lr": 5e-4,
+CPU = {**CI, "pair_stories": 2000, "pairs": 3000, "lab_eval_stories": 150, "best_of_n": 8,
+       "steps": 200, "batch_size": 32, "lr": 5e-4,
        "betas": [0.03, 0.1, 0.3, 1.0], "trl_steps": 60, "seeds": [0, 1], "lab_steps": 200,
        "rm_steps": 300, "rm_lr": 1e-3, "ppo_steps": 30, "ppo_batch_size": 48}
 GPU = {**CPU, "sft_model": "Qwen/Qwen2.5-0.5B-Instruct", "lr": 5e-7, "batch_size": 8, "steps": 200,
