@@ -59,7 +59,7 @@ def lab06(tasks, seeds=(0, 1, 2)) -> None:
     """Win rate over SFT and KL to SFT of the lab's rDPO run, and of an untrained copy, on the grader's tasks."""
     profile = setup("06_dpo", profile="ci", verbose=False)
     sft, tok = load_pretrained(profile["sft_model"], progress=False)
-    split = rlhf_split(profile["pair_stories"], profile["prompt_stories"], profile["eval_stories"])
+    split = rlhf_split(profile["pair_stories"], profile["prompt_stories"], profile["lab_eval_stories"])
     pairs = sample_pairs(split["pairs"], profile["pairs"], sharpness=profile["annotator_sharpness"], seed=0)
     noise = label_noise_rate(pairs)
     examples = with_reference([encode_pair(tok, p.prompt, p.chosen, p.rejected) for p in pairs], sft, tok.pad_token_id)
