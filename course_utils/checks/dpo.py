@@ -297,10 +297,10 @@ def check_optimal_policy(fn: Callable) -> None:
     best = _maximise_objective(ref, rewards, 1.0)
     if not (torch.is_tensor(shifted) and shifted.shape == ref.shape
             and _close(shifted.detach().double(), best, atol=1e-3)):  # 1e-3: float32 rounds 1000 + r to 6e-5
-        raise CheckError("rewards + 1000 (beta=1) must give the same policy as the rewards themselves (a constant "
-                         "per prompt cancels in Z), got " + (f"{shifted.detach()[0].tolist()}" if torch.is_tensor(shifted)
-                                                            else type(shifted).__name__)
-                         + ": exp(r / beta) overflows to inf; subtract each row's max first (torch.softmax does)")
+        shown = shifted.detach()[0].tolist() if torch.is_tensor(shifted) else type(shifted).__name__
+        raise CheckError(f"rewards + 1000 (beta=1) must give the same policy as the rewards themselves (a constant "
+                         f"per prompt cancels in Z), got {shown}: exp(r / beta) overflows to inf; subtract each row's "
+                         "max first (torch.softmax does)")
     passed("closed-form optimal policy pi* = pi_ref exp(r/beta) / Z (matches the numerically maximised objective)")
 
 

@@ -90,7 +90,8 @@ def check_label_scores(fn: Callable, hidden: bool = False) -> None:
         raise RuntimeError("the check needs a multi-token label; the tokenizer changed")
     with torch.no_grad():
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    given = {"logits": logits.clone(), "input_ids": batch["input_ids"].clone(), "label_mask": batch["label_mask"].clone()}
+    given = {"logits": logits.clone(), "input_ids": batch["input_ids"].clone(),
+             "label_mask": batch["label_mask"].clone()}
     got = _tensor(fn(*given.values()), "label_scores")
     _unchanged(given, {"logits": logits, "input_ids": batch["input_ids"], "label_mask": batch["label_mask"]},
                "label_scores")
