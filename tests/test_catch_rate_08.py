@@ -3,20 +3,15 @@ import re
 from collections import Counter
 from pathlib import Path
 
-import pytest
 import torch
 import torch.nn.functional as F
 
-from course_utils.checks import CheckError
 from course_utils.checks import prompting as checks
 from course_utils.world import reasoning as R
-from notebook_helpers import nbgrader_meta, read_notebook
+from catch_rate import catch_rate_tests, solution_functions
 
 SOLUTION = Path(__file__).resolve().parents[1] / "solutions" / "08_prompting_cot.ipynb"
-SOL = {"torch": torch, "R": R}  # the solution's graded cells (its import cell loads a model: not needed here)
-for _cell in read_notebook(SOLUTION).cells:
-    if _cell.cell_type == "code" and nbgrader_meta(_cell).get("solution"):
-        exec(_cell.source, SOL)
+SOL = solution_functions(SOLUTION, {"torch": torch, "R": R})
 
 
 def check_label_scores(fn):
@@ -205,14 +200,4 @@ RIGHT = {
 }
 
 
-@pytest.mark.parametrize("name", WRONG)
-def test_a_plausible_wrong_version_loses_its_check(name):
-    check, fn, message = WRONG[name]
-    with pytest.raises(CheckError, match=message):
-        check(fn)
-
-
-@pytest.mark.parametrize("name", RIGHT)
-def test_a_correct_version_passes(name):
-    check, fn = RIGHT[name]
-    check(fn)
+test_a_plausible_wrong_version_loses_its_check, test_a_correct_version_passes = catch_rate_tests(WRONG, RIGHT)

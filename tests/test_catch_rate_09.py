@@ -3,18 +3,13 @@ import math
 import re
 from pathlib import Path
 
-import pytest
 import torch
 
-from course_utils.checks import CheckError
 from course_utils.checks import grpo as checks
-from notebook_helpers import nbgrader_meta, read_notebook
+from catch_rate import catch_rate_tests, solution_functions
 
 SOLUTION = Path(__file__).resolve().parents[1] / "solutions" / "09_rlvr_grpo.ipynb"
-SOL = {"torch": torch, "re": re, "math": math}  # the solution's graded cells (its import cell loads a model)
-for _cell in read_notebook(SOLUTION).cells:
-    if _cell.cell_type == "code" and nbgrader_meta(_cell).get("solution"):
-        exec(_cell.source, SOL)
+SOL = solution_functions(SOLUTION, {"torch": torch, "re": re, "math": math})
 
 
 def _verify(words=lambda text: re.findall(r"[a-z]+", text.lower()), agree=lambda said, wanted: said == wanted):
@@ -133,14 +128,4 @@ RIGHT = {
 }
 
 
-@pytest.mark.parametrize("name", WRONG)
-def test_a_plausible_wrong_version_loses_its_check(name):
-    check, fn, message = WRONG[name]
-    with pytest.raises(CheckError, match=message):
-        check(fn)
-
-
-@pytest.mark.parametrize("name", RIGHT)
-def test_a_correct_version_passes(name):
-    check, fn = RIGHT[name]
-    check(fn)
+test_a_plausible_wrong_version_loses_its_check, test_a_correct_version_passes = catch_rate_tests(WRONG, RIGHT)
