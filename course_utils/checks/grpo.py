@@ -56,7 +56,7 @@ def verifier_cases(n_tasks: int = 60, seed: int = 0) -> list[tuple]:
         for r in candidate_responses(t, rng):
             cases.append((t, r))
         a = t.answer.split(" , ")[0]
-        other = next(c for c in FAMILIES[t.family].choices if c not in t.answer.split(" , "))
+        other = next((c for c in FAMILIES[t.family].choices if c not in t.answer.split(" , ")), a)
         cases += [(t, f"{t.answer} or {other}"), (t, f"answer:{t.answer}"), (t, f"{a}2"),  # rule's neighbours
                   (t, t.answer.upper() + "."), (t, f"{a}s"), (t, f"{a}{a}"), (t, f"({t.answer})"), (t, ""),
                   (t, f"{t.answer} {t.answer}"), (t, f"answer : {t.answer} !"), (t, f"tomato and {t.answer}")]
