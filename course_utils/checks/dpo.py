@@ -72,6 +72,28 @@ def trl_dpo_batch() -> dict:
     return _CACHE["batch"]
 
 
+def _unchanged(given: dict, originals: dict, what: str) -> None:
+    """Raise CheckError naming each of ``given``'s tensors that no longer equals its original."""
+    changed = [name for name, value in given.items() if not torch.equal(value.detach(), originals[name])]
+    if changed:
+        raise CheckError(f"{what} changed {', '.join(changed)} in place: compute new tensors and leave the inputs "
+                         "as they were (the caller uses them again)")
+
+
+def _extreme_logps(fn: Callable, logits, ids, completion) -> None:
+    """The logits scaled x200: a token far below the best one has softmax 0 in float32 and exp(logit) overflows."""
+    from trl.trainer.utils import selective_log_softmax
+
+    extreme = logits * 200
+    want = (selective_log_softmax(extreme[:, :-1].double(), ids[:, 1:]) * completion[:, 1:]).sum(-1)
+    got = fn(extreme.clone().requires_grad_(), ids.clone(), completion.clone())
+    if not (torch.is_tensor(got) and torch.isfinite(got).all() and _close(got.detach(), want)):
+        value = got.detach().tolist() if torch.is_tensor(got) else got
+        raise CheckError(f"on logits 200x larger (gaps of thousands between tokens) the log-probs are {value}, TRL "
+                         f"gives {[round(v, 1) for v in want.tolist()]}: log(softmax(x)) underflows to log(0) and "
+                         "exp(x) overflows; use torch.log_softmax (it subtracts the max)")
+
+
 def _logps_variants(logits, ids, completion, attention) -> dict[str, torch.Tensor]:
     logp = torch.log_softmax(logits.double(), -1)
     token = logp[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)
@@ -105,7 +127,11 @@ def check_sequence_logps(fn: Callable) -> None:
     batch, logits = data["batch"], data["logits"]
     for name, lg, expected in (("policy", logits, data["policy_logps"]), ("reference", data["ref_logits"],
                                                                            data["ref_logps"])):
-        got = fn(lg.clone().requires_grad_(), batch["input_ids"].clone(), batch["completion_mask"].clone())
+        given = {"logits": lg.clone().requires_grad_(), "input_ids": batch["input_ids"].clone(),
+                 "completion_mask": batch["completion_mask"].clone()}
+        got = fn(*given.values())
+        _unchanged(given, {"logits": lg, "input_ids": batch["input_ids"], "completion_mask": batch["completion_mask"]},
+                   "sequence_logps")
         if not torch.is_tensor(got):
             raise CheckError(f"return a tensor of shape ({len(expected)},), one log-prob per row; got {type(got).__name__}")
         if not got.requires_grad:
@@ -124,6 +150,7 @@ def check_sequence_logps(fn: Callable) -> None:
         err = (got.double() - expected.double()).abs().max().item()
         raise CheckError(f"log-probs differ from TRL's for the {name} model (max abs error {err:.3g}); TRL gives "
                          f"{[round(v, 3) for v in expected.tolist()]}")
+    _extreme_logps(fn, logits, batch["input_ids"], batch["completion_mask"])
     passed("sequence log-probs of the response tokens (same as TRL's DPOTrainer)")
 
 
@@ -172,7 +199,10 @@ def check_dpo_loss(fn: Callable) -> None:
     rc, rr = data["ref_logps"].chunk(2)
     for beta, noise in ((0.1, 0.0), (0.1, 0.2), (0.5, 0.35)):
         expected, metrics = trl_loss(trainer, batch, beta, noise)
-        got = fn(pc.clone(), pr.clone(), rc.clone(), rr.clone(), beta, noise)
+        given = {"policy_chosen": pc.clone(), "policy_rejected": pr.clone(), "ref_chosen": rc.clone(),
+                 "ref_rejected": rr.clone()}
+        got = fn(*given.values(), beta, noise)
+        _unchanged(given, dict(zip(given, (pc, pr, rc, rr))), "dpo_loss")
         if not (isinstance(got, (tuple, list)) and len(got) == 3 and all(torch.is_tensor(x) for x in got)):
             raise CheckError("return a tuple (loss, chosen_rewards, rejected_rewards) of tensors")
         loss, chosen, rejected = (x.detach() for x in got)
@@ -235,7 +265,9 @@ def check_optimal_policy(fn: Callable) -> None:
     ref = torch.softmax(2 * torch.randn(4, 6, generator=generator, dtype=torch.float64), -1)
     rewards = torch.rand(4, 6, generator=generator, dtype=torch.float64) * 1.5
     for beta in (0.2, 1.0, 3.0):
-        got = fn(ref.clone(), rewards.clone(), beta)
+        given = {"ref_probs": ref.clone(), "rewards": rewards.clone()}
+        got = fn(*given.values(), beta)
+        _unchanged(given, {"ref_probs": ref, "rewards": rewards}, "optimal_policy")
         if not torch.is_tensor(got) or got.shape != ref.shape:
             raise CheckError(f"return a tensor of shape {tuple(ref.shape)} (prompts x responses), "
                              f"got {getattr(got, 'shape', type(got).__name__)}")
@@ -259,6 +291,16 @@ def check_optimal_policy(fn: Callable) -> None:
             raise CheckError("each row must be a probability distribution over the prompt's responses (sum to 1)")
         err = (got - best).abs().max().item()
         raise CheckError(f"not the maximiser of E[r] - beta KL for beta={beta} (max abs error {err:.3g})")
+    # Adding a constant to a prompt's rewards leaves its optimum unchanged (Z absorbs it); at +1000 with beta 1,
+    # exp(r / beta) overflows even in float64 unless the row's max is subtracted first (softmax does).
+    shifted = fn(ref.clone(), rewards + 1000, 1.0)
+    best = _maximise_objective(ref, rewards, 1.0)
+    if not (torch.is_tensor(shifted) and shifted.shape == ref.shape
+            and _close(shifted.detach().double(), best, atol=1e-3)):  # 1e-3: float32 rounds 1000 + r to 6e-5
+        shown = shifted.detach()[0].tolist() if torch.is_tensor(shifted) else type(shifted).__name__
+        raise CheckError(f"rewards + 1000 (beta=1) must give the same policy as the rewards themselves (a constant "
+                         f"per prompt cancels in Z), got {shown}: exp(r / beta) overflows to inf; subtract each row's "
+                         "max first (torch.softmax does)")
     passed("closed-form optimal policy pi* = pi_ref exp(r/beta) / Z (matches the numerically maximised objective)")
 
 

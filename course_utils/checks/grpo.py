@@ -35,10 +35,18 @@ def _close(a, b, atol: float = 1e-5) -> bool:
     return torch.is_tensor(a) and a.shape == b.shape and torch.allclose(a.double(), b.double(), atol=atol, rtol=1e-4)
 
 
+def _unchanged(given: dict, originals: dict, what: str) -> None:
+    """Raise CheckError naming each of ``given``'s tensors that no longer equals its original."""
+    changed = [name for name, value in given.items() if not torch.equal(value, originals[name])]
+    if changed:
+        raise CheckError(f"{what} changed {', '.join(changed)} in place: compute new tensors and leave the inputs "
+                         "as they were (the caller uses them again)")
+
+
 # ------------------------------------------------------------------------------------------- 1. the verifier
 def verifier_cases(n_tasks: int = 60, seed: int = 0) -> list[tuple]:
     """(task, response) pairs: the world's candidate responses plus edits that trip naive checkers."""
-    from ..world.instructions import task_split
+    from ..world.instructions import FAMILIES, task_split
     from ..world.preferences import candidate_responses
 
     rng = random.Random(seed)
@@ -48,7 +56,9 @@ def verifier_cases(n_tasks: int = 60, seed: int = 0) -> list[tuple]:
         for r in candidate_responses(t, rng):
             cases.append((t, r))
         a = t.answer.split(" , ")[0]
-        cases += [(t, t.answer.upper() + "."), (t, f"{a}s"), (t, f"{a}{a}"), (t, f"({t.answer})"), (t, ""),
+        other = next((c for c in FAMILIES[t.family].choices if c not in t.answer.split(" , ")), a)
+        cases += [(t, f"{t.answer} or {other}"), (t, f"answer:{t.answer}"), (t, f"{a}2"),  # rule's neighbours
+                  (t, t.answer.upper() + "."), (t, f"{a}s"), (t, f"{a}{a}"), (t, f"({t.answer})"), (t, ""),
                   (t, f"{t.answer} {t.answer}"), (t, f"answer : {t.answer} !"), (t, f"tomato and {t.answer}")]
     return cases
 
@@ -102,7 +112,9 @@ def check_group_advantages(fn: Callable) -> None:
     """``fn(rewards, group_size, scale)`` equals TRL's group-relative advantages, with and without the std."""
     for rewards, group_size in _advantage_cases():
         for scale in (True, False):
-            got = fn(rewards.clone(), group_size, scale)
+            given = rewards.clone()
+            got = fn(given, group_size, scale)
+            _unchanged({"rewards": given}, {"rewards": rewards}, "group_advantages")
             want = trl_advantages(rewards, group_size, scale)
             if _close(got, want, atol=1e-4):
                 continue
@@ -228,7 +240,10 @@ def check_grpo_loss(fn: Callable) -> None:
                                                "ref_per_token_logps"))
     for beta in (0.0, 0.04):
         want, logps = trl_loss("bnpo", beta)
-        got = fn(logps.clone(), old.clone(), adv.clone(), mask.clone(), 0.2, beta, ref.clone())
+        given = {"logprobs": logps.clone(), "old_logprobs": old.clone(), "advantages": adv.clone(),
+                 "mask": mask.clone(), "ref_logprobs": ref.clone()}
+        got = fn(*list(given.values())[:4], 0.2, beta, given["ref_logprobs"])
+        _unchanged(given, dict(zip(given, (logps, old, adv, mask, ref))), "grpo_loss")
         if not torch.is_tensor(got) or got.numel() != 1:
             raise CheckError(f"grpo_loss must return a scalar tensor, got {type(got).__name__}")
         got = got.reshape(())
@@ -240,6 +255,14 @@ def check_grpo_loss(fn: Callable) -> None:
         hint = next((h for value, h in variants if _close(got, value)), "")
         raise CheckError(f"GRPO loss {got.item():.6f} with beta={beta}, TRL's GRPOTrainer (token-level) gives "
                          f"{want.item():.6f}. {hint}".strip())
+    # Every log-prob 200 nats lower leaves each ratio and each KL term as it was, so the same loss; but exp(-200)
+    # is 0 in float32: a ratio or KL written as exp(a) / exp(b) becomes 0/0.
+    got = fn(logps - 200, old - 200, adv.clone(), mask.clone(), 0.2, 0.04, ref - 200)  # want: beta 0.04 above
+    if not (torch.is_tensor(got) and got.numel() == 1 and _close(got.reshape(()), want, atol=1e-4)):
+        raise CheckError(f"with every log-prob 200 lower (rare tokens; ratios and KL unchanged) the loss is "
+                         f"{got.reshape(-1).tolist() if torch.is_tensor(got) else got}, expected {want.item():.6f}: "
+                         "exp(logprob) underflows to 0; write the ratio as exp(logprobs - old_logprobs) and the KL "
+                         "from exp(ref - logprobs)")
     # gradients: only through the new log-probs; advantages and the old log-probs are constants of the step.
     # Tested by requires_grad alone (one input at a time), which survives `course grade`'s remote calls.
     for i, name in ((0, "logprobs"), (1, "old_logprobs"), (2, "advantages")):

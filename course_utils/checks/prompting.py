@@ -44,6 +44,26 @@ def _tensor(x, name: str) -> torch.Tensor:
     return x.detach().float()
 
 
+def _unchanged(given: dict, originals: dict, what: str) -> None:
+    """Raise CheckError naming each of ``given``'s tensors that no longer equals its original."""
+    changed = [name for name, value in given.items() if not torch.equal(value, originals[name])]
+    if changed:
+        raise CheckError(f"{what} changed {', '.join(changed)} in place: compute new tensors and leave the inputs "
+                         "as they were (the caller uses them again)")
+
+
+def _extreme_label_scores(fn: Callable, logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> None:
+    """The logits scaled x200: far-below-best tokens get softmax 0 in float32 and exp(logit) overflows."""
+    extreme = logits * 200
+    nll = torch.nn.functional.cross_entropy(extreme[:, :-1].double().transpose(1, 2), ids[:, 1:], reduction="none")
+    want = -(nll * mask[:, 1:]).sum(1)
+    got = _tensor(fn(extreme.clone(), ids.clone(), mask.clone()), "label_scores")
+    if not (got.shape == want.shape and torch.isfinite(got).all() and torch.allclose(got.double(), want, rtol=1e-4)):
+        raise CheckError(f"on logits 200x larger (gaps of thousands between tokens) the scores are {got[:4].tolist()}, "
+                         f"expected {[round(v, 1) for v in want[:4].tolist()]}: log(softmax(x)) underflows to log(0) "
+                         "and exp(x) overflows; use log_softmax (it subtracts the max)")
+
+
 def _oracle_logprob(model, ids: torch.Tensor, mask: torch.Tensor) -> float:
     """log P(label | prompt) of one row from the model's own loss (labels -100 outside the label)."""
     n = int(mask.sum())
@@ -70,11 +90,16 @@ def check_label_scores(fn: Callable, hidden: bool = False) -> None:
         raise RuntimeError("the check needs a multi-token label; the tokenizer changed")
     with torch.no_grad():
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    got = _tensor(fn(logits.clone(), batch["input_ids"].clone(), batch["label_mask"].clone()), "label_scores")
+    given = {"logits": logits.clone(), "input_ids": batch["input_ids"].clone(),
+             "label_mask": batch["label_mask"].clone()}
+    got = _tensor(fn(*given.values()), "label_scores")
+    _unchanged(given, {"logits": logits, "input_ids": batch["input_ids"], "label_mask": batch["label_mask"]},
+               "label_scores")
     want = torch.tensor([_oracle_logprob(model, i, m) for i, m in zip(batch["input_ids"], batch["label_mask"])])
     if got.shape != want.shape:
         raise CheckError(f"return one score per row, shape {tuple(want.shape)}, got {tuple(got.shape)}")
     if torch.allclose(got, want, atol=1e-3):
+        _extreme_label_scores(fn, logits, batch["input_ids"], batch["label_mask"])
         passed("label log-probabilities (every token of a multi-token label)")
         return
     logprobs = logits[:, :-1].log_softmax(-1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
@@ -152,6 +177,9 @@ def _ensemble_cases() -> list[torch.Tensor]:
     cases.append(ties)
     four = torch.randn(4, 60, 4, generator=g)
     cases.append(four)
+    far = torch.randn(3, 40, 3, generator=g) * 3  # two templates' labels ~1000 nats unlikely: exp underflows to 0
+    far[1:] -= 1000
+    cases.append(far)
     return cases
 
 
@@ -159,7 +187,9 @@ def _ensemble_cases() -> list[torch.Tensor]:
 def check_ensemble(fn: Callable) -> None:
     """``fn(logprobs)`` (templates, examples, labels) -> (average-probability predictions, vote predictions)."""
     for lp in _ensemble_cases():
-        got = fn(lp.clone())
+        given = lp.clone()
+        got = fn(given)
+        _unchanged({"logprobs": given}, {"logprobs": lp}, "ensemble")
         if not (isinstance(got, (tuple, list)) and len(got) == 2):
             raise CheckError("return a pair (average-probability predictions, majority-vote predictions)")
         avg, voted = (_tensor(g, "ensemble").long() for g in got)
@@ -172,6 +202,10 @@ def check_ensemble(fn: Callable) -> None:
                                  "normalise each template over the labels (softmax) and average probabilities")
             if torch.equal(avg, lp.log_softmax(-1).mean(0).argmax(-1)):
                 raise CheckError("you averaged log-probabilities (a geometric mean): average the probabilities")
+            if bool((lp.amax(dim=(1, 2)) < -100).any()):
+                raise CheckError("the probability-averaging predictions are wrong on templates whose log-probs are "
+                                 "near -1000: exp(log-prob) underflows to 0 (0/0 = nan); use softmax (it subtracts "
+                                 "the max)")
             raise CheckError("the probability-averaging predictions are wrong: softmax over labels per template, "
                              "mean over templates, argmax")
         if not torch.equal(voted, want_vote):
@@ -202,12 +236,15 @@ TIE_CASES = [
     ["answer : one .", "answer : two .", "answer : three .", "answer : four ."],
     ["answer : two . answer : five .", "answer : two .", "answer : five ."],  # the first answer of a chain counts
     ["answer : six.", "answer : four .", "answer : six ."],  # 'six.' is 'six': trailing periods are dropped
+    ["no answer", "none here", "still none", "answer : two ."],  # chains without an answer do not vote
+    ["answer: six .", "answer :six", "answer : four ."],  # only 'answer' ':' as two words is an answer
 ]
 ANSWER_CASES = {  # text -> the answer by the lab's rule (split on whitespace, word after 'answer' ':', periods off)
     "day one : four cups . day two : five cups . answer : five .": "five", "answer : four.": "four",
     "answer : seven . answer : two .": "seven", "so the answer : nine ...": "nine", "answer : three cups": "three",
     "no answer here": None, "answer :": None, "answer : .": None, "answer: four": None, "answer :four": None,
-    "the answer is six .": None, "answer\t:\nzero": "zero",
+    "the answer is six .": None, "answer\t:\nzero": "zero", "my answers : six .": None, "Answer : Four .": None,
+    "answer : .four .": ".four",  # whole words, exact case; only TRAILING periods are dropped
 }
 
 
@@ -271,6 +308,9 @@ def check_self_consistency(fn: Callable) -> None:
         answers = [ref.extract_answer(c) for c in chains]
         if want is None:
             raise CheckError(f"no chain has an answer, return None (got {got!r})")
+        if got is None:
+            raise CheckError(f"chains without an answer do not vote: the majority of the answers given is {want!r} "
+                             f"(chains: {chains!r})")
         if got is None or got not in answers:
             raise CheckError(f"{got!r} is not an answer of these chains: read each chain's answer with the rule of "
                              f"exercise 4 (chains: {chains!r})")
