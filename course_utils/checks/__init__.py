@@ -40,6 +40,14 @@ def fenced(text: str, limit: int = STUDENT_TEXT_LIMIT) -> str:
     return f"⟪{text if len(text) <= limit else text[: limit - 3] + '...'}⟫"
 
 
+def assert_unchanged(given: dict, originals: dict, what: str) -> None:
+    """Raise CheckError naming each of ``given``'s tensors that no longer equals its original (an in-place edit)."""
+    changed = [name for name, value in given.items() if not torch.equal(value.detach(), originals[name])]
+    if changed:
+        raise CheckError(f"{what} changed {', '.join(changed)} in place: compute new tensors and leave the inputs "
+                         "as they were (the caller uses them again)")
+
+
 def passed(what: str) -> None:
     """Print the one-line success message of a check."""
     print(f"✅ {what}: all checks passed")

@@ -16,8 +16,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from . import (CheckError, assert_gradient_reaches, drawn_seed, extreme_pairs, forbids_modules, passed,
-               trained_copy)
+from . import (CheckError, assert_gradient_reaches, assert_unchanged, drawn_seed, extreme_pairs, forbids_modules,
+               passed, trained_copy)
 from ..sft import quiet_hf, respond
 
 _CACHE: dict = {}
@@ -72,14 +72,6 @@ def trl_dpo_batch() -> dict:
     return _CACHE["batch"]
 
 
-def _unchanged(given: dict, originals: dict, what: str) -> None:
-    """Raise CheckError naming each of ``given``'s tensors that no longer equals its original."""
-    changed = [name for name, value in given.items() if not torch.equal(value.detach(), originals[name])]
-    if changed:
-        raise CheckError(f"{what} changed {', '.join(changed)} in place: compute new tensors and leave the inputs "
-                         "as they were (the caller uses them again)")
-
-
 def _extreme_logps(fn: Callable, logits, ids, completion) -> None:
     """The logits scaled x200: a token far below the best one has softmax 0 in float32 and exp(logit) overflows."""
     from trl.trainer.utils import selective_log_softmax
@@ -130,8 +122,8 @@ def check_sequence_logps(fn: Callable) -> None:
         given = {"logits": lg.clone().requires_grad_(), "input_ids": batch["input_ids"].clone(),
                  "completion_mask": batch["completion_mask"].clone()}
         got = fn(*given.values())
-        _unchanged(given, {"logits": lg, "input_ids": batch["input_ids"], "completion_mask": batch["completion_mask"]},
-                   "sequence_logps")
+        assert_unchanged(given, {"logits": lg, "input_ids": batch["input_ids"],
+                                 "completion_mask": batch["completion_mask"]}, "sequence_logps")
         if not torch.is_tensor(got):
             raise CheckError(f"return a tensor of shape ({len(expected)},), one log-prob per row; got {type(got).__name__}")
         if not got.requires_grad:
@@ -202,7 +194,7 @@ def check_dpo_loss(fn: Callable) -> None:
         given = {"policy_chosen": pc.clone(), "policy_rejected": pr.clone(), "ref_chosen": rc.clone(),
                  "ref_rejected": rr.clone()}
         got = fn(*given.values(), beta, noise)
-        _unchanged(given, dict(zip(given, (pc, pr, rc, rr))), "dpo_loss")
+        assert_unchanged(given, dict(zip(given, (pc, pr, rc, rr))), "dpo_loss")
         if not (isinstance(got, (tuple, list)) and len(got) == 3 and all(torch.is_tensor(x) for x in got)):
             raise CheckError("return a tuple (loss, chosen_rewards, rejected_rewards) of tensors")
         loss, chosen, rejected = (x.detach() for x in got)
@@ -267,7 +259,7 @@ def check_optimal_policy(fn: Callable) -> None:
     for beta in (0.2, 1.0, 3.0):
         given = {"ref_probs": ref.clone(), "rewards": rewards.clone()}
         got = fn(*given.values(), beta)
-        _unchanged(given, {"ref_probs": ref, "rewards": rewards}, "optimal_policy")
+        assert_unchanged(given, {"ref_probs": ref, "rewards": rewards}, "optimal_policy")
         if not torch.is_tensor(got) or got.shape != ref.shape:
             raise CheckError(f"return a tensor of shape {tuple(ref.shape)} (prompts x responses), "
                              f"got {getattr(got, 'shape', type(got).__name__)}")

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-from . import CheckError, drawn_seed, forbids_modules, passed, trained_copy
+from . import CheckError, assert_unchanged, drawn_seed, forbids_modules, passed, trained_copy
 
 # The course's answers (course_utils.grpo), the world's scorer and TRL: the student's code may run none of them.
 ANSWERS = ("course_utils.grpo", "course_utils.checks", "course_utils.world.instructions", "trl")
@@ -33,14 +33,6 @@ OUTCOME_MARGIN, OUTCOME_SAMPLES = 0.02, 16
 
 def _close(a, b, atol: float = 1e-5) -> bool:
     return torch.is_tensor(a) and a.shape == b.shape and torch.allclose(a.double(), b.double(), atol=atol, rtol=1e-4)
-
-
-def _unchanged(given: dict, originals: dict, what: str) -> None:
-    """Raise CheckError naming each of ``given``'s tensors that no longer equals its original."""
-    changed = [name for name, value in given.items() if not torch.equal(value, originals[name])]
-    if changed:
-        raise CheckError(f"{what} changed {', '.join(changed)} in place: compute new tensors and leave the inputs "
-                         "as they were (the caller uses them again)")
 
 
 # ------------------------------------------------------------------------------------------- 1. the verifier
@@ -114,7 +106,7 @@ def check_group_advantages(fn: Callable) -> None:
         for scale in (True, False):
             given = rewards.clone()
             got = fn(given, group_size, scale)
-            _unchanged({"rewards": given}, {"rewards": rewards}, "group_advantages")
+            assert_unchanged({"rewards": given}, {"rewards": rewards}, "group_advantages")
             want = trl_advantages(rewards, group_size, scale)
             if _close(got, want, atol=1e-4):
                 continue
@@ -243,7 +235,7 @@ def check_grpo_loss(fn: Callable) -> None:
         given = {"logprobs": logps.clone(), "old_logprobs": old.clone(), "advantages": adv.clone(),
                  "mask": mask.clone(), "ref_logprobs": ref.clone()}
         got = fn(*list(given.values())[:4], 0.2, beta, given["ref_logprobs"])
-        _unchanged(given, dict(zip(given, (logps, old, adv, mask, ref))), "grpo_loss")
+        assert_unchanged(given, dict(zip(given, (logps, old, adv, mask, ref))), "grpo_loss")
         if not torch.is_tensor(got) or got.numel() != 1:
             raise CheckError(f"grpo_loss must return a scalar tensor, got {type(got).__name__}")
         got = got.reshape(())

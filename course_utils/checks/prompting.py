@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from . import CheckError, forbids_modules, passed
+from . import CheckError, assert_unchanged, forbids_modules, passed
 from .. import prompting as ref
 from ..handed import TableScorer
 
@@ -42,14 +42,6 @@ def _tensor(x, name: str) -> torch.Tensor:
     if not torch.is_tensor(x):
         raise CheckError(f"{name} must return a torch tensor, got {type(x).__name__}")
     return x.detach().float()
-
-
-def _unchanged(given: dict, originals: dict, what: str) -> None:
-    """Raise CheckError naming each of ``given``'s tensors that no longer equals its original."""
-    changed = [name for name, value in given.items() if not torch.equal(value, originals[name])]
-    if changed:
-        raise CheckError(f"{what} changed {', '.join(changed)} in place: compute new tensors and leave the inputs "
-                         "as they were (the caller uses them again)")
 
 
 def _extreme_label_scores(fn: Callable, logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> None:
@@ -93,8 +85,8 @@ def check_label_scores(fn: Callable, hidden: bool = False) -> None:
     given = {"logits": logits.clone(), "input_ids": batch["input_ids"].clone(),
              "label_mask": batch["label_mask"].clone()}
     got = _tensor(fn(*given.values()), "label_scores")
-    _unchanged(given, {"logits": logits, "input_ids": batch["input_ids"], "label_mask": batch["label_mask"]},
-               "label_scores")
+    assert_unchanged(given, {"logits": logits, "input_ids": batch["input_ids"], "label_mask": batch["label_mask"]},
+                     "label_scores")
     want = torch.tensor([_oracle_logprob(model, i, m) for i, m in zip(batch["input_ids"], batch["label_mask"])])
     if got.shape != want.shape:
         raise CheckError(f"return one score per row, shape {tuple(want.shape)}, got {tuple(got.shape)}")
@@ -189,7 +181,7 @@ def check_ensemble(fn: Callable) -> None:
     for lp in _ensemble_cases():
         given = lp.clone()
         got = fn(given)
-        _unchanged({"logprobs": given}, {"logprobs": lp}, "ensemble")
+        assert_unchanged({"logprobs": given}, {"logprobs": lp}, "ensemble")
         if not (isinstance(got, (tuple, list)) and len(got) == 2):
             raise CheckError("return a pair (average-probability predictions, majority-vote predictions)")
         avg, voted = (_tensor(g, "ensemble").long() for g in got)
