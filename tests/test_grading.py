@@ -6,7 +6,10 @@ All submissions are graded once, in one `grade()` call (module fixture), because
 import argparse
 import csv
 import os
+import signal
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import nbformat
@@ -148,8 +151,9 @@ def test_hanging_submission_times_out_and_the_next_one_is_graded(graded):
 
 def test_dead_kernel_is_reported_and_grading_goes_on(graded):
     assert points(graded, "exit.ipynb") == [0, 0, 0, 0]
-    assert message(graded, "exit.ipynb", "add_check") == "the kernel died in this check (cell 5)"
-    assert message(graded, "exit.ipynb", "neg_check") == "not run: the notebook stopped in cell 5 (the kernel died)"
+    died = "the kernel died (exit code 1; it died again when graded a second time)"
+    assert message(graded, "exit.ipynb", "add_check") == f"{died} in this check (cell 5)"
+    assert message(graded, "exit.ipynb", "neg_check") == f"not run: the notebook stopped in cell 5 ({died})"
     assert message(graded, "exit.ipynb", "profile_check") == "passed"
 
 
@@ -243,3 +247,38 @@ def test_two_jobs_grade_exactly_as_one_in_sandboxed_kernels(graded, tmp_path, mo
     want = {k: (r.points, r.message) for k, r in graded["rows"].items() if k[0] in PARALLEL}
     assert got == want
     assert list(private_tmp.glob("course-grade-*")) == []
+
+
+def test_a_kernel_killed_from_outside_is_graded_again_in_a_fresh_kernel(tmp_path, capfd):
+    """A kernel that dies of something other than the submission and its limits (here: killed once from
+    outside, as a machine may) costs no points: the submission is graded again, with the same hidden inputs."""
+    marker = f"started-{tmp_path.name}"  # written by this test's kernel into its folder, and by no other
+    sol = solution_notebook()
+    sol.cells.insert(1, new_code_cell(f"import time\nopen({marker!r}, 'w').close()\ntime.sleep(3)"))
+    nbformat.write(sol, tmp_path / "99_demo.ipynb")
+    (tmp_path / "submitted").mkdir()
+    nbformat.write(sol, tmp_path / "submitted" / "solution.ipynb")
+    killed = []
+
+    def kill_the_first_kernel():
+        for _ in range(600):
+            for started in Path(tempfile.gettempdir()).glob(f"course-grade-*/{marker}"):
+                for proc in Path("/proc").glob("[0-9]*"):
+                    try:
+                        cmdline = (proc / "cmdline").read_bytes().decode()
+                    except OSError:
+                        continue
+                    if "ipykernel" in cmdline and str(started.parent) in cmdline:
+                        os.kill(int(proc.name), signal.SIGKILL)
+                        killed.append(proc.name)
+                        return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_the_first_kernel, daemon=True)
+    killer.start()
+    results = grading.grade(tmp_path / "99_demo.ipynb", [tmp_path / "submitted" / "solution.ipynb"],
+                            tmp_path / "out" / "grades.csv", TIMEOUT, "cpu")
+    killer.join(timeout=1)
+    assert killed, "the test never found the kernel to kill"
+    assert [r.points for r in results] == [0, 2, 2, 2], [r.message for r in results]
+    assert "the kernel died (killed by signal 9); grading it again in a fresh kernel" in capfd.readouterr().err

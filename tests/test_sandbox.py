@@ -193,8 +193,10 @@ def test_a_kernels_processes_share_one_memory_limit_where_cgroups_can_be_made(tm
         done = subprocess.run(sandbox.sandbox_prefix(tmp_path / "work", [], limits, cgroups)
                               + [sys.executable, "-c", TWO_PROCESSES], capture_output=True, text=True, timeout=60,
                               env={"PATH": "/usr/bin:/bin"})
+        reached = sandbox.limit_reached(cgroups, limits)
     finally:
         sandbox.remove_cgroups(cgroups)
+    assert reached == "killed at the memory limit (0.585938 GiB)", reached
     # the out-of-memory killer ends one process: the sandbox exits with 128 + 9, or the parent sees its child killed
     assert done.returncode in (137, -9) or done.stdout.strip() == "9", (done.returncode, done.stdout, done.stderr)
     assert not any(c.exists() for c in cgroups)

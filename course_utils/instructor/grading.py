@@ -16,6 +16,7 @@ import argparse
 import copy
 import multiprocessing
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -131,6 +132,26 @@ def _kernel_manager(workdir: Path, prefix: list[str] | None):
                                   connection_file=str(workdir / "kernel.json"))
 
 
+@dataclass(frozen=True)
+class Death:
+    """How a submission's kernel died: ``why`` in words; ``at_limit`` when a sandbox limit killed it."""
+
+    why: str
+    at_limit: bool
+
+
+def _death(km, cgroups: list[Path], limits: sandbox.Limits) -> Death:
+    """How the kernel of ``km`` died: the sandbox limit it reached, else its exit status."""
+    reached = sandbox.limit_reached(cgroups, limits)
+    if reached:
+        return Death(reached, True)
+    code = getattr(getattr(km.provisioner, "process", None), "returncode", None)
+    if code is None:
+        return Death("no exit status", False)
+    signal_number = -code if code < 0 else code - 128 if code > 128 else 0  # bwrap reports a signal as 128 + N
+    return Death(f"killed by signal {signal_number}" if signal_number else f"exit code {code}", False)
+
+
 def _rules_broken(cell) -> list[str]:
     found = []
     for out in cell.get("outputs", []):
@@ -140,10 +161,11 @@ def _rules_broken(cell) -> list[str]:
 
 
 def run_graded(nb, checks: dict, checker: checkproc.CheckProcess, workdir: Path, timeout: float, profile: str,
-               hide: list) -> tuple[dict[str, tuple[bool, str]], list[str]]:
+               hide: list) -> tuple[dict[str, tuple[bool, str]], list[str], Death | None]:
     """Run the submission's cells in its sandboxed kernel and each check in ``checker``'s bounded process.
 
-    Returns ({grade_id: (passed, message)} for the checks reached, notes on rules the submission broke).
+    Returns ({grade_id: (passed, message)} for the checks reached, notes on rules the submission broke,
+    how the kernel died or None).
     """
     from jupyter_core.utils import run_sync
 
@@ -152,7 +174,9 @@ def run_graded(nb, checks: dict, checker: checkproc.CheckProcess, workdir: Path,
     km = _kernel_manager(workdir, sandbox.sandbox_prefix(workdir, hide, limits, cgroups))
     client = _client_class()(nb, km=km, timeout=max(1, int(timeout)), kernel_name="python3", allow_errors=True)
     try:
-        return _run_cells(client, nb, checks, checker, workdir, timeout, profile)
+        verdicts, notes = _run_cells(client, nb, checks, checker, workdir, timeout, profile)
+        died = any("the kernel died" in message for _, message in verdicts.values())
+        return verdicts, notes, _death(km, cgroups, limits) if died else None
     finally:
         checker.close()  # nbclient leaves a kernel it did not create running: kill it, and with it the whole sandbox
         if run_sync(km.is_alive)():
@@ -260,6 +284,11 @@ def _warn_unsandboxed() -> None:
         _warned = True
         warnings.warn(f"grading is NOT sandboxed: {reason}. Submissions run with your permissions "
                       "(network, files); checks still run in the grader's process.", stacklevel=3)
+    elif reason is None and not _warned and (missing := sandbox.cgroups_missing_reason()) is not None:
+        _warned = True
+        print(f"course grade: note: no cgroup per kernel on this machine ({missing}); each of a kernel's processes "
+              "keeps its own limits, but together they may use more memory than one (docs/grader_guarantees.md)",
+              file=sys.stderr, flush=True)
 
 
 def grade_submission(submission_path: str | Path, solution_path: str | Path, timeout: float = 120,
@@ -288,15 +317,17 @@ def grade_submission(submission_path: str | Path, solution_path: str | Path, tim
         return [row(g, False, error_line("could not read the submission", str(exc))) for g in checks]
     hide = [Path(submission_path).resolve().parent, Path(solution_path).resolve().parent,
             Path(tempfile.gettempdir()), *(hide or [])]
-    tmp = Path(tempfile.mkdtemp(prefix="course-grade-")).resolve()
-    mounted = sandbox.unavailable_reason() is None and sandbox.mount_workdir(tmp)
-    checker = checkproc.CheckProcess(solution_path, profile, tmp, timeout)
-    try:
-        verdicts, notes = run_graded(graded, checks, checker, tmp, timeout, profile, hide)
-    finally:
-        if mounted:
-            sandbox.unmount_workdir(tmp)
-        _remove(tmp)
+    shift = secrets.randbelow(checkproc.SEED_SHIFTS)  # the hidden tests' inputs, drawn now (both runs share them)
+    verdicts, notes, died = _run_in_sandbox(graded, checks, solution_path, timeout, profile, hide, shift)
+    if died is not None and not died.at_limit:
+        # A kernel killed by no limit of ours may have died of the machine, not the submission: one more run.
+        print(f"course grade: {name}: the kernel died ({died.why}); grading it again in a fresh kernel",
+              file=sys.stderr, flush=True)
+        verdicts, notes, again = _run_in_sandbox(graded, checks, solution_path, timeout, profile, hide, shift)
+        died = again and Death(f"{again.why}; it died again when graded a second time", again.at_limit)
+    if died is not None:
+        verdicts = {g: (passed, message.replace("the kernel died", f"the kernel died ({died.why})", 1))
+                    for g, (passed, message) in verdicts.items()}
     results = []
     for grade_id in checks:
         if grade_id not in where:
@@ -308,6 +339,20 @@ def grade_submission(submission_path: str | Path, solution_path: str | Path, tim
             message = f"{message} [rules broken: {'; '.join(dict.fromkeys(broken))}]"
         results.append(row(grade_id, passed, message))
     return results
+
+
+def _run_in_sandbox(graded, checks: dict, solution_path, timeout: float, profile: str, hide: list,
+                    seed_shift: int) -> tuple[dict[str, tuple[bool, str]], list[str], Death | None]:
+    """``run_graded`` in a fresh folder of its own (a size-limited tmpfs where the machine allows one)."""
+    tmp = Path(tempfile.mkdtemp(prefix="course-grade-")).resolve()
+    mounted = sandbox.unavailable_reason() is None and sandbox.mount_workdir(tmp)
+    checker = checkproc.CheckProcess(solution_path, profile, tmp, timeout, seed_shift=seed_shift)
+    try:
+        return run_graded(graded, checks, checker, tmp, timeout, profile, hide)
+    finally:
+        if mounted:
+            sandbox.unmount_workdir(tmp)
+        _remove(tmp)
 
 
 def _grade_one(submission: str, solution_path: str, timeout: float, profile: str,

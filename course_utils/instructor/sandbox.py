@@ -160,20 +160,37 @@ def kernel_cgroups(name: str, limits: Limits) -> list[Path]:
     Everything a kernel starts shares them: its processes together stay within ``limits.memory_bytes`` of
     memory (the files it writes in its memory-backed /tmp included) and ``limits.processes`` processes.
     """
+    with contextlib.suppress(OSError):
+        return _make_cgroups(name, limits)
+    return []
+
+
+def _make_cgroups(name: str, limits: Limits) -> list[Path]:
+    """``kernel_cgroups``, raising OSError (with the reason) where the machine refuses."""
     made = []
     try:
         for controller, limit_file, value in (("memory", "memory.limit_in_bytes", limits.memory_bytes),
                                                ("pids", "pids.max", limits.processes)):
             parent = _own_cgroup(controller)
             if parent is None:
-                raise OSError(f"no {controller} cgroup (v1) of this process")
+                raise OSError(f"no {controller} cgroup (v1) of this process to make one under")
             (parent / name).mkdir()
             made.append(parent / name)
             (parent / name / limit_file).write_text(str(value))
     except OSError:
         remove_cgroups(made)
-        return []
+        raise
     return made
+
+
+@functools.lru_cache(maxsize=None)
+def cgroups_missing_reason() -> str | None:
+    """None when kernels get cgroups here (``kernel_cgroups``), else why not (probed once)."""
+    try:
+        remove_cgroups(_make_cgroups(f"course-grade-probe-{os.getpid()}", Limits()))
+    except OSError as exc:
+        return str(exc)
+    return None
 
 
 def remove_cgroups(folders: list[Path], tries: int = 50) -> None:
@@ -187,6 +204,21 @@ def remove_cgroups(folders: list[Path], tries: int = 50) -> None:
                     time.sleep(0.1)
                     continue
             break
+
+
+def limit_reached(cgroups: list[Path], limits: Limits) -> str | None:
+    """Which limit of the kernel's cgroups (``kernel_cgroups``) stopped something: memory, processes, or None."""
+    counts = {}
+    for folder in cgroups:
+        for name, key in (("memory.oom_control", "oom_kill"), ("pids.events", "max")):
+            with contextlib.suppress(OSError, ValueError):
+                lines = dict(line.split() for line in (folder / name).read_text().splitlines())
+                counts[key] = int(lines.get(key, 0))
+    if counts.get("oom_kill"):
+        return f"killed at the memory limit ({limits.memory_bytes / GIB:g} GiB)"
+    if counts.get("max"):
+        return f"the process limit ({limits.processes} processes and threads) was reached"
+    return None
 
 
 def _enter(cgroups: list[Path]) -> list[str]:
