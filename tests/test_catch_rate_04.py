@@ -110,7 +110,7 @@ WRONG = {
                                                                  reduction="sum"), "a sum"),
     "loss log(softmax)": (check_sft_loss, lambda lg, lb: F.nll_loss(torch.log(lg[:, :-1].softmax(-1)).transpose(1, 2),
                                                                      lb[:, 1:]), "underflows"),
-    "loss logsumexp without max": (check_sft_loss, loss_logsumexp_without_max, "exp.x. without the max"),
+    "loss logsumexp without max": (check_sft_loss, loss_logsumexp_without_max, "without the max"),
     "loss softmax over positions": (check_sft_loss, lambda lg, lb: F.nll_loss(lg[:, :-1].log_softmax(1).transpose(1, 2),
                                                                              lb[:, 1:]), "TRL gives"),
     "loss labels edited in place": (check_sft_loss, loss_labels_edited, "changed labels in place"),

@@ -18,8 +18,8 @@ from collections.abc import Callable
 
 import torch
 
-from . import (CheckError, assert_gradient_reaches, assert_unchanged, drawn_seed, fenced, forbids_modules, passed,
-               trained_copy)
+from . import CheckError, assert_unchanged, drawn_seed, fenced, forbids_modules, passed, trained_copy
+from .gpt import assert_stable_on_confident_logits
 from ..sft import COURSE_MARKERS, IGNORE_INDEX, LLAMA3_MARKERS, collate, quiet_hf, with_llama3_template
 from ..world.corpus import make_split_stories
 from ..world.instructions import SEEN_FAMILIES, Task, score, task_split
@@ -230,7 +230,8 @@ def check_sft_loss(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], tok
     if not torch.is_tensor(got) or got.dim() != 0:
         raise CheckError(f"return the loss as a scalar tensor, got {fenced(repr(got))}")
     if torch.allclose(got.double(), expected.double(), atol=1e-5, rtol=1e-4):
-        return _check_sft_loss_extremes(fn, logits, labels)
+        assert_stable_on_confident_logits(fn, logits, labels, "sft_loss")
+        return passed("response-only SFT loss (same as TRL's)")
     ce = torch.nn.functional.cross_entropy
     flat = lambda lg, lb: ce(lg.reshape(-1, lg.size(-1)), lb.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none")
     per_token = flat(logits[:, :-1], labels[:, 1:]).view(labels.size(0), -1)
@@ -249,24 +250,6 @@ def check_sft_loss(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], tok
         if torch.allclose(got.double(), value.double(), atol=1e-5, rtol=1e-4):
             raise CheckError(f"loss {got.item():.5f} but TRL gives {expected.item():.5f}: {hint}")
     raise CheckError(f"loss {got.item():.5f} but TRL gives {expected.item():.5f} on the same batch")
-
-
-def _check_sft_loss_extremes(fn, logits: torch.Tensor, labels: torch.Tensor) -> None:
-    """Very confident logits (log(softmax) underflows there) and the gradient reaching the logits."""
-    sharp = (logits * 1000).requires_grad_()
-    given = {"logits": sharp, "labels": labels.clone()}
-    got = fn(*given.values())
-    assert_unchanged(given, {"logits": logits * 1000, "labels": labels}, "sft_loss")
-    mask = labels[:, 1:] != IGNORE_INDEX
-    per_token = torch.nn.functional.cross_entropy(sharp.detach()[:, :-1].transpose(1, 2).double(), labels[:, 1:],
-                                                  ignore_index=IGNORE_INDEX, reduction="none")
-    want = (per_token * mask).sum() / mask.sum()
-    if not (torch.is_tensor(got) and torch.isfinite(got).all() and torch.allclose(got.double(), want, rtol=1e-4)):
-        raise CheckError(f"on very confident logits (x1000) the loss is {got.detach().double().mean().item():.5g}, "
-                         f"expected {want.item():.5g}: log(softmax(x)) underflows to log(0) and exp(x) without the max "
-                         "subtracted overflows; use log_softmax or cross_entropy")
-    assert_gradient_reaches(got, {"logits": sharp}, "SFT loss")
-    passed("response-only SFT loss (same as TRL's)")
 
 
 @drawn_seed
