@@ -21,7 +21,8 @@ from transformers import (GPT2Config, GPT2LMHeadModel, GenerationConfig, Tempera
                           TopKLogitsWarper, TopPLogitsWarper)
 from transformers.pytorch_utils import Conv1D
 
-from . import CheckError, assert_close, assert_gradient_reaches, assert_unchanged, drawn_seed, fenced, forbids, forbids_modules, passed
+from . import (CheckError, assert_close, assert_gradient_reaches, assert_unchanged, drawn_seed, fenced, forbids,
+               forbids_modules, passed)
 from ..handed import NextLogits
 
 # Modules whose code the student's functions may not run while these checks call them: transformers (the oracle:
@@ -326,8 +327,8 @@ def assert_stable_on_confident_logits(fn: Callable, logits: torch.Tensor, labels
     assert_unchanged(given, {"logits": logits.detach() * 1000, "labels": labels}, what)
     want = F.cross_entropy(sharp.detach()[:, :-1].double().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
     if not (torch.is_tensor(got) and torch.isfinite(got).all() and torch.allclose(got.double(), want, rtol=1e-4)):
-        value = got.detach().double().mean().item() if torch.is_tensor(got) else got
-        raise CheckError(f"{what}: on very confident logits (x1000) the loss is {value:.5g}, expected {want.item():.5g}: "
+        value = f"{got.detach().double().mean().item():.5g}" if torch.is_tensor(got) else fenced(repr(got))
+        raise CheckError(f"{what}: on very confident logits (x1000) the loss is {value}, expected {want.item():.5g}: "
                          "log(softmax(x)) underflows to log(0) and exp(x) without the max subtracted overflows; use "
                          "log_softmax or cross_entropy")
     assert_gradient_reaches(got, {"logits": sharp}, what)

@@ -63,8 +63,9 @@ def check_template(fn: Callable[[str, int], tuple[str, str]], seed: int = 11) ->
             hint = " (it is the answer for the other label: did you swap 0 and 1?)" if swapped else ""
             raise CheckError(f"for label {label} the output should say {YES_NO[label]!r}, got {fenced(repr(output))}{hint}")
         if output != YES_NO[label]:
-            raise CheckError(f"the output must be the verbalised label alone, {YES_NO[label]!r}, got {fenced(repr(output))}: the "
-                             "scorer and the model's training target are that one word (no spaces or punctuation)")
+            raise CheckError(f"the output must be the verbalised label alone, {YES_NO[label]!r}, got "
+                             f"{fenced(repr(output))}: the scorer and the model's training target are that one word "
+                             "(no spaces or punctuation)")
         outputs.setdefault(label, set()).add(output)
     instructions = {fn(stories[0].text, 0)[0], fn(stories[0].text, 1)[0]}
     if len(instructions) != 1:
