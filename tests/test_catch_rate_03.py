@@ -116,6 +116,23 @@ def adamw_state_in_place(params, grads, state, lr, weight_decay, betas=(0.9, 0.9
     return new_params, {"step": t, "exp_avg": state["exp_avg"], "exp_avg_sq": state["exp_avg_sq"]}
 
 
+def adamw_without_bias_correction(params, grads, state, lr, weight_decay, betas=(0.9, 0.999), eps=1e-8):
+    (beta1, beta2), t = betas, state["step"] + 1
+    new_params, exp_avg, exp_avg_sq = {}, {}, {}
+    for name, p in params.items():
+        g = grads[name]
+        exp_avg[name] = beta1 * state["exp_avg"][name] + (1 - beta1) * g
+        exp_avg_sq[name] = beta2 * state["exp_avg_sq"][name] + (1 - beta2) * g * g
+        p = p * (1 - lr * (weight_decay if p.dim() >= 2 else 0.0))
+        new_params[name] = p - lr * exp_avg[name] / (exp_avg_sq[name].sqrt() + eps)
+    return new_params, {"step": t, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+
+
+def clip_each_tensor(grads, max_norm):
+    norms = [g.norm() for g in grads]
+    return [g * torch.clamp(max_norm / (n + 1e-6), max=1.0) for g, n in zip(grads, norms)], torch.stack(norms).norm()
+
+
 def bpe_stops_at_count_one(words, num_merges):
     counts = Counter(tuple(w) for w in words)
     pieces = {w: list(w) for w in counts}
@@ -176,6 +193,12 @@ WRONG = {
     "lr warm-up from step one": (optim_checks.check_lr_schedule, lr_warmup_from_step_one, "off by one"),
     "clip in place": (optim_checks.check_clip_grad_norm, clip_in_place, "in place"),
     "adamw state in place": (optim_checks.check_adamw_step, adamw_state_in_place, "in place"),
+    "top_p min_tokens_to_keep ignored": (checks.check_top_p, lambda lg, p, keep=1: SOL["top_p_filter"](lg, p),
+                                         "min_tokens_to_keep"),
+    "clip each tensor by its own norm": (optim_checks.check_clip_grad_norm, clip_each_tensor, "OWN norm"),
+    "adamw without bias correction": (optim_checks.check_adamw_step, adamw_without_bias_correction, "bias-corrected"),
+    "swiglu silu on the up branch": (llama_checks.check_swiglu, lambda x, g, u, d: (
+        (x @ g.T) * F.silu(x @ u.T)) @ d.T, "GATE branch"),
     "rms_norm eps outside": (llama_checks.check_rms_norm, lambda x, w, eps=1e-6: w * x / (
         x.pow(2).mean(-1, keepdim=True).sqrt() + eps), "INSIDE"),
     "rotary interleaved": (llama_checks.check_rotary, lambda x, theta=10000.0: llama_checks._rotary(
