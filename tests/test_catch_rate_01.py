@@ -17,10 +17,10 @@ def check_masks(masks):
     checks.check_masks(masks.get("causal", SOL["causal_mask"]), masks.get("padding", SOL["padding_mask"]))
 
 
-def _sdpa(weights_of):
-    """A scaled_dot_product_attention whose weights are ``weights_of(scaled scores, mask)``."""
+def _sdpa(weights_of, scale=lambda q, k: 1 / math.sqrt(q.shape[-1])):
+    """A scaled_dot_product_attention whose weights are ``weights_of(scores * scale(q, k), mask)``."""
     def attention(q, k, v, mask=None):
-        weights = weights_of(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), mask)
+        weights = weights_of(q @ k.transpose(-2, -1) * scale(q, k), mask)
         return weights @ v, weights
     return attention
 
@@ -93,10 +93,11 @@ class DecodeWithoutTheNewKey(SOL["FusedSelfAttention"]):
 
 
 WRONG = {
-    "sdpa no scaling": (checks.check_attention, lambda q, k, v, mask=None: _sdpa(
-        lambda s, m: torch.softmax(_masked(s * math.sqrt(q.shape[-1]), m), -1))(q, k, v, mask), "sqrt"),
-    "sdpa scaled by the key length": (checks.check_attention, lambda q, k, v, mask=None: _sdpa(
-        lambda s, m: torch.softmax(_masked(s * math.sqrt(q.shape[-1] / k.shape[-2]), m), -1))(q, k, v, mask), "sqrt"),
+    "sdpa no scaling": (checks.check_attention, _sdpa(lambda s, m: torch.softmax(_masked(s, m), -1),
+                                                      scale=lambda q, k: 1.0), "sqrt"),
+    "sdpa scaled by the key length": (checks.check_attention, _sdpa(lambda s, m: torch.softmax(_masked(s, m), -1),
+                                                                    scale=lambda q, k: 1 / math.sqrt(k.shape[-2])),
+                                      "sqrt"),
     "sdpa mask inverted": (checks.check_attention, _sdpa(lambda s, m: torch.softmax(
         s if m is None else s.masked_fill(m, float("-inf")), -1)), "weight 0"),
     "sdpa mask as zeros": (checks.check_attention, _sdpa(lambda s, m: torch.softmax(

@@ -29,9 +29,8 @@ def _template(output_of):
 
 
 def _encode(keep):
-    """An encode_chat that tokenises like the solution and keeps the labels where ``keep(text, begin, end)`` says.
-
-    ``keep`` gets the rendered chat and one token's character span."""
+    """An encode_chat that tokenises like the solution and keeps a token's label where
+    ``keep(text, start, end, reply_start, turn_end)`` says (the rendered chat, the token's character span, the markers)."""
     def encode_chat(tokenizer, messages, reply_start, turn_end):
         text = tokenizer.apply_chat_template(messages, tokenize=False)
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -52,8 +51,9 @@ def _replies(text, reply_start, turn_end, include_marker=False, include_end=True
     return spans
 
 
-def _in(spans_of, **rule):
-    return _encode(lambda text, s, e, rs, te: any(b <= s and e <= f for b, f in spans_of(text, rs, te, **rule)))
+def _in_replies(**rule):
+    """An encode_chat that keeps the tokens inside ``_replies(..., **rule)``."""
+    return _encode(lambda text, s, e, rs, te: any(b <= s and e <= f for b, f in _replies(text, rs, te, **rule)))
 
 
 def encode_messages_edited(tokenizer, messages, reply_start, turn_end):
@@ -101,9 +101,9 @@ WRONG = {
                                          lambda text, label: (f"{text}\nhappy ({label}) ?", ("no", "yes")[label]),
                                          "not depend on the label"),
     "encode prompt trained": (check_encode_chat, _encode(lambda *_: True), "prompt tokens"),
-    "encode markers trained": (check_encode_chat, _in(_replies, include_marker=True), "turn markers are trained"),
-    "encode turn end masked": (check_encode_chat, _in(_replies, include_end=False), "closing each reply is masked"),
-    "encode first reply only": (check_encode_chat, _in(_replies, first_only=True), "only the first reply"),
+    "encode markers trained": (check_encode_chat, _in_replies(include_marker=True), "turn markers are trained"),
+    "encode turn end masked": (check_encode_chat, _in_replies(include_end=False), "closing each reply is masked"),
+    "encode first reply only": (check_encode_chat, _in_replies(first_only=True), "only the first reply"),
     "encode messages edited in place": (check_encode_chat, encode_messages_edited, "changed messages in place"),
     "loss no shift": (check_sft_loss, lambda lg, lb: F.cross_entropy(lg.flatten(0, 1), lb.flatten()), "no shift"),
     "loss sum": (check_sft_loss, lambda lg, lb: F.cross_entropy(lg[:, :-1].flatten(0, 1), lb[:, 1:].flatten(),
