@@ -97,6 +97,13 @@ def lr_warmup_from_step_one(step, max_lr, min_lr, warmup_steps, total_steps):
     return SOL["lr_at"](step, max_lr, min_lr, warmup_steps, total_steps)
 
 
+def lr_cosine_one_step_short(step, max_lr, min_lr, warmup_steps, total_steps):
+    if step < warmup_steps:
+        return max_lr * step / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps - 1))
+    return min_lr + (max_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def clip_in_place(grads, max_norm):
     total_norm = torch.sqrt(sum((g ** 2).sum() for g in grads))
     for g in grads:
@@ -191,6 +198,7 @@ WRONG = {
     "top_p without the crossing token": (checks.check_top_p, top_p_without_crossing_token, "crosses top_p"),
     "sampling without the generator": (checks.check_sampling, sampling_without_generator, "generator=generator"),
     "lr warm-up from step one": (optim_checks.check_lr_schedule, lr_warmup_from_step_one, "off by one"),
+    "lr cosine one step short": (optim_checks.check_lr_schedule, lr_cosine_one_step_short, "cosine phase"),
     "clip in place": (optim_checks.check_clip_grad_norm, clip_in_place, "in place"),
     "adamw state in place": (optim_checks.check_adamw_step, adamw_state_in_place, "in place"),
     "top_p min_tokens_to_keep ignored": (checks.check_top_p, lambda lg, p, keep=1: SOL["top_p_filter"](lg, p),

@@ -51,6 +51,11 @@ def _replies(text, reply_start, turn_end, include_marker=False, include_end=True
     return spans
 
 
+def _replies_one_char_late(text, reply_start, turn_end):
+    """Skips one character after each reply_start (as if a separator followed it)."""
+    return [(b + 1, e) for b, e in _replies(text, reply_start, turn_end)]
+
+
 def _in_replies(**rule):
     """An encode_chat that keeps the tokens inside ``_replies(..., **rule)``."""
     return _encode(lambda text, s, e, rs, te: any(b <= s and e <= f for b, f in _replies(text, rs, te, **rule)))
@@ -103,6 +108,8 @@ WRONG = {
     "encode prompt trained": (check_encode_chat, _encode(lambda *_: True), "prompt tokens"),
     "encode markers trained": (check_encode_chat, _in_replies(include_marker=True), "turn markers are trained"),
     "encode turn end masked": (check_encode_chat, _in_replies(include_end=False), "closing each reply is masked"),
+    "encode one character late": (check_encode_chat, _encode(lambda text, s, e, rs, te: any(
+        b <= s and e <= f for b, f in _replies_one_char_late(text, rs, te))), "first token of each reply"),
     "encode first reply only": (check_encode_chat, _in_replies(first_only=True), "only the first reply"),
     "encode messages edited in place": (check_encode_chat, encode_messages_edited, "changed messages in place"),
     "loss no shift": (check_sft_loss, lambda lg, lb: F.cross_entropy(lg.flatten(0, 1), lb.flatten()), "no shift"),
@@ -113,6 +120,8 @@ WRONG = {
     "loss logsumexp without max": (check_sft_loss, loss_logsumexp_without_max, "without the max"),
     "loss softmax over positions": (check_sft_loss, lambda lg, lb: F.nll_loss(lg[:, :-1].log_softmax(1).transpose(1, 2),
                                                                              lb[:, 1:]), "TRL gives"),
+    "loss shifted the wrong way": (check_sft_loss, lambda lg, lb: F.cross_entropy(lg[:, 1:].flatten(0, 1),
+                                                                                   lb[:, :-1].flatten()), "TRL gives"),
     "loss labels edited in place": (check_sft_loss, loss_labels_edited, "changed labels in place"),
     "loss mask unshifted": (check_sft_loss, loss_mask_unshifted, "TRL gives"),
     "loss over all positions": (check_sft_loss, loss_over_all_positions, "TRL gives"),

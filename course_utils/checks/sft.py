@@ -170,6 +170,9 @@ def _label_mistake(ids: list[int], labels: list[int], want: list[int], markers: 
     if len(replies) > 1 and set(trained) == {i for i in want if i < replies[1]}:
         return ("only the first reply is trained: keep searching for reply_start after each turn_end, a chat with "
                 "several exchanges has a reply after every marker")
+    if set(trained) == set(want) - set(replies):
+        return ("the first token of each reply is not trained: the reply starts right after reply_start, keep every "
+                "token from there up to and including turn_end")
     if set(trained) in ({i + 1 for i in want}, {i - 1 for i in want}):
         return "off by one at the boundary: the reply starts right after the marker, whose tokens are -100"
     return f"you train positions {trained}, TRL trains {want}"
