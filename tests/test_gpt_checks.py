@@ -193,7 +193,7 @@ def loss_detached(logits, labels):
 
 
 @pytest.mark.parametrize("fn, words", [(loss_no_shift, "no shift"), (loss_counts_padding, "-100 positions"),
-                                       (loss_sum, "a sum"), (loss_detached, "differentiable")])
+                                       (loss_sum, "a sum"), (loss_detached, "carries no gradient")])
 def test_loss_mistakes_are_named(fn, words):
     with pytest.raises(CheckError, match=words):
         checks.check_lm_loss(fn)

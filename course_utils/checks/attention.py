@@ -11,7 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from . import CheckError, assert_close, drawn_seed, forbids, passed
+from . import CheckError, assert_close, assert_unchanged, drawn_seed, forbids, passed
 
 
 def _random_qkv(gen: torch.Generator, batch=(2, 3), lq=5, lk=7, dk=8, dv=6, scale=1.0):
@@ -29,7 +29,10 @@ def _random_mask(gen: torch.Generator, shape) -> torch.Tensor:
 
 
 def _call_attention(fn, q, k, v, mask=None):
+    given = {"q": q, "k": k, "v": v} | ({} if mask is None else {"mask": mask})
+    originals = {name: t.clone() for name, t in given.items()}
     out = fn(q, k, v) if mask is None else fn(q, k, v, mask=mask)
+    assert_unchanged(given, originals, "scaled_dot_product_attention")
     if not (isinstance(out, tuple) and len(out) == 2):
         raise CheckError("scaled_dot_product_attention must return a tuple (output, weights)")
     return out
@@ -69,6 +72,10 @@ def check_attention(fn, n_random: int = 20, seed: int = 0) -> None:
     q, k, v = _random_qkv(gen, scale=40.0)  # scores in the thousands: exp() overflows without care
     _compare_attention(fn, q, k, v, None, "large logits (numerical stability: subtract the row max "
                                           "before exp, or use torch.softmax)")
+    # a masked score may hold the row's max: subtracting it before masking underflows the allowed ones to 0 / 0
+    _compare_attention(fn, q, k, v, _random_mask(gen, (*q.shape[:-1], k.shape[-2])),
+                       "large logits with a mask (mask the scores with -inf BEFORE the softmax, or the max you "
+                       "subtract may be a masked score)")
     passed("scaled_dot_product_attention")
 
 

@@ -21,7 +21,8 @@ from transformers import (GPT2Config, GPT2LMHeadModel, GenerationConfig, Tempera
                           TopKLogitsWarper, TopPLogitsWarper)
 from transformers.pytorch_utils import Conv1D
 
-from . import CheckError, assert_close, drawn_seed, fenced, forbids, forbids_modules, passed
+from . import (CheckError, assert_close, assert_gradient_reaches, assert_unchanged, drawn_seed, fenced, forbids,
+               forbids_modules, passed)
 from ..handed import NextLogits
 
 # Modules whose code the student's functions may not run while these checks call them: transformers (the oracle:
@@ -104,9 +105,12 @@ def _by_hand():
         F.scaled_dot_product_attention = original
 
 
-def _run(module, *args):
+def _run(module, x: torch.Tensor):
+    """``module(x)`` by hand, without gradients; ``x`` must come back unchanged (``x += ...`` edits the caller's)."""
+    original = x.clone()
     with _by_hand(), torch.no_grad():
-        out = module(*args)
+        out = module(x)
+    assert_unchanged({"x": x}, {"x": original}, f"{type(module).__name__}.forward (write x = x + ..., not x += ...)")
     if isinstance(out, tuple):
         out = out[0]
     if not torch.is_tensor(out):
@@ -286,7 +290,9 @@ def check_lm_loss(fn: Callable, seed: int = 0) -> None:
         with torch.no_grad():
             logits = hf(ids).logits
             expected = hf(ids, labels=labels).loss
-        got = fn(logits, labels)
+        given = {"logits": logits.clone(), "labels": labels.clone()}
+        got = fn(*given.values())
+        assert_unchanged(given, {"logits": logits, "labels": labels}, what)
         if not torch.is_tensor(got) or got.dim() != 0:
             raise CheckError(f"{what}: return a scalar tensor (the mean loss), got "
                              f"{tuple(got.shape) if torch.is_tensor(got) else type(got).__name__}")
@@ -305,11 +311,27 @@ def check_lm_loss(fn: Callable, seed: int = 0) -> None:
         }
         _diagnose(got, expected, what, mistakes,
                   hint="loss = cross_entropy(logits[:, :-1] flattened, labels[:, 1:] flattened, ignore_index=-100)")
-    logits = hf(ids).logits.detach().requires_grad_()
-    loss = fn(logits, ids)
-    if not loss.requires_grad:
-        raise CheckError("lm_loss must stay differentiable: build it from torch operations (no .item(), no numpy)")
+    assert_stable_on_confident_logits(fn, hf(ids).logits, padded, "lm_loss")
     passed("lm_loss")
+
+
+def assert_stable_on_confident_logits(fn: Callable, logits: torch.Tensor, labels: torch.Tensor, what: str) -> None:
+    """``fn(logits, labels)`` on logits 1000x sharper must equal the shifted cross-entropy and send gradients back.
+
+    There log(softmax(x)) underflows to log(0) and exp(x) without the max overflows; the inputs must come back
+    unchanged.
+    """
+    sharp = (logits.detach() * 1000).requires_grad_()
+    given = {"logits": sharp, "labels": labels.clone()}
+    got = fn(*given.values())
+    assert_unchanged(given, {"logits": logits.detach() * 1000, "labels": labels}, what)
+    want = F.cross_entropy(sharp.detach()[:, :-1].double().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+    if not (torch.is_tensor(got) and torch.isfinite(got).all() and torch.allclose(got.double(), want, rtol=1e-4)):
+        value = f"{got.detach().double().mean().item():.5g}" if torch.is_tensor(got) else fenced(repr(got))
+        raise CheckError(f"{what}: on very confident logits (x1000) the loss is {value}, expected {want.item():.5g}: "
+                         "log(softmax(x)) underflows to log(0) and exp(x) without the max subtracted overflows; use "
+                         "log_softmax or cross_entropy")
+    assert_gradient_reaches(got, {"logits": sharp}, what)
 
 
 def next_logits_fn(model: GPT2LMHeadModel) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -18,7 +18,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import (LlamaMLP, LlamaRMSNorm, LlamaRotaryEmbedding,
                                                       apply_rotary_pos_emb)
 
-from . import CheckError, assert_close, drawn_seed, forbids, forbids_modules, passed
+from . import CheckError, assert_close, assert_unchanged, drawn_seed, forbids, forbids_modules, passed
 
 # Modules whose code the student's functions may not run while these checks call them: transformers (LLaMA's
 # modeling, the oracle) and the checks' own references (reference_block). torch's fused RMSNorm is a C operator
@@ -130,11 +130,6 @@ def _diagnose(got, expected, what: str, mistakes: dict, hint: str) -> None:
     assert_close(got, expected, what, atol=ATOL, hint=hint)
 
 
-def _unchanged(inputs: list, copies: list, what: str) -> None:
-    if any(not torch.equal(a, b) for a, b in zip(inputs, copies)):
-        raise CheckError(f"{what} changed a tensor it received in place: return a new tensor")
-
-
 # --- The checks ------------------------------------------------------------------------------------------------
 
 @drawn_seed
@@ -150,10 +145,10 @@ def check_rms_norm(fn: Callable, seed: int = 0) -> None:
         with torch.no_grad():
             ref.weight.copy_(weight)
             expected = ref(x)
-        copies = [x.clone(), weight.clone()]
+        originals = {"x": x.clone(), "weight": weight.clone()}
         what = f"rms_norm(x of shape {tuple(x.shape)}, eps={eps})"
         got = fn(x, weight, eps)
-        _unchanged([x, weight], copies, what)
+        assert_unchanged({"x": x, "weight": weight}, originals, what)
         _diagnose(got, expected, what, {
             "this subtracts the mean (LayerNorm): RMSNorm only divides by the root mean square, "
             "x / sqrt(mean(x**2) + eps)": _rms(x, weight, eps, layer_norm=True),
@@ -174,10 +169,10 @@ def check_rotary(fn: Callable, seed: int = 0) -> None:
         rotary = LlamaRotaryEmbedding(config)
         cos, sin = rotary(x, torch.arange(T)[None].expand(2, T))
         expected, _ = apply_rotary_pos_emb(x, x, cos.double(), sin.double())
-        copy = x.clone()
+        original = x.clone()
         what = f"apply_rotary(x of shape {tuple(x.shape)}, theta={theta})"
         got = fn(x, theta)
-        _unchanged([x], [copy], what)
+        assert_unchanged({"x": x}, {"x": original}, what)
         _diagnose(got, expected, what, {
             "this rotates neighbouring pairs (0, 1), (2, 3), ... (the RoFormer/GPT-J layout): LLaMA in transformers "
             "pairs dimension i with dimension i + d_head/2 (rotate_half)": _rotary(x, theta, interleaved=True),
@@ -206,9 +201,10 @@ def check_swiglu(fn: Callable, seed: int = 0) -> None:
         with torch.no_grad():
             expected = ref(x)
         what = f"swiglu_mlp(d_model={d}, intermediate={inter})"
-        copies = [x.clone()] + [t.clone() for t in w]
+        given = dict(zip(("x", "w_gate", "w_up", "w_down"), [x, *w]))
+        originals = {n: t.clone() for n, t in given.items()}
         got = fn(x, *w)
-        _unchanged([x] + w, copies, what)
+        assert_unchanged(given, originals, what)
         _diagnose(got, expected, what, {
             "the SiLU goes on the GATE branch: down(silu(gate(x)) * up(x))": _swiglu(x, *w, swapped=True),
             "LLaMA's activation is SiLU (x * sigmoid(x)), not GELU": _swiglu(x, *w, act=F.gelu),
@@ -232,9 +228,10 @@ def check_llama_block(fn: Callable, seed: int = 0, sizes=((32, 4, 48), (24, 2, 4
         x, expected = out.hidden_states[0], out.hidden_states[1]
         w = block_weights(model.model.layers[0])
         what = f"llama_block(hidden={hidden}, n_heads={n_heads}, theta={theta}, eps={eps})"
-        copies = [x.clone()] + [w[n].clone() for n in BLOCK_WEIGHTS]
+        given = {"x": x, **{f"w[{n!r}]": w[n] for n in BLOCK_WEIGHTS}}
+        originals = {n: t.clone() for n, t in given.items()}
         got = fn(x, w, n_heads, theta, eps)
-        _unchanged([x] + [w[n] for n in BLOCK_WEIGHTS], copies, what)
+        assert_unchanged(given, originals, what)
         mistakes = {
             "no causal mask: position i may only attend to positions 0..i": dict(causal=False),
             "the rotary embedding is missing: rotate q and k (not v) before the scores": dict(rope=False),

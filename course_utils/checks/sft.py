@@ -10,6 +10,7 @@ means) and name the one that matches.
 """
 from __future__ import annotations
 
+import copy
 import random
 import re
 import tempfile
@@ -17,8 +18,8 @@ from collections.abc import Callable
 
 import torch
 
-from . import (CheckError, assert_gradient_reaches, drawn_seed, fenced, forbids_modules, passed,
-               trained_copy)
+from . import CheckError, assert_unchanged, drawn_seed, fenced, forbids_modules, passed, trained_copy
+from .gpt import assert_stable_on_confident_logits
 from ..sft import COURSE_MARKERS, IGNORE_INDEX, LLAMA3_MARKERS, collate, quiet_hf, with_llama3_template
 from ..world.corpus import make_split_stories
 from ..world.instructions import SEEN_FAMILIES, Task, score, task_split
@@ -61,9 +62,10 @@ def check_template(fn: Callable[[str, int], tuple[str, str]], seed: int = 11) ->
             swapped = _yes_no_right(Task("happy", instruction, YES_NO[1 - label], YES_NO[1 - label], story.text), output)
             hint = " (it is the answer for the other label: did you swap 0 and 1?)" if swapped else ""
             raise CheckError(f"for label {label} the output should say {YES_NO[label]!r}, got {fenced(repr(output))}{hint}")
-        if output.strip() != YES_NO[label]:
-            raise CheckError(f"the output must be the verbalised label alone, {YES_NO[label]!r}, got {fenced(repr(output))}: the "
-                             "scorer and the model's training target are that one word")
+        if output != YES_NO[label]:
+            raise CheckError(f"the output must be the verbalised label alone, {YES_NO[label]!r}, got "
+                             f"{fenced(repr(output))}: the scorer and the model's training target are that one word "
+                             "(no spaces or punctuation)")
         outputs.setdefault(label, set()).add(output)
     instructions = {fn(stories[0].text, 0)[0], fn(stories[0].text, 1)[0]}
     if len(instructions) != 1:
@@ -165,6 +167,12 @@ def _label_mistake(ids: list[int], labels: list[int], want: list[int], markers: 
     replies = [i for i in want if i - 1 not in want]  # the first position of each reply
     if len(replies) > 1 and set(trained) == {i for i in want if i >= replies[-1]}:
         return "only the last reply is trained: a chat with several exchanges has a reply after every marker"
+    if len(replies) > 1 and set(trained) == {i for i in want if i < replies[1]}:
+        return ("only the first reply is trained: keep searching for reply_start after each turn_end, a chat with "
+                "several exchanges has a reply after every marker")
+    if set(trained) == set(want) - set(replies):
+        return ("the first token of each reply is not trained: the reply starts right after reply_start, keep every "
+                "token from there up to and including turn_end")
     if set(trained) in ({i + 1 for i in want}, {i - 1 for i in want}):
         return "off by one at the boundary: the reply starts right after the marker, whose tokens are -100"
     return f"you train positions {trained}, TRL trains {want}"
@@ -185,7 +193,11 @@ def check_encode_chat(fn: Callable, tokenizer, seed: int = 5) -> None:
                                                ("Llama 3's", with_llama3_template(course), LLAMA3_MARKERS)):
         end_id = tok.convert_tokens_to_ids(turn_end)
         for chat, exp in zip(chats, trl_labels(tok, chats)):
+            original = copy.deepcopy(chat)
             got = fn(tok, chat, reply_start, turn_end)
+            if chat != original:
+                raise CheckError("encode_chat changed messages in place: build new strings and leave the messages as "
+                                 "they were (the caller uses them again)")
             if not isinstance(got, dict) or not {"input_ids", "labels"} <= set(got):
                 raise CheckError("return a dict with 'input_ids' and 'labels' (lists of ints)")
             ids, labels = [int(i) for i in got["input_ids"]], [int(i) for i in got["labels"]]
@@ -216,11 +228,14 @@ def check_sft_loss(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], tok
             expected = trainer.compute_loss(trainer.model, dict(batch))
             logits = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     labels = batch["labels"]
-    got = fn(logits.clone(), labels.clone())
+    given = {"logits": logits.clone(), "labels": labels.clone()}
+    got = fn(*given.values())
+    assert_unchanged(given, {"logits": logits, "labels": labels}, "sft_loss")
     if not torch.is_tensor(got) or got.dim() != 0:
         raise CheckError(f"return the loss as a scalar tensor, got {fenced(repr(got))}")
     if torch.allclose(got.double(), expected.double(), atol=1e-5, rtol=1e-4):
-        return _check_sft_loss_extremes(fn, logits, labels)
+        assert_stable_on_confident_logits(fn, logits, labels, "sft_loss")
+        return passed("response-only SFT loss (same as TRL's)")
     ce = torch.nn.functional.cross_entropy
     flat = lambda lg, lb: ce(lg.reshape(-1, lg.size(-1)), lb.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none")
     per_token = flat(logits[:, :-1], labels[:, 1:]).view(labels.size(0), -1)
@@ -239,22 +254,6 @@ def check_sft_loss(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], tok
         if torch.allclose(got.double(), value.double(), atol=1e-5, rtol=1e-4):
             raise CheckError(f"loss {got.item():.5f} but TRL gives {expected.item():.5f}: {hint}")
     raise CheckError(f"loss {got.item():.5f} but TRL gives {expected.item():.5f} on the same batch")
-
-
-def _check_sft_loss_extremes(fn, logits: torch.Tensor, labels: torch.Tensor) -> None:
-    """Very confident logits (log(softmax) underflows there) and the gradient reaching the logits."""
-    sharp = (logits * 1000).requires_grad_()
-    got = fn(sharp, labels.clone())
-    mask = labels[:, 1:] != IGNORE_INDEX
-    per_token = torch.nn.functional.cross_entropy(sharp.detach()[:, :-1].transpose(1, 2).double(), labels[:, 1:],
-                                                  ignore_index=IGNORE_INDEX, reduction="none")
-    want = (per_token * mask).sum() / mask.sum()
-    if not (torch.is_tensor(got) and torch.isfinite(got).all() and torch.allclose(got.double(), want, rtol=1e-4)):
-        raise CheckError(f"on very confident logits (x1000) the loss is {got.detach().double().mean().item():.5g}, "
-                         f"expected {want.item():.5g}: log(softmax(x)) underflows to log(0); use log_softmax or "
-                         "cross_entropy")
-    assert_gradient_reaches(got, {"logits": sharp}, "SFT loss")
-    passed("response-only SFT loss (same as TRL's)")
 
 
 @drawn_seed
