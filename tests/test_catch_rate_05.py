@@ -69,7 +69,7 @@ def opening_of_the_best_reply(rm, tokenizer, prompts, replies, candidates):  # w
     return replies[int(rlhf.rm_scores(rm, tokenizer, prompts, replies).argmax())].split()[0]
 
 
-def all_thechecks.opening_gains(rm, tokenizer, prompts, replies, candidates):  # the measurements, not the answer
+def all_the_gains(rm, tokenizer, prompts, replies, candidates):  # the measurements, not the answer
     return checks.opening_gains(rm, tokenizer, prompts, replies, candidates)
 
 
