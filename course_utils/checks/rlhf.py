@@ -360,8 +360,9 @@ BLIND_SPOT_CANDIDATES = ("glad", "because", "every", "away", "help", "this", "wi
 BLIND_SPOT_SHARE, BLIND_SPOT_RATE = 0.5, 0.9  # pairs opened by the blind-spot word, and how often on the chosen side
 # The grader's own audit (120 replies the student never sees) must find the planted word ahead of every decoy by this
 # many RM units, or the grader trains the reward model again from the next seed: the answer it grades is then
-# well posed. Over seeds 0-9 the planted word led the best decoy by 0.1-2.5 on 40 replies (standard error of one
-# gain about 0.1), so 0.5 is 5 standard errors and most seeds pass at the first try.
+# well posed. Measured over 14 seeds, the planted word led the best decoy by 0.10-2.46 (13 of 14 by 0.5 or more, so
+# retries are rare); one word's mean gain had a standard error of 0.07-0.17 on 40 replies, so on the student's 60
+# a difference of two gains has one of at most 0.2 and a lead of 0.5 stays ahead by 2.5 standard errors or more.
 BLIND_SPOT_LEAD = 0.5
 
 
