@@ -3,8 +3,9 @@
 Oracles: the loss ``trl.RewardTrainer.compute_loss`` returns on a batch of pairs (exercise 1); a written-out
 reference of the per-token RLHF reward (exercise 2: InstructGPT's KL-shaped reward, as TRL's old
 ``PPOTrainer.compute_rewards`` built it); ``torchrl.objectives.value.functional.generalized_advantage_estimate``
-(exercise 3); ``torchrl.objectives.ClipPPOLoss`` (exercise 4). Every student function takes and returns
+(exercise 3); ``torchrl.objectives.ClipPPOLoss`` (exercise 4). Those student functions take and return
 tensors. When a result is wrong, the checks compare it with typical mistakes and name the one that matches.
+Exercise 6's truth is the word the check plants in reward models it trains when it runs (``blind_spot_world``).
 """
 from __future__ import annotations
 
