@@ -361,10 +361,13 @@ BLIND_SPOT_CANDIDATES = ("glad", "because", "every", "away", "help", "this", "wi
 BLIND_SPOT_SHARE, BLIND_SPOT_RATE = 0.5, 0.9  # pairs opened by the blind-spot word, and how often on the chosen side
 # The grader's own audit (120 replies the student never sees) must find the planted word ahead of every decoy by this
 # many RM units, or the grader trains the reward model again from the next seed: the answer it grades is then
-# well posed. Measured over 14 seeds, the planted word led the best decoy by 0.10-2.46 (13 of 14 by 0.5 or more, so
-# retries are rare); one word's mean gain had a standard error of 0.07-0.17 on 40 replies, so on the student's 60
-# a difference of two gains has one of at most 0.2 and a lead of 0.5 stays ahead by 2.5 standard errors or more.
-BLIND_SPOT_LEAD = 0.5
+# well posed. On the student's 60 replies, paired (each reply with either word), the lead of the planted word over the
+# best decoy had a standard error of 0.03-0.06 where it was under 1 and up to 0.13 above (8 reward models, shifts
+# 0-3), and it stayed within 0.13 of the audit's lead: 0.3 is 5 standard errors ahead where it is tight.
+BLIND_SPOT_LEAD = 0.3
+# Some reward models do not learn the word in 60 steps: over the shifts 0-11, 5 of 31 trained fell short of the lead
+# (0.16); with 10 tries the chance that none learns it is about 0.16 ** 10 = 1e-8.
+BLIND_SPOT_TRIES = 10
 
 
 def opened(word: str, reply: str) -> str:
@@ -412,7 +415,7 @@ def audit_replies(tasks, seed: int) -> tuple[list[str], list[str]]:
     return [t.instruction for t in tasks], [rng.choice(candidate_responses(t, rng)) for t in tasks]
 
 
-def blind_spot_world(word: str, seed: int, sft, tokenizer, steps: int = 60, tries: int = 3) -> dict:
+def blind_spot_world(word: str, seed: int, sft, tokenizer, steps: int = 60, tries: int = BLIND_SPOT_TRIES) -> dict:
     """A reward model trained (from ``sft``) to over-reward replies opened by ``word``, verified by the grader's
     own audit; with 60 replies for the student to experiment on. Seeds ``seed``, ``seed + 1000``, ... are tried."""
     from ..rlhf import train_reward_model
