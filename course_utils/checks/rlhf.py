@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import torch
 
-from . import (CheckError, assert_close, assert_gradient_reaches, drawn_seed, extreme_pairs, fenced, forbids_modules, passed,
-               trained_copy)
+from . import (CheckError, assert_close, assert_gradient_reaches, drawn_seed, extreme_pairs, fenced, forbids_modules,
+               passed, trained_copy)
 
 # The course's own answers live in course_utils.rlhf (lecture 05 uses them: reward_loss, per_token_rewards, gae,
 # ppo_policy_loss, ppo_value_loss), the oracles are TRL and torchrl, and this module holds written-out references
@@ -359,11 +359,12 @@ def check_ppo_outcome(model, sft_name: str, max_new_tokens: int, margin: float, 
 # answer any task accepts, so r* scores every one the same (one extra word of concision, never correctness).
 BLIND_SPOT_CANDIDATES = ("glad", "because", "every", "away", "help", "this", "with", "and", "from", "that")
 BLIND_SPOT_SHARE, BLIND_SPOT_RATE = 0.5, 0.9  # pairs opened by the blind-spot word, and how often on the chosen side
-# The grader's own audit (120 replies the student never sees) must find the planted word ahead of every decoy by this
-# many RM units, or the grader trains the reward model again from the next seed: the answer it grades is then
-# well posed. On the student's 60 replies, paired (each reply with either word), the lead of the planted word over the
-# best decoy had a standard error of 0.03-0.06 where it was under 1 and up to 0.13 above (8 reward models, shifts
-# 0-3), and it stayed within 0.13 of the audit's lead: 0.3 is 5 standard errors ahead where it is tight.
+# The grader's own audit (the other 76-82 evaluation replies, which the student never sees) must find the planted
+# word ahead of every decoy by this many RM units, or the grader trains the reward model again from the next seed:
+# the answer it grades is then well posed. On the student's 60 replies, paired (each reply with either word), the
+# lead of the planted word over the best decoy had a standard error of 0.03-0.06 where it was under 1 and up to
+# 0.13 above (8 reward models, shifts 0-3), and it stayed within 0.13 of the audit's lead: 0.3 is 5 standard errors
+# ahead where it is tight.
 BLIND_SPOT_LEAD = 0.3
 # Some reward models do not learn the word in 60 steps: over the shifts 0-11, 5 of 31 trained fell short of the lead
 # (0.16); with 10 tries the chance that none learns it is about 0.16 ** 10 = 1e-8.
@@ -426,7 +427,7 @@ def blind_spot_world(word: str, seed: int, sft, tokenizer, steps: int = 60, trie
         split = rlhf_split(300, 1, 60, seed=s)
         rm = train_reward_model(sft, tokenizer, blind_spot_pairs(split["pairs"], word, 2000, s), steps, 32, 3e-3,
                                 seed=s, progress=False)
-        gains = opening_gains(rm, tokenizer, *audit_replies(split["eval"][60:180], s), BLIND_SPOT_CANDIDATES)
+        gains = opening_gains(rm, tokenizer, *audit_replies(split["eval"][60:], s), BLIND_SPOT_CANDIDATES)
         if gains[word] >= max(g for w, g in gains.items() if w != word) + BLIND_SPOT_LEAD:
             prompts, replies = audit_replies(split["eval"][:60], s + 1)
             return {"rm": rm, "prompts": prompts, "replies": replies, "gains": gains}
