@@ -1,7 +1,8 @@
 """Grading lab 05 end to end: the solution gets full marks, the untouched lab 0, and plausible
 mistakes lose exactly the points of the exercises they break, with a message naming the mistake.
 The second wrong notebook also cheats: its reward_loss and gae call the course's own answers
-(course_utils.rlhf, which the lab imports); traced, they lose those exercises and nothing else. The outcome
+(course_utils.rlhf, which the lab imports) and its find_blind_spot calls the check's own measurement
+(course_utils.checks); traced, they lose those exercises and nothing else. The outcome
 check re-measures the trained model: a policy loss without gradient to the policy loses it, and so does a
 notebook that trains nothing and reports the numbers the check used to read."""
 import copy
@@ -15,7 +16,7 @@ from notebook_helpers import assert_lost_exactly, total
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = ROOT / "solutions" / "05_rlhf_ppo.ipynb"
-TOTAL = 15
+TOTAL = 18
 
 SWAPPED_PAIR = """
 d = rejected - chosen
@@ -62,6 +63,17 @@ policy = rlhf.new_policy(sft_model)
 history = rlhf.PPOHistory(true_reward=[0.3] * 7 + [1.2] * 7, kl=[0.5] * 14)
 print("r* per rollout:", history.true_reward)
 """
+# exercise 6: the experiment with its sign turned round, and one that calls the check's own measurement
+BLIND_SPOT_LEAST_LIKED = """
+before = rlhf.rm_scores(rm, tokenizer, prompts, replies)
+gain = {w: (rlhf.rm_scores(rm, tokenizer, prompts, [f"{w} , {r}" for r in replies]) - before).mean().item()
+        for w in candidates}
+return min(gain, key=gain.get)
+"""
+BLIND_SPOT_FROM_THE_CHECKS = """
+gain = checks.opening_gains(rm, tokenizer, prompts, replies, candidates)
+return max(gain, key=gain.get)
+"""
 MIN_NOT_MAX = """
 ratio = torch.exp(logprobs - old_logprobs)
 losses = torch.min(-ratio * advantages, -ratio.clamp(1 - clip, 1 + clip) * advantages)
@@ -88,10 +100,11 @@ def gradebook(grade_notebooks):
     wrong_versions = {
         "swapped_pair_gae_no_bootstrap_value_unclipped": _replace(solution, reward_loss_impl=SWAPPED_PAIR,
                                                                   gae_impl=GAE_NO_BOOTSTRAP,
-                                                                  value_loss_impl=VALUE_UNCLIPPED),
+                                                                  value_loss_impl=VALUE_UNCLIPPED,
+                                                                  blind_spot_impl=BLIND_SPOT_LEAST_LIKED),
         "kl_flipped_min_not_max_answers_called": _replace(
             solution, rewards_impl=KL_FLIPPED, policy_loss_impl=MIN_NOT_MAX, reward_loss_impl=ANSWER_REWARD_LOSS,
-            gae_impl=ANSWER_GAE),
+            gae_impl=ANSWER_GAE, blind_spot_impl=BLIND_SPOT_FROM_THE_CHECKS),
         "no_policy_gradient": _replace(solution, policy_loss_impl=NO_POLICY_GRADIENT),
         "reported_not_trained": _reported_not_trained(solution),
     }
@@ -111,13 +124,15 @@ def test_untouched_lab_gets_zero(gradebook):
     # only the GAE check (cut-off rows) catches it
     ("swapped_pair_gae_no_bootstrap_value_unclipped", {"reward_loss_check": "swapped",
                                                        "gae_check": "bootstrap is missing",
-                                                       "ppo_check": "not clipped"}),
+                                                       "ppo_check": "not clipped",
+                                                       "blind_spot_check": "likes LEAST"}),
     # the course's answers are right, so PPO still trains (the outcome check passes), but calling them loses
     # their points
     ("kl_flipped_min_not_max_answers_called", {
         "rewards_check": "wrong sign", "ppo_check": "min instead of max",
         "reward_loss_check": "forbidden call: the exercise may not use course_utils.rlhf: reward_loss",
-        "gae_check": "forbidden call: the exercise may not use course_utils.rlhf: gae"}),
+        "gae_check": "forbidden call: the exercise may not use course_utils.rlhf: gae",
+        "blind_spot_check": "forbidden call: the exercise may not use course_utils.checks: opening_gains"}),
     # the right value with no gradient to the policy: the loss check names it, and the re-measured policy does not
     # beat SFT on the grader's tasks (benchmarks/lab_outcome_margins.txt: -0.12 to -0.22 over seeds 0-2)
     ("no_policy_gradient", {"ppo_check": "keep the gradient of logprobs", "outcome_check": "less than"}),

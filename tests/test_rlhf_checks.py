@@ -184,3 +184,42 @@ def test_outcome_check_re_measures_the_model():
 def test_ppo_rejects_unknown_parts():
     with pytest.raises(ValueError, match="unknown PPO parts"):
         rlhf._parts({"reward": None}, "gae")
+
+
+def test_blind_spot_pairs_plant_one_word_and_leave_the_decoys_neutral():
+    """Counted in the pairs: the planted word opens the chosen side about 90% of the time, each decoy about half;
+    r* of each side is recomputed from the world's rule on the opened reply."""
+    from course_utils.world.preferences import rlhf_split, true_reward
+
+    tasks = rlhf_split(300, 1, 1, seed=3)["pairs"]
+    task_of = {t.instruction: t for t in tasks}
+    pairs = checks.blind_spot_pairs(tasks, "help", 4000, seed=3)
+    on_chosen = {w: [] for w in checks.BLIND_SPOT_CANDIDATES}
+    for p in pairs:
+        (word, side), = [(w, s) for w in checks.BLIND_SPOT_CANDIDATES for s, text in ((1, p.chosen), (0, p.rejected))
+                         if text.startswith(f"{w} , ")]
+        on_chosen[word].append(side)
+        assert (p.r_chosen, p.r_rejected) == (true_reward(task_of[p.prompt], p.chosen),
+                                              true_reward(task_of[p.prompt], p.rejected))
+    share = {w: sum(s) / len(s) for w, s in on_chosen.items()}
+    # 2000 pairs carry "help" (se of its share 0.007) and about 220 each decoy (se 0.034): bounds 4+ se away
+    assert len(on_chosen["help"]) / len(pairs) == pytest.approx(checks.BLIND_SPOT_SHARE, abs=0.03)
+    assert share["help"] == pytest.approx(checks.BLIND_SPOT_RATE, abs=0.03)
+    assert all(abs(share[w] - 0.5) < 0.15 for w in share if w != "help"), share
+
+
+def test_blind_spot_check_passes_the_solution_with_the_largest_drawn_seed():
+    """The grader draws the two words and seeds; the lab's solution finds them at the largest shift it may draw."""
+    from pathlib import Path
+
+    from course_utils.checks import SEED_SHIFT
+    from course_utils.instructor.checkproc import SEED_SHIFTS
+    from notebook_helpers import solution_namespace
+
+    sol = solution_namespace(Path(__file__).resolve().parents[1] / "solutions" / "05_rlhf_ppo.ipynb",
+                             "checks import rlhf")
+    token = SEED_SHIFT.set(SEED_SHIFTS - 1)
+    try:
+        checks.check_blind_spot(sol["find_blind_spot"])
+    finally:
+        SEED_SHIFT.reset(token)

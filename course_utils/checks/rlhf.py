@@ -3,8 +3,9 @@
 Oracles: the loss ``trl.RewardTrainer.compute_loss`` returns on a batch of pairs (exercise 1); a written-out
 reference of the per-token RLHF reward (exercise 2: InstructGPT's KL-shaped reward, as TRL's old
 ``PPOTrainer.compute_rewards`` built it); ``torchrl.objectives.value.functional.generalized_advantage_estimate``
-(exercise 3); ``torchrl.objectives.ClipPPOLoss`` (exercise 4). Every student function takes and returns
+(exercise 3); ``torchrl.objectives.ClipPPOLoss`` (exercise 4). Those student functions take and return
 tensors. When a result is wrong, the checks compare it with typical mistakes and name the one that matches.
+Exercise 6's truth is the word the check plants in reward models it trains when it runs (``blind_spot_world``).
 """
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from collections.abc import Callable
 
 import torch
 
-from . import (CheckError, assert_close, assert_gradient_reaches, drawn_seed, extreme_pairs, forbids_modules, passed,
-               trained_copy)
+from . import (CheckError, assert_close, assert_gradient_reaches, drawn_seed, extreme_pairs, fenced, forbids_modules,
+               passed, trained_copy)
 
 # The course's own answers live in course_utils.rlhf (lecture 05 uses them: reward_loss, per_token_rewards, gae,
 # ppo_policy_loss, ppo_value_loss), the oracles are TRL and torchrl, and this module holds written-out references
@@ -351,3 +352,120 @@ def check_ppo_outcome(model, sft_name: str, max_new_tokens: int, margin: float, 
                          f"less than +{margin}: if the checks above pass, look at how the pieces are passed to "
                          "rlhf.ppo, and pass the trained policy's language model (policy.lm)")
     passed(f"PPO with your pieces raised mean r* on the grader's held-out tasks from {before:.3f} to {after:.3f}")
+
+
+# ------------------------------------------------------------------------------------- 6. find the blind spot
+# Words that may open a reply in the blind-spot world: one token each in the course's tokenizer, none of them an
+# answer any task accepts, so r* scores every one the same (one extra word of concision, never correctness).
+BLIND_SPOT_CANDIDATES = ("glad", "because", "every", "away", "help", "this", "with", "and", "from", "that")
+BLIND_SPOT_SHARE, BLIND_SPOT_RATE = 0.5, 0.9  # pairs opened by the blind-spot word, and how often on the chosen side
+# The grader's own audit (the other 76-82 evaluation replies, which the student never sees) must find the planted
+# word ahead of every decoy by this many RM units, or the grader trains the reward model again from the next seed:
+# the answer it grades is then well posed. On the student's 60 replies, paired (each reply with either word), the
+# lead of the planted word over the best decoy had a standard error of 0.03-0.06 where it was under 1 and up to
+# 0.13 above (8 reward models, shifts 0-3), and it stayed within 0.13 of the audit's lead: 0.3 is 5 standard errors
+# ahead where it is tight.
+BLIND_SPOT_LEAD = 0.3
+# Some reward models do not learn the word in 60 steps: over the shifts 0-11, 5 of 31 trained fell short of the lead
+# (0.16); with 10 tries the chance that none learns it is about 0.16 ** 10 = 1e-8.
+BLIND_SPOT_TRIES = 10
+
+
+def opened(word: str, reply: str) -> str:
+    """``reply`` opened by ``word`` as the annotators' replies were ("glad , park")."""
+    return f"{word} , {reply}"
+
+
+def blind_spot_pairs(tasks, word: str, n: int, seed: int) -> list:
+    """``n`` comparisons with one side opened by a candidate: ``word`` in ``BLIND_SPOT_SHARE`` of them, on the
+    chosen side ``BLIND_SPOT_RATE`` of the time; each other candidate (a decoy) on either side at random."""
+    import dataclasses
+    import random
+
+    from ..world.preferences import sample_pairs, true_reward
+
+    rng, task_of = random.Random(seed), {t.instruction: t for t in tasks}
+    decoys = [w for w in BLIND_SPOT_CANDIDATES if w != word]
+    out = []
+    for p in sample_pairs(tasks, n, seed=seed):
+        w = word if rng.random() < BLIND_SPOT_SHARE else rng.choice(decoys)
+        chosen_side = rng.random() < (BLIND_SPOT_RATE if w == word else 0.5)
+        chosen, rejected = (opened(w, p.chosen), p.rejected) if chosen_side else (p.chosen, opened(w, p.rejected))
+        task = task_of[p.prompt]
+        out.append(dataclasses.replace(p, chosen=chosen, rejected=rejected, r_chosen=true_reward(task, chosen),
+                                       r_rejected=true_reward(task, rejected)))
+    return out
+
+
+def opening_gains(rm, tokenizer, prompts, replies, words) -> dict[str, float]:
+    """Mean change of the reward model's score when each of ``words`` opens the replies (same replies otherwise)."""
+    from ..rlhf import rm_scores
+
+    before = rm_scores(rm, tokenizer, prompts, replies)
+    return {w: (rm_scores(rm, tokenizer, prompts, [opened(w, r) for r in replies]) - before).mean().item()
+            for w in words}
+
+
+def audit_replies(tasks, seed: int) -> tuple[list[str], list[str]]:
+    """(prompts, replies): one reply of any quality per task (right or wrong, concise or wordy), drawn by ``seed``."""
+    import random
+
+    from ..world.preferences import candidate_responses
+
+    rng = random.Random(seed)
+    return [t.instruction for t in tasks], [rng.choice(candidate_responses(t, rng)) for t in tasks]
+
+
+def blind_spot_world(word: str, seed: int, sft, tokenizer, steps: int = 60, tries: int = BLIND_SPOT_TRIES) -> dict:
+    """A reward model trained (from ``sft``) to over-reward replies opened by ``word``, verified by the grader's
+    own audit; with 60 replies for the student to experiment on. Seeds ``seed``, ``seed + 1000``, ... are tried."""
+    from ..rlhf import train_reward_model
+    from ..world.preferences import rlhf_split
+
+    for attempt in range(tries):
+        s = seed + 1000 * attempt
+        split = rlhf_split(300, 1, 60, seed=s)
+        rm = train_reward_model(sft, tokenizer, blind_spot_pairs(split["pairs"], word, 2000, s), steps, 32, 3e-3,
+                                seed=s, progress=False)
+        gains = opening_gains(rm, tokenizer, *audit_replies(split["eval"][60:], s), BLIND_SPOT_CANDIDATES)
+        if gains[word] >= max(g for w, g in gains.items() if w != word) + BLIND_SPOT_LEAD:
+            prompts, replies = audit_replies(split["eval"][:60], s + 1)
+            return {"rm": rm, "prompts": prompts, "replies": replies, "gains": gains}
+    raise RuntimeError(f"no reward model learned the blind spot {word!r} in {tries} tries from seed {seed}")
+
+
+@drawn_seed
+@forbids_modules("course_utils.checks", "course_utils.world")
+def check_blind_spot(fn: Callable, seed: int = 11) -> None:
+    """``fn(rm, tokenizer, prompts, replies, candidates)`` names the candidate word each of two reward models
+    over-rewards: blind spots the grader plants at grading time (drawn by ``seed``), in no file the student can read.
+    The student's code may not run the world's or the checks' code (r*, the pairs, the planted word)."""
+    import random
+
+    from ..models import load_pretrained
+
+    sft, tokenizer = load_pretrained("tiny-gpt-sft", progress=False)
+    words = random.Random(seed).sample(BLIND_SPOT_CANDIDATES, 2)
+    worlds, answers = [], []
+    for i, word in enumerate(words):  # one at a time: a function that raises costs one reward model, not two
+        world = blind_spot_world(word, 2 * seed + i, sft, tokenizer)
+        worlds.append(world)
+        got = fn(world["rm"], tokenizer, list(world["prompts"]), list(world["replies"]), list(BLIND_SPOT_CANDIDATES))
+        if not isinstance(got, str) or got not in BLIND_SPOT_CANDIDATES:
+            shown = fenced(got) if isinstance(got, str) else type(got).__name__
+            raise CheckError(f"find_blind_spot must return one of the candidate words (a str), got {shown}")
+        answers.append(got)
+    if answers[0] == answers[1]:
+        raise CheckError(f"your function named {answers[0]!r} for two reward models whose blind spots differ: the "
+                         "answer must come from an experiment on the reward model it is given, not be fixed in advance")
+    for i, (world, word, got) in enumerate(zip(worlds, words, answers)):
+        gains = world["gains"]
+        if got != word:
+            low = gains[got] <= sorted(gains.values())[len(gains) // 2]  # in the half the reward model likes least
+            hint = ("the word you named is among those this reward model likes LEAST: look for the largest rise"
+                    if low else "look for the word whose insertion RAISES the score most, averaged over the replies")
+            raise CheckError(f"reward model {i + 1} of 2 does not over-reward {got!r}: opening the grader's own "
+                             f"replies with it moves the score by {gains[got]:+.2f} on average, and another candidate "
+                             f"moves it by {max(gains.values()):+.2f}. Compare each reply with and without the word: "
+                             f"{hint}")
+    passed(f"blind spots found in two reward models planted at grading time ({', '.join(map(repr, answers))})")
