@@ -8,9 +8,11 @@ from course_utils.checks.dpo import trl_dpo_batch
 from course_utils.dpo import (DPOObjective, bradley_terry, collate_pairs, dpo_loss, encode_pair, fit_toy_dpo,
                               implicit_reward_accuracy, ipo_loss, kl_objective, optimal_policy, response_kl, train_dpo,
                               with_reference)
-from course_utils.world.instructions import task_split
-from course_utils.world.preferences import sample_pairs
 from course_utils.models import load_pretrained
+from course_utils.models.recipes import RECIPES
+from course_utils.settings import settings_for
+from course_utils.world.instructions import task_split
+from course_utils.world.preferences import rlhf_split, sample_pairs
 
 PAIRS = sample_pairs(task_split(40, "train", seed=5), 6, seed=3)  # the pairs trl_dpo_batch uses
 
@@ -132,3 +134,17 @@ def test_ipo_is_trls_ipo_loss():
             torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     finally:
         trainer.loss_types, trainer.beta = loss_types, 0.1
+
+
+@pytest.mark.parametrize("profile", ["ci", "cpu"])
+def test_lecture_ppo_prompts_are_unseen_by_module_05s_reward_model(profile):
+    """Section 6's PPO prompts come from stories disjoint from tiny-gpt-rm's pairs and from the evaluation stories."""
+    s = settings_for("06_dpo", profile)
+    data = RECIPES[s["rm_model"]]["data"]
+    rm_stories = {t.story for t in rlhf_split(data["pair_stories"], data["prompt_stories"], 1, seed=data["seed"])["pairs"]}
+    tasks = rlhf_split(s["ppo_pair_stories"], s["prompt_stories"], 1)["prompts"]
+    prompts = {t.story for t in tasks}
+    lecture = rlhf_split(s["pair_stories"], s["prompt_stories"], s["eval_stories"])
+    assert len(tasks) >= s["norm_prompts"] and not prompts & rm_stories
+    assert not prompts & {t.story for t in lecture["eval"]}
+    assert s["ppo"] == settings_for("05_rlhf_ppo", profile)["ppo"]  # module 05's PPO, not a weaker copy
