@@ -31,6 +31,10 @@ CI = {"sft_model": "tiny-gpt-sft", "pair_stories": 1000, "prompt_stories": 300, 
 # no better than ci's 0.824 [0.798, 0.849] at KL 1.59. So cpu adds a beta, TRL steps, best-of-8 and module 05's cpu PPO
 CPU = {**CI, "lab_eval_stories": 150, "best_of_n": 8, "betas": [0.03, 0.1, 0.3, 1.0], "trl_steps": 60,
        "ppo": rlhf_ppo.CPU["ppo"]}
-GPU = {**CPU, "sft_model": "Qwen/Qwen2.5-0.5B-Instruct", "rm_model": None, "ppo": rlhf_ppo.GPU["ppo"],
+# gpu (not run here): 05's gpu PPO at a learning rate for a 0.5B model (05's 2e-4 is for the tiny course models)
+GPU = {**CPU, "sft_model": "Qwen/Qwen2.5-0.5B-Instruct", "rm_model": None,
+       "ppo": {**rlhf_ppo.GPU["ppo"], "lr": 1e-6, "max_new_tokens": 24},
        "pair_stories": 2000, "pairs": 3000, "lr": 5e-7, "batch_size": 8, "steps": 200,
+       # its in-notebook reward model: a full fine-tune of the 0.5B trunk, so a fine-tuning learning rate
+       "rm_steps": 300, "rm_lr": 1e-5,
        "trl_steps": 100, "lab_steps": 200, "max_new_tokens": 24}
