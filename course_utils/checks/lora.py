@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from . import CheckError, assert_close, forbids_modules, passed
+from . import CheckError, assert_close, assert_unchanged, forbids_modules, passed
 
 # The oracles are PEFT (the LoRA layer, get_peft_model) and bitsandbytes (NF4, double quantization), and this module
 # holds references (_nf4_variants): when `course grade` calls the student's code, code from none may run.
@@ -339,7 +339,10 @@ def _packed_equal(got: torch.Tensor, expected: torch.Tensor, w: torch.Tensor, ab
 
 @forbids_modules(*QUANT_ANSWERS)
 def check_nf4(quantize: Callable, dequantize: Callable, seed: int = 0) -> None:
-    """Exercise 3: ``quantize(w, blocksize)`` and ``dequantize(packed, absmax, shape, blocksize)`` against bitsandbytes."""
+    """Exercise 3: ``quantize(w, blocksize)`` and ``dequantize(packed, absmax, shape, blocksize)`` against bitsandbytes.
+
+    Both must leave their inputs unchanged (the caller uses w, packed and absmax again).
+    """
     bf = _quiet_bnb()
     gen = torch.Generator().manual_seed(seed)
     for i, (shape, blocksize) in enumerate(NF4_SHAPES):
@@ -348,7 +351,9 @@ def check_nf4(quantize: Callable, dequantize: Callable, seed: int = 0) -> None:
         what = f"nf4_quantize(w of shape {shape}, blocksize={blocksize})"
         q, state = bf.quantize_4bit(w, blocksize=blocksize, quant_type="nf4")
         expected_packed, expected_absmax = q.reshape(-1), state.absmax
-        result = quantize(w.clone(), blocksize)
+        given = w.clone()
+        result = quantize(given, blocksize)
+        assert_unchanged({"w": given}, {"w": w}, what)
         if not (isinstance(result, tuple) and len(result) == 2):
             raise CheckError(f"{what}: return a tuple (packed, absmax)")
         packed, absmax = result
@@ -375,7 +380,9 @@ def check_nf4(quantize: Callable, dequantize: Callable, seed: int = 0) -> None:
                              f"{expected_packed[first].item():#04x}. Scale each block by 1/absmax, pick the NEAREST "
                              "NF4 level, and pack (first << 4) | second")
         what = f"nf4_dequantize(packed, absmax, {shape}, blocksize={blocksize})"
-        got = dequantize(q.clone(), state.absmax.clone(), shape, blocksize)
+        given = {"packed": q.clone(), "absmax": state.absmax.clone()}
+        got = dequantize(given["packed"], given["absmax"], shape, blocksize)
+        assert_unchanged(given, {"packed": q, "absmax": state.absmax}, what)
         expected = bf.dequantize_4bit(q, state)
         if torch.is_tensor(got) and got.shape == expected.shape:
             wrong = bf.dequantize_4bit(_pack(torch.stack([q.reshape(-1) & 15, q.reshape(-1) >> 4], 1).reshape(-1))
@@ -394,7 +401,8 @@ def check_double_quant(quantize: Callable, dequantize: Callable, seed: int = 0, 
 
     ``quantize(absmax, blocksize)`` returns ``(codes, absmax2, offset)``; ``dequantize(codes, absmax2,
     offset, blocksize)`` returns the absmax constants. bitsandbytes' CPU and CUDA kernels search the
-    8-bit code approximately, so a code may differ from theirs only where yours is at least as near.
+    8-bit code approximately, so a code may differ from theirs only where yours is at least as near. Both must
+    leave their inputs unchanged.
     """
     bf = _quiet_bnb()
     code = bf.create_dynamic_map()
@@ -410,7 +418,9 @@ def check_double_quant(quantize: Callable, dequantize: Callable, seed: int = 0, 
         _, nested = bf.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=True)
         absmax, blocksize = state.absmax, nested.state2.blocksize
         what = f"double_quantize({absmax.numel()} absmax values, blocksize={blocksize})"
-        result = quantize(absmax.clone(), blocksize)
+        given = absmax.clone()
+        result = quantize(given, blocksize)
+        assert_unchanged({"absmax": given}, {"absmax": absmax}, what)
         if not (isinstance(result, tuple) and len(result) == 3):
             raise CheckError(f"{what}: return a tuple (codes, absmax2, offset)")
         codes, absmax2, offset = result
@@ -443,7 +453,10 @@ def check_double_quant(quantize: Callable, dequantize: Callable, seed: int = 0, 
                              "each (absmax - offset) / absmax2 to the index of the NEAREST value of the dynamic "
                              "8-bit code (bitsandbytes.functional.create_dynamic_map())")
         what = f"double_dequantize(codes, absmax2, offset, blocksize={blocksize})"
-        got = dequantize(nested.absmax.clone(), nested.state2.absmax.clone(), nested.offset.clone(), blocksize)
+        originals = {"codes": nested.absmax, "absmax2": nested.state2.absmax, "offset": nested.offset}
+        given = {name: value.clone() for name, value in originals.items()}
+        got = dequantize(given["codes"], given["absmax2"], given["offset"], blocksize)
+        assert_unchanged(given, originals, what)
         expected = bf.dequantize_blockwise(nested.absmax, nested.state2) + nested.offset
         assert_close(got, expected, f"{what} vs bitsandbytes' nested state", atol=1e-6, rtol=1e-6,
                      hint="absmax = code[codes] * absmax2 of its block + offset")
