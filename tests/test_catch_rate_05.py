@@ -1,11 +1,13 @@
-"""Lab 05 wrong submissions found by re-measuring the catch rate (issue 24 §6): each loses its exercise's check."""
+"""Lab 05 plausible wrong submissions (issue 24 §6): each loses its exercise's check; correct variants pass."""
 from pathlib import Path
 
 import pytest
+import torch
 
 from course_utils import rlhf
 from course_utils.checks import CheckError
 from course_utils.checks import rlhf as checks
+from catch_rate import catch_rate_tests
 from notebook_helpers import solution_namespace
 
 SOLUTION = Path(__file__).resolve().parents[1] / "solutions" / "05_rlhf_ppo.ipynb"
@@ -87,3 +89,208 @@ def test_a_plausible_wrong_blind_spot_loses_its_check(planted_once, fn, message)
 
 def test_the_solution_finds_the_blind_spots(planted_once, sol):
     checks.check_blind_spot(sol["find_blind_spot"])
+
+
+# ------------------------------------------------------------------ exercises 1-4: wrong versions vs right ones
+# (the targeted tests above stay; exercise 6 has its five wrong versions above)
+
+SOL = solution_namespace(SOLUTION, "checks import rlhf")
+F = torch.nn.functional
+
+
+def check_ppo_policy(fn):
+    """The PPO check with ``fn`` as the policy loss and the solution's value loss."""
+    checks.check_ppo_losses(fn, SOL["ppo_value_loss"])
+
+
+def check_ppo_value(fn):
+    """The PPO check with the solution's policy loss and ``fn`` as the value loss."""
+    checks.check_ppo_losses(SOL["ppo_policy_loss"], fn)
+
+
+def reward_loss_of(loss_of_diff, margin_sign=-1.0):
+    """A reward_loss computing ``loss_of_diff(chosen - rejected +/- margin)``."""
+    def reward_loss(chosen, rejected, margin=None):
+        diff = chosen - rejected
+        return loss_of_diff(diff if margin is None else diff + margin_sign * margin)
+    return reward_loss
+
+
+def reward_loss_in_place(chosen, rejected, margin=None):
+    chosen -= rejected
+    if margin is not None:
+        chosen -= margin
+    return -F.logsigmoid(chosen).mean()
+
+
+def reward_loss_no_grad(chosen, rejected, margin=None):
+    with torch.no_grad():
+        return SOL["reward_loss"](chosen, rejected, margin)
+
+
+def rewards_with_last(last_of):
+    """per_token_rewards with the score on column ``last_of(mask)`` of each row."""
+    def per_token_rewards(logprobs, ref_logprobs, scores, mask, beta):
+        rewards = -beta * (logprobs - ref_logprobs) * mask
+        rewards[torch.arange(len(mask)), last_of(mask)] += scores
+        return rewards
+    return per_token_rewards
+
+
+def rewards_score_scaled_by_beta(logprobs, ref_logprobs, scores, mask, beta):
+    return SOL["per_token_rewards"](logprobs, ref_logprobs, beta * scores, mask, beta)
+
+
+def rewards_kl_sign(logprobs, ref_logprobs, scores, mask, beta):
+    return SOL["per_token_rewards"](logprobs, ref_logprobs, scores, mask, -beta)
+
+
+def gae_with(stop_early=False, terminated=False, returns_of=None, in_place=False):
+    """The solution's GAE with one rule changed: the loop stops one step early, every end treated as terminal,
+    other returns, or the values masked in place."""
+    def gae(rewards, values, mask, gamma, lam, last_values=None):
+        if in_place:
+            values *= mask
+        T = rewards.shape[1]
+        last_values = torch.zeros_like(rewards[:, 0]) if last_values is None or terminated else last_values
+        advantages, running = torch.zeros_like(rewards), torch.zeros_like(rewards[:, 0])
+        for t in reversed(range(T - 1 if stop_early else T)):
+            alive = mask[:, t + 1] if t + 1 < T else torch.zeros_like(mask[:, 0])
+            next_value = values[:, t + 1] * alive if t + 1 < T else torch.zeros_like(values[:, 0])
+            next_value = next_value + (mask[:, t] - alive) * last_values
+            delta = rewards[:, t] + gamma * next_value - values[:, t]
+            running = (delta + gamma * lam * alive * running) * mask[:, t]
+            advantages[:, t] = running
+        returns = (advantages + values) * mask if returns_of is None else returns_of(advantages, values, rewards, mask)
+        return advantages, returns
+    return gae
+
+
+def discounted_returns(advantages, values, rewards, mask):
+    """Monte-Carlo returns (sum of discounted rewards) instead of advantages + values."""
+    out, running = torch.zeros_like(rewards), torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        running = (rewards[:, t] + running) * mask[:, t]
+        out[:, t] = running
+    return out
+
+
+def gae_vectorised(rewards, values, mask, gamma, lam, last_values=None):
+    """Deltas for all tokens at once, then the recursion: right."""
+    alive = torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], 1)
+    next_values = torch.cat([values[:, 1:], torch.zeros_like(values[:, :1])], 1) * alive
+    if last_values is not None:
+        next_values = next_values + (mask - alive) * last_values[:, None]
+    deltas = (rewards + gamma * next_values - values) * mask
+    advantages, running = torch.zeros_like(rewards), torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        running = deltas[:, t] + gamma * lam * alive[:, t] * running
+        advantages[:, t] = running
+    return advantages, (advantages + values) * mask
+
+
+def policy_loss_with(ratio_of=lambda lp, old: torch.exp(lp - old), combine=torch.max, reduce=None,
+                     clamp=lambda r, c: r.clamp(1 - c, 1 + c), detach_adv=True):
+    """The solution's policy loss with its ratio, its pessimistic bound, its reduction or its clipping replaced."""
+    def ppo_policy_loss(logprobs, old_logprobs, advantages, mask, clip):
+        advantages = advantages.detach() if detach_adv else advantages
+        ratio = ratio_of(logprobs, old_logprobs)
+        losses = combine(-ratio * advantages, -clamp(ratio, clip) * advantages)
+        return (losses * mask).sum() / mask.sum() if reduce is None else reduce(losses, mask)
+    return ppo_policy_loss
+
+
+def policy_loss_in_place(logprobs, old_logprobs, advantages, mask, clip):
+    logprobs -= old_logprobs
+    return SOL["ppo_policy_loss"](logprobs, torch.zeros_like(old_logprobs), advantages, mask, clip)
+
+
+def value_loss_with(clipped_of=lambda v, old, c: old + (v - old).clamp(-c, c), combine=torch.max, scale=1.0):
+    """The solution's value loss with its clipping, its bound or a factor replaced."""
+    def ppo_value_loss(values, old_values, returns, mask, clip):
+        losses = combine((values - returns) ** 2, (clipped_of(values, old_values, clip) - returns) ** 2)
+        return scale * (losses * mask).sum() / mask.sum()
+    return ppo_value_loss
+
+
+WRONG = {
+    "reward loss swapped": (checks.check_reward_loss, lambda c, r, m=None: SOL["reward_loss"](r, c, m), "swapped"),
+    "reward loss sum": (checks.check_reward_loss, reward_loss_of(lambda d: -F.logsigmoid(d).sum()), "sum over pairs"),
+    "reward loss sigmoid": (checks.check_reward_loss, reward_loss_of(lambda d: -torch.sigmoid(d).mean()),
+                            "not sigmoid"),
+    "reward loss positive sign": (checks.check_reward_loss, reward_loss_of(lambda d: F.logsigmoid(d).mean()),
+                                  "TRL's RewardTrainer gives"),
+    "reward loss margin ignored": (checks.check_reward_loss, lambda c, r, m=None: SOL["reward_loss"](c, r),
+                                   "margin is ignored"),
+    "reward loss margin added": (checks.check_reward_loss, reward_loss_of(lambda d: -F.logsigmoid(d).mean(), 1.0),
+                                 "margin has the wrong sign"),
+    "reward loss log(sigmoid)": (checks.check_reward_loss,
+                                 reward_loss_of(lambda d: -torch.log(torch.sigmoid(d)).mean()), "use F.logsigmoid"),
+    "reward loss log(1 + exp(-d))": (checks.check_reward_loss,
+                                     reward_loss_of(lambda d: torch.log(1 + torch.exp(-d)).mean()), "F.logsigmoid"),
+    "reward loss no grad": (checks.check_reward_loss, reward_loss_no_grad, "carries no gradient"),
+    "reward loss in place": (checks.check_reward_loss, reward_loss_in_place, "changed chosen_rewards"),
+    "rewards KL sign": (checks.check_per_token_rewards, rewards_kl_sign, "wrong sign"),
+    "rewards score on every token": (checks.check_per_token_rewards,
+                                     lambda lp, ref, s, m, beta: -beta * (lp - ref) * m + s[:, None] * m,
+                                     "added to every token"),
+    "rewards score on the last column": (checks.check_per_token_rewards, rewards_with_last(lambda m: -1),
+                                         "last column"),
+    "rewards score one past the end": (checks.check_per_token_rewards,
+                                       rewards_with_last(lambda m: m.sum(-1).long()), r"IndexError.*mask.sum\(-1\) - 1"),
+    "rewards score one too early": (checks.check_per_token_rewards,
+                                    rewards_with_last(lambda m: m.sum(-1).long() - 2), "per-token rewards"),
+    "rewards mask ignored": (checks.check_per_token_rewards, lambda lp, ref, s, m, beta: SOL["per_token_rewards"](
+        lp, ref, s, torch.ones_like(m), beta), "per-token rewards"),
+    "rewards score missing": (checks.check_per_token_rewards, lambda lp, ref, s, m, beta: -beta * (lp - ref) * m,
+                              "score is missing"),
+    "rewards score times beta": (checks.check_per_token_rewards, rewards_score_scaled_by_beta, "per-token rewards"),
+    "gae no bootstrap (every end terminal)": (checks.check_gae, gae_with(terminated=True), "bootstrap is missing"),
+    "gae stops one step early": (checks.check_gae, gae_with(stop_early=True), "advantages"),
+    "gae gamma and lambda swapped": (checks.check_gae, lambda r, v, m, g, l, last=None: SOL["gae"](r, v, m, l, g, last),
+                                     "swapped"),
+    "gae mask ignored": (checks.check_gae, lambda r, v, m, g, l, last=None: SOL["gae"](r, v, torch.ones_like(m), g, l,
+                                                                                      last), "advantages"),
+    "gae returns without values": (checks.check_gae, gae_with(returns_of=lambda a, v, r, m: a), "returns"),
+    "gae Monte-Carlo returns": (checks.check_gae, gae_with(returns_of=discounted_returns), "returns"),
+    "gae values masked in place": (checks.check_gae, gae_with(in_place=True), "changed values in place"),
+    "ppo min instead of max": (check_ppo_policy, policy_loss_with(combine=torch.min), "min instead of max"),
+    "ppo no clipping": (check_ppo_policy, policy_loss_with(clamp=lambda r, c: r), "no clipping"),
+    "ppo clipped below only": (check_ppo_policy, policy_loss_with(clamp=lambda r, c: r.clamp(min=1 - c)),
+                               "ClipPPOLoss gives"),
+    "ppo padding averaged": (check_ppo_policy, policy_loss_with(reduce=lambda l, m: l.mean()), "padding"),
+    "ppo mean per sequence": (check_ppo_policy, policy_loss_with(
+        reduce=lambda l, m: ((l * m).sum(1) / m.sum(1)).mean()), "ClipPPOLoss gives"),
+    "ppo ratio inverted": (check_ppo_policy, policy_loss_with(ratio_of=lambda lp, old: torch.exp(old - lp)),
+                           "ClipPPOLoss gives"),
+    "ppo ratio exp / exp": (check_ppo_policy, policy_loss_with(ratio_of=lambda lp, old: lp.exp() / old.exp()),
+                            "200 lower.*underflows"),
+    "ppo advantages not detached": (check_ppo_policy, policy_loss_with(detach_adv=False), "detach them"),
+    "ppo logprobs detached": (check_ppo_policy, policy_loss_with(ratio_of=lambda lp, old: torch.exp(lp.detach() - old)),
+                              "carries no gradient"),
+    "ppo logprobs edited in place": (check_ppo_policy, policy_loss_in_place, "changed logprobs in place"),
+    "value loss unclipped": (check_ppo_value, value_loss_with(clipped_of=lambda v, old, c: v), "not clipped"),
+    "value loss half": (check_ppo_value, value_loss_with(clipped_of=lambda v, old, c: v, scale=0.5), "1/2 factor"),
+    "value loss min": (check_ppo_value, value_loss_with(combine=torch.min), "ClipPPOLoss gives"),
+    "value loss clipped change without old_values": (check_ppo_value, value_loss_with(
+        clipped_of=lambda v, old, c: (v - old).clamp(-c, c)), "ClipPPOLoss gives"),
+}
+
+
+RIGHT = {
+    "solution reward loss": (checks.check_reward_loss, SOL["reward_loss"]),
+    "reward loss softplus": (checks.check_reward_loss, reward_loss_of(lambda d: F.softplus(-d).mean())),
+    "solution rewards": (checks.check_per_token_rewards, SOL["per_token_rewards"]),
+    "rewards by scatter": (checks.check_per_token_rewards, lambda lp, ref, s, m, beta: -beta * (lp - ref) * m
+                           + torch.zeros_like(m).scatter(1, m.sum(-1, keepdim=True).long() - 1, s[:, None])),
+    "solution gae": (checks.check_gae, SOL["gae"]),
+    "gae vectorised deltas": (checks.check_gae, gae_vectorised),
+    "solution ppo": (check_ppo_policy, SOL["ppo_policy_loss"]),
+    "ppo clamped objective via where": (check_ppo_policy, policy_loss_with(
+        combine=lambda a, b: torch.where(a > b, a, b))),
+    "value loss clamp(old - c, old + c)": (check_ppo_value, value_loss_with(
+        clipped_of=lambda v, old, c: torch.max(torch.min(v, old + c), old - c))),
+}
+
+
+test_a_plausible_wrong_version_loses_its_check, test_a_correct_version_passes = catch_rate_tests(WRONG, RIGHT)

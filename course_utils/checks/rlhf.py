@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import torch
 
-from . import (CheckError, assert_close, assert_gradient_reaches, drawn_seed, extreme_pairs, fenced, forbids_modules,
-               passed, trained_copy)
+from . import (CheckError, assert_close, assert_gradient_reaches, assert_unchanged, drawn_seed, extreme_pairs, fenced,
+               forbids_modules, passed, trained_copy)
 
 # The course's own answers live in course_utils.rlhf (lecture 05 uses them: reward_loss, per_token_rewards, gae,
 # ppo_policy_loss, ppo_value_loss), the oracles are TRL and torchrl, and this module holds written-out references
@@ -25,6 +25,21 @@ ANSWERS = ("course_utils.rlhf", "course_utils.checks", "trl", "torchrl")
 
 def _close(a, b, atol: float = 1e-5) -> bool:
     return torch.is_tensor(a) and a.shape == b.shape and torch.allclose(a.double(), b.double(), atol=atol, rtol=1e-4)
+
+
+def _call(fn: Callable, what: str, hint: str, *args):
+    """``fn(*args)``, with an error it raises turned into a CheckError that names ``what`` and ends with ``hint``."""
+    try:
+        return fn(*args)
+    except (NotImplementedError, CheckError):
+        raise
+    except Exception as exc:
+        raise CheckError(f"{what} failed: {type(exc).__name__}: {fenced(str(exc))}. {hint}".strip()) from exc
+
+
+def _cloned(tensors: dict) -> dict:
+    """A copy of each tensor of ``tensors``, to hand to the student's function (the originals stay to compare)."""
+    return {name: t.clone() for name, t in tensors.items()}
 
 
 def _scalar(x, what: str) -> torch.Tensor:
@@ -86,7 +101,10 @@ def check_reward_loss(fn: Callable) -> None:
     """``fn(chosen_rewards, rejected_rewards, margin=None)`` equals TRL's RewardTrainer loss (+/- margins)."""
     for case in trl_reward_losses():
         c, r, m, want = case["chosen"], case["rejected"], case["margin"], case["loss"]
-        got = _scalar(fn(c.clone(), r.clone(), None if m is None else m.clone()), "reward_loss")
+        originals = {"chosen_rewards": c, "rejected_rewards": r, **({} if m is None else {"margin": m})}
+        given = _cloned(originals)
+        got = _scalar(fn(given["chosen_rewards"], given["rejected_rewards"], given.get("margin")), "reward_loss")
+        assert_unchanged(given, originals, "reward_loss")
         if _close(got, want):
             continue
         d = c - r - (0 if m is None else m)
@@ -144,13 +162,11 @@ def check_per_token_rewards(fn: Callable) -> None:
         b = ragged_batch(seed)
         lp, ref, s, m = b["logprobs"], b["ref_logprobs"], b["scores"], b["mask"]
         want = reference_rewards(lp, ref, s, m, beta)
-        given = [lp.clone(), ref.clone(), s.clone(), m.clone()]
-        got = fn(*given, beta)
-        changed = [n for n, a, b in zip(("logprobs", "ref_logprobs", "scores", "mask"), given, (lp, ref, s, m))
-                   if not torch.equal(a, b)]
-        if changed:
-            raise CheckError(f"per-token rewards (beta={beta}) changed {', '.join(changed)} in place: return a new "
-                             "tensor and leave the inputs as they were")
+        originals = {"logprobs": lp, "ref_logprobs": ref, "scores": s, "mask": m}
+        given = _cloned(originals)
+        got = _call(fn, f"per-token rewards (beta={beta}) on a batch with a one-token response and one that fills "
+                    "the row", "Each row's last real token is at mask.sum(-1) - 1", *given.values(), beta)
+        assert_unchanged(given, originals, f"per-token rewards (beta={beta})")
         if _close(got, want):
             continue
         last = torch.zeros_like(m)
@@ -202,7 +218,10 @@ def check_gae(fn: Callable) -> None:
         b = truncated_batch(seed)
         r, v, m, last = b["rewards"], b["values"], b["mask"], b["last_values"]
         want_adv, want_ret = torchrl_gae(r, v, m, gamma, lam, last)
-        got = fn(r.clone(), v.clone(), m.clone(), gamma, lam, last.clone())
+        originals = {"rewards": r, "values": v, "mask": m, "last_values": last}
+        given = _cloned(originals)
+        got = fn(given["rewards"], given["values"], given["mask"], gamma, lam, given["last_values"])
+        assert_unchanged(given, originals, f"gae (gamma={gamma}, lambda={lam})")
         if not (isinstance(got, (tuple, list)) and len(got) == 2):
             raise CheckError("gae must return a tuple (advantages, returns)")
         adv, ret = got[0], got[1]
@@ -278,8 +297,10 @@ def check_ppo_losses(policy_loss: Callable, value_loss: Callable) -> None:
         m = b["mask"]
         want_pi, want_v = torchrl_ppo_losses(b["logprobs"], b["old_logprobs"], b["advantages"], b["values"],
                                              b["old_values"], b["returns"], m, clip, vclip)
-        got = _scalar(policy_loss(b["logprobs"].clone(), b["old_logprobs"].clone(), b["advantages"].clone(), m.clone(),
-                                  clip), "ppo_policy_loss")
+        originals = {name: b[name] for name in ("logprobs", "old_logprobs", "advantages", "mask")}
+        given = _cloned(originals)
+        got = _scalar(policy_loss(*given.values(), clip), "ppo_policy_loss")
+        assert_unchanged(given, originals, "ppo_policy_loss")
         if not _close(got, want_pi):
             ratio = (b["logprobs"] - b["old_logprobs"]).exp()
             a = b["advantages"]
@@ -292,8 +313,10 @@ def check_ppo_losses(policy_loss: Callable, value_loss: Callable) -> None:
             hint = next((h for value, h in hints if _close(got, value)), "")
             raise CheckError(f"policy loss {got.item():.5f}, torchrl's ClipPPOLoss gives {want_pi.item():.5f}. {hint}"
                              .strip())
-        got_v = _scalar(value_loss(b["values"].clone(), b["old_values"].clone(), b["returns"].clone(), m.clone(),
-                                   vclip), "ppo_value_loss")
+        originals = {name: b[name] for name in ("values", "old_values", "returns", "mask")}
+        given = _cloned(originals)
+        got_v = _scalar(value_loss(*given.values(), vclip), "ppo_value_loss")
+        assert_unchanged(given, originals, "ppo_value_loss")
         if not _close(got_v, want_v):
             k = m.sum()
             err = (b["values"] - b["returns"]) ** 2
@@ -304,6 +327,13 @@ def check_ppo_losses(policy_loss: Callable, value_loss: Callable) -> None:
             hint = next((h for value, h in hints if _close(got_v, value)), "")
             raise CheckError(f"value loss {got_v.item():.5f}, torchrl's ClipPPOLoss gives {want_v.item():.5f}. {hint}"
                              .strip())
+        # every log-prob 200 lower: the same ratios, so the same loss; exp(logprobs) alone underflows to 0
+        low = _scalar(policy_loss(b["logprobs"] - 200, b["old_logprobs"] - 200, b["advantages"].clone(), m.clone(),
+                                  clip), "ppo_policy_loss")
+        if not _close(low, want_pi, atol=1e-4):
+            raise CheckError(f"policy loss {low.item():.5f} with every log-prob 200 lower (the same ratios), torchrl's "
+                             f"ClipPPOLoss gives {want_pi.item():.5f}: exp(logprobs) / exp(old_logprobs) underflows "
+                             "to 0 / 0; compute the ratio as exp(logprobs - old_logprobs)")
     b = ppo_batch(8)
     adv = b["advantages"].clone().requires_grad_()
     loss = policy_loss(b["logprobs"].clone(), b["old_logprobs"].clone(), adv, b["mask"].clone(), 0.2)
