@@ -219,7 +219,7 @@ WRONG = {
     "reward loss sigmoid": (checks.check_reward_loss, reward_loss_of(lambda d: -torch.sigmoid(d).mean()),
                             "not sigmoid"),
     "reward loss positive sign": (checks.check_reward_loss, reward_loss_of(lambda d: F.logsigmoid(d).mean()),
-                                  "TRL's RewardTrainer gives"),
+                                  "wrong sign"),
     "reward loss margin ignored": (checks.check_reward_loss, lambda c, r, m=None: SOL["reward_loss"](c, r),
                                    "margin is ignored"),
     "reward loss margin added": (checks.check_reward_loss, reward_loss_of(lambda d: -F.logsigmoid(d).mean(), 1.0),
@@ -239,12 +239,12 @@ WRONG = {
     "rewards score one past the end": (checks.check_per_token_rewards,
                                        rewards_with_last(lambda m: m.sum(-1).long()), r"IndexError.*mask.sum\(-1\) - 1"),
     "rewards score one too early": (checks.check_per_token_rewards,
-                                    rewards_with_last(lambda m: m.sum(-1).long() - 2), "per-token rewards"),
+                                    rewards_with_last(lambda m: m.sum(-1).long() - 2), "one token early"),
     "rewards mask ignored": (checks.check_per_token_rewards, lambda lp, ref, s, m, beta: SOL["per_token_rewards"](
         lp, ref, s, torch.ones_like(m), beta), "per-token rewards"),
     "rewards score missing": (checks.check_per_token_rewards, lambda lp, ref, s, m, beta: -beta * (lp - ref) * m,
                               "score is missing"),
-    "rewards score times beta": (checks.check_per_token_rewards, rewards_score_scaled_by_beta, "per-token rewards"),
+    "rewards score times beta": (checks.check_per_token_rewards, rewards_score_scaled_by_beta, "multiplied by beta"),
     "gae no bootstrap (every end terminal)": (checks.check_gae, gae_with(terminated=True), "bootstrap is missing"),
     "gae stops one step early": (checks.check_gae, gae_with(stop_early=True), "advantages"),
     "gae gamma and lambda swapped": (checks.check_gae, lambda r, v, m, g, l, last=None: SOL["gae"](r, v, m, l, g, last),
@@ -257,12 +257,12 @@ WRONG = {
     "ppo min instead of max": (check_ppo_policy, policy_loss_with(combine=torch.min), "min instead of max"),
     "ppo no clipping": (check_ppo_policy, policy_loss_with(clamp=lambda r, c: r), "no clipping"),
     "ppo clipped below only": (check_ppo_policy, policy_loss_with(clamp=lambda r, c: r.clamp(min=1 - c)),
-                               "ClipPPOLoss gives"),
+                               "clipped below only"),
     "ppo padding averaged": (check_ppo_policy, policy_loss_with(reduce=lambda l, m: l.mean()), "padding"),
     "ppo mean per sequence": (check_ppo_policy, policy_loss_with(
-        reduce=lambda l, m: ((l * m).sum(1) / m.sum(1)).mean()), "ClipPPOLoss gives"),
+        reduce=lambda l, m: ((l * m).sum(1) / m.sum(1)).mean()), "ONE mean over all real tokens"),
     "ppo ratio inverted": (check_ppo_policy, policy_loss_with(ratio_of=lambda lp, old: torch.exp(old - lp)),
-                           "ClipPPOLoss gives"),
+                           "upside down"),
     "ppo ratio exp / exp": (check_ppo_policy, policy_loss_with(ratio_of=lambda lp, old: lp.exp() / old.exp()),
                             "200 lower.*underflows"),
     "ppo advantages not detached": (check_ppo_policy, policy_loss_with(detach_adv=False), "detach them"),
@@ -271,9 +271,9 @@ WRONG = {
     "ppo logprobs edited in place": (check_ppo_policy, policy_loss_in_place, "changed logprobs in place"),
     "value loss unclipped": (check_ppo_value, value_loss_with(clipped_of=lambda v, old, c: v), "not clipped"),
     "value loss half": (check_ppo_value, value_loss_with(clipped_of=lambda v, old, c: v, scale=0.5), "1/2 factor"),
-    "value loss min": (check_ppo_value, value_loss_with(combine=torch.min), "ClipPPOLoss gives"),
+    "value loss min": (check_ppo_value, value_loss_with(combine=torch.min), "min instead of max"),
     "value loss clipped change without old_values": (check_ppo_value, value_loss_with(
-        clipped_of=lambda v, old, c: (v - old).clamp(-c, c)), "ClipPPOLoss gives"),
+        clipped_of=lambda v, old, c: (v - old).clamp(-c, c)), "add the old value back"),
 }
 
 

@@ -296,7 +296,7 @@ WRONG = {
                                   "Not wrapped"),
     "add_lora rest not frozen": (check_add, _wrap_only, "Still trainable"),
     "add_lora frozen after wrapping": (check_add, add_lora_with(lambda n, t: n.split(".")[-1] in t, freeze_after=True),
-                                       "trainable parameters, get_peft_model has"),
+                                       "Nothing is trainable: freeze the model BEFORE"),
     "nf4 absmax signed": (check_nf4_pair, (nf4_quantize_with(absmax_of=lambda b: b.max(dim=1).values),
                                            SOL["nf4_dequantize"]), "absmax"),
     "nf4 floor level": (check_nf4_pair, (nf4_quantize_with(nearest=nf4_floor_level), SOL["nf4_dequantize"]),

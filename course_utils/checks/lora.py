@@ -274,7 +274,9 @@ def check_add_lora(fn: Callable, seed: int = 0) -> None:
         if trainable != expected_trainable:
             extra = [n for n, p in params if p.requires_grad and "lora_" not in n]
             hint = (f" Still trainable: {extra[:3]}...: freeze every parameter of the model (requires_grad_(False)) "
-                    "before adding the adapters" if extra else "")
+                    "before adding the adapters" if extra else
+                    " Nothing is trainable: freeze the model BEFORE adding the adapters (requires_grad_(False) after "
+                    "them freezes lora_A and lora_B too)" if trainable == 0 else "")
             raise CheckError(f"{what}: {trainable} trainable parameters, get_peft_model has {expected_trainable} "
                              f"({100 * expected_trainable / expected_total:.2f}% of {expected_total}).{hint}")
         state = _call(wrapped.state_dict, f"{what}.state_dict()")  # B = 0 whatever LoRALinear does (exercise 1's job)

@@ -111,7 +111,9 @@ def check_reward_loss(fn: Callable) -> None:
         hints = [(-torch.nn.functional.logsigmoid(-d).mean(), "chosen and rejected are swapped: the loss should be "
                   "small when the chosen response scores higher"),
                  (-torch.nn.functional.logsigmoid(d).sum(), "you sum over pairs; take the mean"),
-                 (-torch.nn.functional.sigmoid(d).mean(), "use log sigmoid (the log-likelihood), not sigmoid")]
+                 (-torch.nn.functional.sigmoid(d).mean(), "use log sigmoid (the log-likelihood), not sigmoid"),
+                 (torch.nn.functional.logsigmoid(d).mean(), "the loss has the wrong sign: it is MINUS the mean "
+                  "log sigmoid, so that minimising it raises the chosen reward")]
         if m is not None:
             hints += [(-torch.nn.functional.logsigmoid(c - r).mean(), "the margin is ignored: subtract it from "
                        "r_chosen - r_rejected"),
@@ -142,6 +144,13 @@ def ragged_batch(seed: int, batch: int = 6, width: int = 9) -> dict:
             "ref_logprobs": -torch.rand(batch, width, generator=g) * 3,
             "scores": torch.randn(batch, generator=g), "mask": mask,
             "values": torch.randn(batch, width, generator=g), "rewards": torch.randn(batch, width, generator=g) * mask}
+
+
+def _score_at(scores: torch.Tensor, mask: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """Zeros shaped like ``mask`` with each row's score at its entry of ``columns`` (for the diagnosis)."""
+    out = torch.zeros_like(mask)
+    out[torch.arange(len(mask)), columns] = scores
+    return out
 
 
 def reference_rewards(logprobs, ref_logprobs, scores, mask, beta: float) -> torch.Tensor:
@@ -179,7 +188,11 @@ def check_per_token_rewards(fn: Callable) -> None:
                   "on each row's last real token (mask.sum(-1) - 1)"),
                  (reference_rewards(lp, ref, s, torch.ones_like(m), beta), "the mask is ignored: padding tokens must "
                   "get no reward and the score goes on the last real token"),
-                 (kl * m, "the reward model's score is missing")]
+                 (kl * m, "the reward model's score is missing"),
+                 (reference_rewards(lp, ref, beta * s, m, beta), "the score is multiplied by beta: beta scales only "
+                  "the KL penalty"),
+                 (kl * m + _score_at(s, m, m.sum(-1).long() - 2), "the score is one token early: each row's last "
+                  "real token is at mask.sum(-1) - 1")]
         hint = next((h for value, h in hints if _close(got, value)), "")
         assert_close(got, want, f"per-token rewards (beta={beta})", hint=hint)
     passed("per-token rewards: KL penalty + score on the last real token")
@@ -309,7 +322,15 @@ def check_ppo_losses(policy_loss: Callable, value_loss: Callable) -> None:
             hints = [(((torch.min(plain, clipped)) * m).sum() / k, "min instead of max: the pessimistic bound takes "
                       "the LARGER of the two losses (the smaller of the two objectives)"),
                      ((plain * m).sum() / k, "no clipping: clip the ratio to [1 - eps, 1 + eps]"),
-                     (torch.max(plain, clipped).mean(), "padding is averaged in: take the mean over real tokens only")]
+                     (torch.max(plain, clipped).mean(), "padding is averaged in: take the mean over real tokens only"),
+                     (((torch.max(plain, clipped) * m).sum(1) / m.sum(1)).mean(), "a mean per response, then over "
+                      "responses: take ONE mean over all real tokens (the token mean)"),
+                     ((torch.max(plain, -ratio.clamp(min=1 - clip) * a) * m).sum() / k, "the ratio is clipped below "
+                      "only: clamp it to [1 - eps, 1 + eps]"),
+                     ((torch.max(plain, -ratio.clamp(max=1 + clip) * a) * m).sum() / k, "the ratio is clipped above "
+                      "only: clamp it to [1 - eps, 1 + eps]"),
+                     ((torch.max(-a / ratio, -(1 / ratio).clamp(1 - clip, 1 + clip) * a) * m).sum() / k,
+                      "the ratio is upside down: pi / pi_old = exp(logprobs - old_logprobs)")]
             hint = next((h for value, h in hints if _close(got, value)), "")
             raise CheckError(f"policy loss {got.item():.5f}, torchrl's ClipPPOLoss gives {want_pi.item():.5f}. {hint}"
                              .strip())
@@ -320,10 +341,16 @@ def check_ppo_losses(policy_loss: Callable, value_loss: Callable) -> None:
         if not _close(got_v, want_v):
             k = m.sum()
             err = (b["values"] - b["returns"]) ** 2
+            clipped_err = (b["old_values"] + (b["values"] - b["old_values"]).clamp(-vclip, vclip) - b["returns"]) ** 2
             hints = [((err * m).sum() / k, "the value loss is not clipped: also compute it with "
                       "V_old + clip(V - V_old) and take the larger of the two"),
                      ((0.5 * err * m).sum() / k, "the value loss is not clipped (and has a 1/2 factor "
-                      "torchrl does not use)")]
+                      "torchrl does not use)"),
+                     ((torch.min(err, clipped_err) * m).sum() / k, "min instead of max: take the LARGER of the "
+                      "clipped and unclipped losses"),
+                     ((torch.max(err, ((b["values"] - b["old_values"]).clamp(-vclip, vclip) - b["returns"]) ** 2)
+                       * m).sum() / k,
+                      "the clipped value is V_old + clip(V - V_old, -eps, eps): add the old value back")]
             hint = next((h for value, h in hints if _close(got_v, value)), "")
             raise CheckError(f"value loss {got_v.item():.5f}, torchrl's ClipPPOLoss gives {want_v.item():.5f}. {hint}"
                              .strip())
