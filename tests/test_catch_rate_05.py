@@ -123,6 +123,17 @@ def reward_loss_in_place(chosen, rejected, margin=None):
     return -F.logsigmoid(chosen).mean()
 
 
+def reward_loss_margin_truthiness(chosen, rejected, margin=None):
+    """``if margin:`` (a tensor of several margins has no truth value)."""
+    return -F.logsigmoid(chosen - rejected - margin if margin else chosen - rejected).mean()
+
+
+def rewards_score_replaces_kl(logprobs, ref_logprobs, scores, mask, beta):
+    rewards = -beta * (logprobs - ref_logprobs) * mask
+    rewards[torch.arange(len(mask)), mask.sum(-1).long() - 1] = scores
+    return rewards
+
+
 def reward_loss_no_grad(chosen, rejected, margin=None):
     with torch.no_grad():
         return SOL["reward_loss"](chosen, rejected, margin)
@@ -230,6 +241,8 @@ WRONG = {
                                      reward_loss_of(lambda d: torch.log(1 + torch.exp(-d)).mean()), "F.logsigmoid"),
     "reward loss no grad": (checks.check_reward_loss, reward_loss_no_grad, "carries no gradient"),
     "reward loss in place": (checks.check_reward_loss, reward_loss_in_place, "changed chosen_rewards"),
+    "reward loss if margin:": (checks.check_reward_loss, reward_loss_margin_truthiness, "margin is not None"),
+    "rewards score replaces the KL": (checks.check_per_token_rewards, rewards_score_replaces_kl, "replaces"),
     "rewards KL sign": (checks.check_per_token_rewards, rewards_kl_sign, "wrong sign"),
     "rewards score on every token": (checks.check_per_token_rewards,
                                      lambda lp, ref, s, m, beta: -beta * (lp - ref) * m + s[:, None] * m,
@@ -288,6 +301,7 @@ RIGHT = {
     "solution ppo": (check_ppo_policy, SOL["ppo_policy_loss"]),
     "ppo clamped objective via where": (check_ppo_policy, policy_loss_with(
         combine=lambda a, b: torch.where(a > b, a, b))),
+    "ppo mean of the masked tokens": (check_ppo_policy, policy_loss_with(reduce=lambda l, m: l[m.bool()].mean())),
     "value loss clamp(old - c, old + c)": (check_ppo_value, value_loss_with(
         clipped_of=lambda v, old, c: torch.max(torch.min(v, old + c), old - c))),
 }

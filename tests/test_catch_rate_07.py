@@ -192,6 +192,12 @@ def nf4_dequantize_low_first(packed, absmax, shape, blocksize=64):
     return (NF4[codes].reshape(-1, blocksize) * absmax.reshape(-1, 1)).reshape(shape)
 
 
+def nf4_dequantize_by_repeat(packed, absmax, shape, blocksize=64):
+    """Codes by bit masks, each absmax repeated over its block: right."""
+    codes = torch.stack([(packed.reshape(-1) & 0xF0) >> 4, packed.reshape(-1) & 0x0F], dim=1).reshape(-1).long()
+    return (NF4[codes] * absmax.reshape(-1).repeat_interleave(blocksize)).reshape(shape)
+
+
 def double_quantize_with(offset_of=lambda a: a.mean(), absmax2_of=lambda p: p.abs().max(dim=1).values,
                          in_place=False):
     """The solution's double_quantize with its offset, its absmax2 or an in-place centring replaced."""
@@ -326,11 +332,14 @@ RIGHT = {
     "solution layer": (check_layer, LoRALinear),
     "A uniform in +-1/sqrt(in)": (check_layer, lora_with(init_a=lambda A: A.uniform_(-1 / math.sqrt(A.shape[1]),
                                                                                      1 / math.sqrt(A.shape[1])))),
+    "forward by F.linear": (check_layer, lora_with(forward=lambda self, x: self.base(x) + torch.nn.functional.linear(
+        torch.nn.functional.linear(x, self.lora_A), self.lora_B) * self.scaling)),
     "solution add_lora": (check_add, SOL["add_lora"]),
     "add_lora endswith '.' + target": (check_add, add_lora_with(lambda n, t: any(n.endswith("." + x) for x in t))),
     "solution nf4": (check_nf4_pair, (SOL["nf4_quantize"], SOL["nf4_dequantize"])),
     "nf4 bucketize at midpoints": (check_nf4_pair, (nf4_quantize_with(nearest=nf4_nearest_by_midpoints),
                                                     SOL["nf4_dequantize"])),
+    "nf4 dequantize by repeat_interleave": (check_nf4_pair, (SOL["nf4_quantize"], nf4_dequantize_by_repeat)),
     "solution double": (check_double, (SOL["double_quantize"], SOL["double_dequantize"])),
     "double by split": (check_double, (double_quantize_by_split, SOL["double_dequantize"])),
     "solution paging": (check_paging, SOL["page_schedule"]),

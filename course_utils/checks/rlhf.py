@@ -103,7 +103,9 @@ def check_reward_loss(fn: Callable) -> None:
         c, r, m, want = case["chosen"], case["rejected"], case["margin"], case["loss"]
         originals = {"chosen_rewards": c, "rejected_rewards": r, **({} if m is None else {"margin": m})}
         given = _cloned(originals)
-        got = _scalar(fn(given["chosen_rewards"], given["rejected_rewards"], given.get("margin")), "reward_loss")
+        got = _scalar(_call(fn, f"reward_loss{' with' if m is not None else ' without'} margins",
+                            "margin is None or a tensor of one margin per pair: test `margin is not None`",
+                            given["chosen_rewards"], given["rejected_rewards"], given.get("margin")), "reward_loss")
         assert_unchanged(given, originals, "reward_loss")
         if _close(got, want):
             continue
@@ -189,6 +191,8 @@ def check_per_token_rewards(fn: Callable) -> None:
                  (reference_rewards(lp, ref, s, torch.ones_like(m), beta), "the mask is ignored: padding tokens must "
                   "get no reward and the score goes on the last real token"),
                  (kl * m, "the reward model's score is missing"),
+                 (kl * m * (1 - _score_at(torch.ones_like(s), m, m.sum(-1).long() - 1)) + _score_at(s, m, m.sum(-1).long() - 1),
+                  "the score replaces the last token's KL penalty: add it to the penalty"),
                  (reference_rewards(lp, ref, beta * s, m, beta), "the score is multiplied by beta: beta scales only "
                   "the KL penalty"),
                  (kl * m + _score_at(s, m, m.sum(-1).long() - 2), "the score is one token early: each row's last "
