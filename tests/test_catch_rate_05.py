@@ -250,7 +250,8 @@ WRONG = {
     "rewards score on the last column": (checks.check_per_token_rewards, rewards_with_last(lambda m: -1),
                                          "last column"),
     "rewards score one past the end": (checks.check_per_token_rewards,
-                                       rewards_with_last(lambda m: m.sum(-1).long()), r"IndexError.*mask.sum\(-1\) - 1"),
+                                       rewards_with_last(lambda m: m.sum(-1).long()),
+                                       r"IndexError.*mask.sum\(-1\) - 1"),
     "rewards score one too early": (checks.check_per_token_rewards,
                                     rewards_with_last(lambda m: m.sum(-1).long() - 2), "one token early"),
     "rewards mask ignored": (checks.check_per_token_rewards, lambda lp, ref, s, m, beta: SOL["per_token_rewards"](

@@ -139,26 +139,23 @@ def a_matching_std_normal(A):
     A.normal_(0, 1 / math.sqrt(3 * A.shape[1]))
 
 
-def add_lora_with(select, freeze_after=False):
-    """The solution's add_lora with its own name selection, or the model frozen after wrapping."""
+def by_name_part(name, targets):
+    """The solution's rule: the last part of the module's name is a target."""
+    return name.split(".")[-1] in targets
+
+
+def add_lora_with(select=by_name_part, freeze="before"):
+    """The solution's add_lora with its own name selection, or the model frozen "after" wrapping or "never"."""
     def add_lora(model, target_modules, r, alpha):
-        if not freeze_after:
+        if freeze == "before":
             model.requires_grad_(False)
         for name in [n for n, _ in model.named_modules() if n and select(n, target_modules)]:
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent), child, LoRALinear(model.get_submodule(name), r, alpha))
-        if freeze_after:
+        if freeze == "after":
             model.requires_grad_(False)
         return model
     return add_lora
-
-
-def _wrap_only(model, target_modules, r, alpha):
-    """Wraps the targets without freezing the rest of the model."""
-    for name in [n for n, _ in model.named_modules() if n.split(".")[-1] in target_modules]:
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, LoRALinear(model.get_submodule(name), r, alpha))
-    return model
 
 
 def nf4_quantize_with(absmax_of=lambda b: b.abs().max(dim=1).values, nearest=None, in_place=False):
@@ -174,6 +171,11 @@ def nf4_quantize_with(absmax_of=lambda b: b.abs().max(dim=1).values, nearest=Non
         codes = (nearest or (lambda s: (s[:, None] - NF4[None, :]).abs().argmin(dim=1)))(scaled).to(torch.uint8)
         return (codes[0::2] << 4) | codes[1::2], absmax
     return nf4_quantize
+
+
+def nf4_uniform_level(scaled):
+    """The nearest of 16 evenly spaced levels instead of NF4's."""
+    return (scaled[:, None] - torch.linspace(-1, 1, 16)[None, :]).abs().argmin(dim=1)
 
 
 def nf4_floor_level(scaled):
@@ -207,7 +209,8 @@ def double_quantize_with(offset_of=lambda a: a.mean(), absmax2_of=lambda p: p.ab
         n_blocks = math.ceil(centred.numel() / blocksize)
         padded = torch.nn.functional.pad(centred, (0, n_blocks * blocksize - centred.numel())).view(n_blocks, -1)
         if absmax2_of is None:  # the absmax of the values before subtracting the offset
-            absmax2 = torch.nn.functional.pad(absmax, (0, padded.numel() - absmax.numel())).view(n_blocks, -1).abs().amax(1)
+            uncentred = torch.nn.functional.pad(absmax, (0, padded.numel() - absmax.numel()))
+            absmax2 = uncentred.view(n_blocks, -1).abs().amax(1)
         else:
             absmax2 = absmax2_of(padded)
         scaled = (padded / absmax2[:, None]).reshape(-1)[: centred.numel()]
@@ -298,16 +301,16 @@ WRONG = {
     "add_lora suffix match": (check_add, add_lora_with(lambda n, t: n.endswith(tuple(t))), "wrapped but should not"),
     "add_lora substring match": (check_add, add_lora_with(lambda n, t: any(x in n for x in t)),
                                  "wrapped but should not"),
-    "add_lora first match only": (check_add, add_lora_with(lambda n, t: n.split(".")[-1] in t and n.startswith("transformer.h.0.")),
-                                  "Not wrapped"),
-    "add_lora rest not frozen": (check_add, _wrap_only, "Still trainable"),
-    "add_lora frozen after wrapping": (check_add, add_lora_with(lambda n, t: n.split(".")[-1] in t, freeze_after=True),
+    "add_lora the first block only": (check_add, add_lora_with(lambda n, t: by_name_part(n, t)
+                                                                and n.startswith("transformer.h.0.")), "Not wrapped"),
+    "add_lora rest not frozen": (check_add, add_lora_with(freeze="never"), "Still trainable"),
+    "add_lora frozen after wrapping": (check_add, add_lora_with(freeze="after"),
                                        "Nothing is trainable: freeze the model BEFORE"),
     "nf4 absmax signed": (check_nf4_pair, (nf4_quantize_with(absmax_of=lambda b: b.max(dim=1).values),
                                            SOL["nf4_dequantize"]), "absmax"),
     "nf4 floor level": (check_nf4_pair, (nf4_quantize_with(nearest=nf4_floor_level), SOL["nf4_dequantize"]),
                         "NEAREST"),
-    "nf4 uniform levels": (check_nf4_pair, (nf4_quantize_with(nearest=lambda s: (s[:, None] - torch.linspace(-1, 1, 16)[None, :]).abs().argmin(dim=1)),
+    "nf4 uniform levels": (check_nf4_pair, (nf4_quantize_with(nearest=nf4_uniform_level),
                                             SOL["nf4_dequantize"]), "uniform"),
     "nf4 scales w in place": (check_nf4_pair, (nf4_quantize_with(in_place=True), SOL["nf4_dequantize"]),
                               "changed w in place"),

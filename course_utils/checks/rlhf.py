@@ -182,7 +182,7 @@ def check_per_token_rewards(fn: Callable) -> None:
             continue
         last = torch.zeros_like(m)
         last[torch.arange(len(m)), -1] = 1.0
-        kl = -beta * (lp - ref)
+        kl, last_real = -beta * (lp - ref), m.sum(-1).long() - 1
         hints = [(reference_rewards(lp, ref, s, m, -beta), "the KL penalty has the wrong sign: it is "
                   "-beta * (log pi - log pi_ref), a cost for moving away from the reference"),
                  (kl * m + s[:, None] * m, "the score is added to every token; it belongs to the last real token only"),
@@ -191,11 +191,11 @@ def check_per_token_rewards(fn: Callable) -> None:
                  (reference_rewards(lp, ref, s, torch.ones_like(m), beta), "the mask is ignored: padding tokens must "
                   "get no reward and the score goes on the last real token"),
                  (kl * m, "the reward model's score is missing"),
-                 (kl * m * (1 - _score_at(torch.ones_like(s), m, m.sum(-1).long() - 1)) + _score_at(s, m, m.sum(-1).long() - 1),
+                 (kl * m * (1 - _score_at(torch.ones_like(s), m, last_real)) + _score_at(s, m, last_real),
                   "the score replaces the last token's KL penalty: add it to the penalty"),
                  (reference_rewards(lp, ref, beta * s, m, beta), "the score is multiplied by beta: beta scales only "
                   "the KL penalty"),
-                 (kl * m + _score_at(s, m, m.sum(-1).long() - 2), "the score is one token early: each row's last "
+                 (kl * m + _score_at(s, m, last_real - 1), "the score is one token early: each row's last "
                   "real token is at mask.sum(-1) - 1")]
         hint = next((h for value, h in hints if _close(got, value)), "")
         assert_close(got, want, f"per-token rewards (beta={beta})", hint=hint)
