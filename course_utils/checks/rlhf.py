@@ -4,8 +4,9 @@ Oracles: the loss ``trl.RewardTrainer.compute_loss`` returns on a batch of pairs
 reference of the per-token RLHF reward (exercise 2: InstructGPT's KL-shaped reward, as TRL's old
 ``PPOTrainer.compute_rewards`` built it); ``torchrl.objectives.value.functional.generalized_advantage_estimate``
 (exercise 3); ``torchrl.objectives.ClipPPOLoss`` (exercise 4). Those student functions take and return
-tensors. When a result is wrong, the checks compare it with typical mistakes and name the one that matches.
-Exercise 6's truth is the word the check plants in reward models it trains when it runs (``blind_spot_world``).
+tensors, which must come back unchanged; the reward loss and the PPO policy loss also get extreme inputs (reward
+gaps of +-300, every log-prob 200 lower). When a result is wrong, the checks compare it with typical mistakes and
+name the one that matches. Exercise 6's truth is the word the check plants in reward models it trains when it runs (``blind_spot_world``).
 """
 from __future__ import annotations
 
@@ -104,7 +105,8 @@ def check_reward_loss(fn: Callable) -> None:
         originals = {"chosen_rewards": c, "rejected_rewards": r, **({} if m is None else {"margin": m})}
         given = _cloned(originals)
         got = _scalar(_call(fn, f"reward_loss{' with' if m is not None else ' without'} margins",
-                            "margin is None or a tensor of one margin per pair: test `margin is not None`",
+                            "" if m is None else "margin is None or a tensor of one margin per pair: test "
+                            "`margin is not None`",
                             given["chosen_rewards"], given["rejected_rewards"], given.get("margin")), "reward_loss")
         assert_unchanged(given, originals, "reward_loss")
         if _close(got, want):
@@ -176,7 +178,7 @@ def check_per_token_rewards(fn: Callable) -> None:
         originals = {"logprobs": lp, "ref_logprobs": ref, "scores": s, "mask": m}
         given = _cloned(originals)
         got = _call(fn, f"per-token rewards (beta={beta}) on a batch with a one-token response and one that fills "
-                    "the row", "Each row's last real token is at mask.sum(-1) - 1", *given.values(), beta)
+                    "the row", "(A row's last real token is at mask.sum(-1) - 1.)", *given.values(), beta)
         assert_unchanged(given, originals, f"per-token rewards (beta={beta})")
         if _close(got, want):
             continue
