@@ -6,7 +6,8 @@ reference of the per-token RLHF reward (exercise 2: InstructGPT's KL-shaped rewa
 (exercise 3); ``torchrl.objectives.ClipPPOLoss`` (exercise 4). Those student functions take and return
 tensors, which must come back unchanged; the reward loss and the PPO policy loss also get extreme inputs (reward
 gaps of +-300, every log-prob 200 lower). When a result is wrong, the checks compare it with typical mistakes and
-name the one that matches. Exercise 6's truth is the word the check plants in reward models it trains when it runs (``blind_spot_world``).
+name the one that matches. Exercise 6's truth is the word the check plants in reward models it trains when it
+runs (``blind_spot_world``).
 """
 from __future__ import annotations
 
