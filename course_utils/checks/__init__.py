@@ -40,6 +40,16 @@ def fenced(text: str, limit: int = STUDENT_TEXT_LIMIT) -> str:
     return f"⟪{text if len(text) <= limit else text[: limit - 3] + '...'}⟫"
 
 
+def call_student(fn, what: str, *args, hint: str = ""):
+    """``fn(*args)``; an error it raises becomes a CheckError naming ``what`` (and ``hint``), not a traceback."""
+    try:
+        return fn(*args)
+    except (NotImplementedError, CheckError):
+        raise
+    except Exception as exc:
+        raise CheckError(f"{what} failed: {type(exc).__name__}: {fenced(str(exc))}. {hint}".strip()) from exc
+
+
 def assert_unchanged(given: dict, originals: dict, what: str) -> None:
     """Raise CheckError naming each of ``given``'s tensors that no longer equals its original (an in-place edit)."""
     changed = [name for name, value in given.items() if not torch.equal(value.detach(), originals[name])]

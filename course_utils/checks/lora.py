@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from . import CheckError, assert_close, assert_unchanged, forbids_modules, passed
+from . import CheckError, assert_close, assert_unchanged, call_student, forbids_modules, passed
 
 # The oracles are PEFT (the LoRA layer, get_peft_model) and bitsandbytes (NF4, double quantization), and this module
 # holds references (_nf4_variants): when `course grade` calls the student's code, code from none may run.
@@ -104,17 +104,6 @@ def _lora_output(base, x, A, B, scaling):
     return base(x) + (x @ A.T @ B.T) * scaling
 
 
-def _call(fn, what: str, *args):
-    try:
-        return fn(*args)
-    except NotImplementedError:
-        raise
-    except CheckError:
-        raise
-    except Exception as exc:
-        raise CheckError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
-
-
 @forbids_modules(*LORA_ANSWERS)
 def check_lora_layer(cls, seed: int = 0) -> None:
     """Exercise 1: ``cls(base, r, alpha, use_rslora)`` against PEFT's LoRA layer with the same A and B, then its merge.
@@ -152,7 +141,7 @@ def check_lora_layer(cls, seed: int = 0) -> None:
         scaled.append(A.detach().flatten() * math.sqrt(n_in))
         x = torch.randn(5, n_in, generator=gen, dtype=torch.float64)
         layer.train()
-        y0 = _call(layer, f"{what}(x)", x)
+        y0 = call_student(layer, f"{what}(x)", x)
         if not torch.is_tensor(y0) or y0.shape != (5, n_out):
             raise CheckError(f"{what}(x) must return a tensor of shape (5, {n_out}), got "
                              f"{getattr(y0, 'shape', type(y0).__name__)}")
@@ -163,12 +152,12 @@ def check_lora_layer(cls, seed: int = 0) -> None:
             raise CheckError(f"{what}: the output does not depend on lora_A and lora_B through autograd, so no "
                              "gradient reaches them: compute the update in forward as (x @ A.T @ B.T) * alpha / r")
         B = torch.randn(B.shape, generator=gen, dtype=torch.float64)  # a trained-looking adapter
-        state = _call(layer.state_dict, f"{what}.state_dict()")
-        _call(layer.load_state_dict, f"{what}.load_state_dict(...)", {**state, "lora_B": B})
+        state = call_student(layer.state_dict, f"{what}.state_dict()")
+        call_student(layer.load_state_dict, f"{what}.load_state_dict(...)", {**state, "lora_B": B})
         layer.eval()
         oracle = peft_lora_layer(base, A.detach(), B, alpha, rslora)
         with torch.no_grad():
-            got, expected = _call(layer, f"{what}(x)", x), oracle(x)
+            got, expected = call_student(layer, f"{what}(x)", x), oracle(x)
             mistakes = {
                 "use_rslora=True must scale the update by alpha / sqrt(r) (rsLoRA), not alpha / r" if rslora else
                 "use_rslora=False scales the update by alpha / r; only use_rslora=True uses alpha / sqrt(r)":
@@ -207,9 +196,9 @@ def _check_init_bound(A: torch.Tensor, n_in: int, what: str) -> None:
 
 
 def _check_merge(layer, oracle: nn.Module, base: nn.Module, x: torch.Tensor, what: str) -> None:
-    before = {k: v.clone() for k, v in _call(layer.state_dict, f"{what}.state_dict()").items()}
-    merged = _call(layer.merge, f"{what}.merge()")
-    after = _call(layer.state_dict, f"{what}.state_dict()")
+    before = {k: v.clone() for k, v in call_student(layer.state_dict, f"{what}.state_dict()").items()}
+    merged = call_student(layer.merge, f"{what}.merge()")
+    after = call_student(layer.state_dict, f"{what}.state_dict()")
     changed = [name for name, value in before.items() if not torch.equal(after.get(name), value)]
     if changed:
         raise CheckError(f"{what}.merge() changed {changed} in place: return a new layer (copy.deepcopy the "
@@ -219,12 +208,12 @@ def _check_merge(layer, oracle: nn.Module, base: nn.Module, x: torch.Tensor, wha
                          f"latency), got {getattr(merged.__class__, '__name__', merged.__class__)}")
     with torch.no_grad():
         oracle.merge()
-        unmerged = _call(layer, f"{what}(x)", x).detach()
+        unmerged = call_student(layer, f"{what}(x)", x).detach()
         assert_close(merged.weight.detach().double(), oracle.get_base_layer().weight.detach(),
                      f"{what}.merge() weight vs PEFT's merged weight", atol=1e-8,
                      hint="W = W0 + scaling * B @ A; GPT-2's Conv1D stores W transposed, (in, out), so add "
                           "the transpose there")
-        assert_close(_call(merged, f"{what}.merge()(x)", x).detach().double(), unmerged,
+        assert_close(call_student(merged, f"{what}.merge()(x)", x).detach().double(), unmerged,
                      f"{what}: merged output vs unmerged output", atol=1e-8)
 
 
@@ -256,10 +245,10 @@ def check_add_lora(fn: Callable, seed: int = 0) -> None:
         expected_names = {n.removeprefix("base_model.model.") for n, m in reference.named_modules()
                           if isinstance(m, LoraLayer)}
         what = f"add_lora(model, target_modules={targets}, r={r}, alpha={alpha})"
-        wrapped = _call(fn, what, model, targets, r, alpha)
+        wrapped = call_student(fn, what, model, targets, r, alpha)
         if wrapped is None:
             raise CheckError(f"{what}: return the model")
-        params = _call(wrapped.named_parameters, f"{what}.named_parameters()")
+        params = call_student(wrapped.named_parameters, f"{what}.named_parameters()")
         params = list(params)
         names = {n.removesuffix(".lora_A") for n, _ in params if n.endswith(".lora_A")}
         if names != expected_names:
@@ -279,11 +268,12 @@ def check_add_lora(fn: Callable, seed: int = 0) -> None:
                     "them freezes lora_A and lora_B too)" if trainable == 0 else "")
             raise CheckError(f"{what}: {trainable} trainable parameters, get_peft_model has {expected_trainable} "
                              f"({100 * expected_trainable / expected_total:.2f}% of {expected_total}).{hint}")
-        state = _call(wrapped.state_dict, f"{what}.state_dict()")  # B = 0 whatever LoRALinear does (exercise 1's job)
-        _call(wrapped.load_state_dict, f"{what}.load_state_dict(...)",
-              {k: torch.zeros_like(v) if k.endswith(".lora_B") else v for k, v in state.items()})
+        # B = 0 whatever LoRALinear does (exercise 1's job)
+        state = call_student(wrapped.state_dict, f"{what}.state_dict()")
+        call_student(wrapped.load_state_dict, f"{what}.load_state_dict(...)",
+                     {k: torch.zeros_like(v) if k.endswith(".lora_B") else v for k, v in state.items()})
         wrapped.eval()
-        out = _call(wrapped, f"{what}: the wrapped model's forward", ids)
+        out = call_student(wrapped, f"{what}: the wrapped model's forward", ids)
         assert_close(out.logits.detach(), logits, f"{what}: logits of the wrapped model before training", atol=1e-5,
                      hint="with every B at zero the wrapped model must compute what the model computed")
     passed("add_lora (the same modules and trainable-parameter count as get_peft_model)")
@@ -503,7 +493,7 @@ def check_page_schedule(fn: Callable, seed: int = 0) -> None:
     for name, hint, steps, activations, budget in cases:
         what = f"page_schedule({name}: {len(steps)} steps, budget {budget})"
         expected = page_schedule(steps, activations, budget)
-        got = _call(fn, what, [list(s) for s in steps], list(activations), budget)
+        got = call_student(fn, what, [list(s) for s in steps], list(activations), budget)
         try:
             got = [tuple(int(v) for v in row) for row in got]
         except (TypeError, ValueError):

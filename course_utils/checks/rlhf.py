@@ -16,8 +16,8 @@ from collections.abc import Callable
 
 import torch
 
-from . import (CheckError, assert_close, assert_gradient_reaches, assert_unchanged, drawn_seed, extreme_pairs, fenced,
-               forbids_modules, passed, trained_copy)
+from . import (CheckError, assert_close, assert_gradient_reaches, assert_unchanged, call_student, drawn_seed,
+               extreme_pairs, fenced, forbids_modules, passed, trained_copy)
 
 # The course's own answers live in course_utils.rlhf (lecture 05 uses them: reward_loss, per_token_rewards, gae,
 # ppo_policy_loss, ppo_value_loss), the oracles are TRL and torchrl, and this module holds written-out references
@@ -27,16 +27,6 @@ ANSWERS = ("course_utils.rlhf", "course_utils.checks", "trl", "torchrl")
 
 def _close(a, b, atol: float = 1e-5) -> bool:
     return torch.is_tensor(a) and a.shape == b.shape and torch.allclose(a.double(), b.double(), atol=atol, rtol=1e-4)
-
-
-def _call(fn: Callable, what: str, hint: str, *args):
-    """``fn(*args)``, with an error it raises turned into a CheckError that names ``what`` and ends with ``hint``."""
-    try:
-        return fn(*args)
-    except (NotImplementedError, CheckError):
-        raise
-    except Exception as exc:
-        raise CheckError(f"{what} failed: {type(exc).__name__}: {fenced(str(exc))}. {hint}".strip()) from exc
 
 
 def _cloned(tensors: dict) -> dict:
@@ -105,10 +95,10 @@ def check_reward_loss(fn: Callable) -> None:
         c, r, m, want = case["chosen"], case["rejected"], case["margin"], case["loss"]
         originals = {"chosen_rewards": c, "rejected_rewards": r, **({} if m is None else {"margin": m})}
         given = _cloned(originals)
-        got = _scalar(_call(fn, f"reward_loss{' with' if m is not None else ' without'} margins",
-                            "" if m is None else "margin is None or a tensor of one margin per pair: test "
-                            "`margin is not None`",
-                            given["chosen_rewards"], given["rejected_rewards"], given.get("margin")), "reward_loss")
+        got = _scalar(call_student(fn, f"reward_loss{' with' if m is not None else ' without'} margins",
+                                   given["chosen_rewards"], given["rejected_rewards"], given.get("margin"),
+                                   hint="" if m is None else "margin is None or a tensor of one margin per pair: "
+                                   "test `margin is not None`"), "reward_loss")
         assert_unchanged(given, originals, "reward_loss")
         if _close(got, want):
             continue
@@ -178,8 +168,9 @@ def check_per_token_rewards(fn: Callable) -> None:
         want = reference_rewards(lp, ref, s, m, beta)
         originals = {"logprobs": lp, "ref_logprobs": ref, "scores": s, "mask": m}
         given = _cloned(originals)
-        got = _call(fn, f"per-token rewards (beta={beta}) on a batch with a one-token response and one that fills "
-                    "the row", "(A row's last real token is at mask.sum(-1) - 1.)", *given.values(), beta)
+        got = call_student(fn, f"per-token rewards (beta={beta}) on a batch with a one-token response and one that "
+                           "fills the row", *given.values(), beta,
+                           hint="(A row's last real token is at mask.sum(-1) - 1.)")
         assert_unchanged(given, originals, f"per-token rewards (beta={beta})")
         if _close(got, want):
             continue
