@@ -31,7 +31,7 @@ def course(tmp_path, monkeypatch):
         nbformat.write(nb, subs / f"{name}.ipynb")
     calls = []
 
-    def fake(submission, solution_path, timeout, profile, hide):
+    def fake(submission, solution_path, timeout, profile, hide, run_cache=None):
         calls.append(os.path.basename(submission))
         student = os.path.basename(submission)[:-len(".ipynb")]
         if student not in PASSES:
@@ -203,3 +203,20 @@ def test_merge_refuses_overlapping_or_mixed_shards(course, capsys):
 def test_bad_shard_spec(spec):
     with pytest.raises(ValueError, match="--shard"):
         grading.shard([1, 2, 3], spec)
+
+
+def test_one_run_cache_is_shared_by_the_runs_submissions_and_deleted_after(course, monkeypatch):
+    fake, caches = grading.grade_submission, []
+
+    def spy(submission, *rest):
+        cache = rest[-1]
+        caches.append(cache)
+        assert os.path.isdir(cache.folder) and oct(os.stat(cache.folder).st_mode & 0o777) == "0o700"
+        return fake(submission, *rest)
+
+    monkeypatch.setattr(grading, "grade_submission", spy)
+    grading.grade(course["solution"], course["paths"][:3], course["root"] / "g.csv")
+    assert len(caches) == 3 and len(set(caches)) == 1  # one folder and one secret for the whole run
+    assert not os.path.exists(caches[0].folder)
+    grading.grade(course["solution"], course["paths"][:1], course["root"] / "h.csv")
+    assert caches[-1] != caches[0]  # each run draws its own

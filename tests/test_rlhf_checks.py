@@ -223,3 +223,44 @@ def test_blind_spot_check_passes_the_solution_with_the_largest_drawn_seed():
         checks.check_blind_spot(sol["find_blind_spot"])
     finally:
         SEED_SHIFT.reset(token)
+
+
+def test_in_a_grading_run_each_submission_gets_two_distinct_words_of_the_runs_pool(tmp_path):
+    from course_utils.checks import RunCache
+
+    cache = RunCache(str(tmp_path), secret=12345)
+    plans = [checks.blind_spot_plan(seed, cache) for seed in range(200)]
+    pool = {entry for plan in plans for entry in plan}
+    assert len(pool) == checks.BLIND_SPOT_POOL and len({w for w, _ in pool}) == checks.BLIND_SPOT_POOL
+    assert all(len({w for w, _ in plan}) == 2 for plan in plans)
+    assert len({tuple(plan) for plan in plans}) > 6  # submissions draw different pairs (and orders) from the pool
+    other = {entry for seed in range(200) for entry in checks.blind_spot_plan(seed, RunCache(str(tmp_path), 54321))}
+    assert other != pool  # another run, another pool
+    assert checks.blind_spot_plan(7, None) == checks.blind_spot_plan(7, None)  # outside a run: the check's own draw
+    assert [s for _, s in checks.blind_spot_plan(7, None)] == [14, 15]
+
+
+def test_a_pooled_world_is_trained_once_per_run_and_reloaded_exactly(tmp_path, monkeypatch):
+    from course_utils.checks import RunCache
+
+    sft, tokenizer = load_pretrained("tiny-gpt-sft", progress=False)
+    trained = []
+
+    def fake_world(word, seed, sft, tokenizer):  # an untrained reward model stands in for 60 steps of training
+        trained.append((word, seed))
+        torch.manual_seed(seed)
+        return {"rm": rlhf.reward_model_from(sft, tokenizer).eval(), "prompts": ["p1", "p2"],
+                "replies": ["park", "glad , park"], "gains": {"glad": 0.5, "help": -0.1}}
+
+    monkeypatch.setattr(checks, "blind_spot_world", fake_world)
+    cache = RunCache(str(tmp_path), secret=3)
+    first = checks.pooled_world("glad", 6, sft, tokenizer, cache)
+    again = checks.pooled_world("glad", 6, sft, tokenizer, cache)
+    assert trained == [("glad", 6)]
+    assert [p.name for p in tmp_path.iterdir()] == ["blind-spot-glad-6.pt"]  # no partial file left behind
+    assert {k: again[k] for k in ("prompts", "replies", "gains")} == {k: first[k] for k in ("prompts", "replies", "gains")}
+    scores = [rlhf.rm_scores(w["rm"], tokenizer, ["where did mia run ?"] * 2, ["park", "glad , park"])
+              for w in (first, again)]
+    assert torch.equal(*scores)
+    checks.pooled_world("glad", 6, sft, tokenizer, None)  # outside a run nothing is kept
+    assert trained == [("glad", 6), ("glad", 6)] and len(list(tmp_path.iterdir())) == 1

@@ -6,6 +6,7 @@ look for it, and prints one line when everything passed. One module per topic.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import functools
 import inspect
 
@@ -20,6 +21,19 @@ FORBIDDEN_MODULES: contextvars.ContextVar[tuple[str, ...]] = contextvars.Context
 # Added to every check's ``seed`` while the grader runs it (``course grade`` draws it secretly per run), so the
 # hidden tests' inputs are in no file a student can read; 0 in the notebooks, whose checks stay reproducible.
 SEED_SHIFT: contextvars.ContextVar[int] = contextvars.ContextVar("seed_shift", default=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunCache:
+    """One grading run's private folder and a number drawn for the run: what a check builds from them alone (never
+    from a submission) is built once per run and shared by its submissions (``course grade`` sets it)."""
+
+    folder: str
+    secret: int
+
+
+# The grading run's cache while ``course grade`` runs a check; None in the notebooks and in a lone grade_submission.
+RUN_CACHE: contextvars.ContextVar[RunCache | None] = contextvars.ContextVar("run_cache", default=None)
 
 
 class CheckError(AssertionError):

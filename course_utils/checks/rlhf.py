@@ -7,7 +7,8 @@ reference of the per-token RLHF reward (exercise 2: InstructGPT's KL-shaped rewa
 tensors, which must come back unchanged; the reward loss and the PPO policy loss also get extreme inputs (reward
 gaps of +-300, every log-prob 200 lower). When a result is wrong, the checks compare it with typical mistakes and
 name the one that matches. Exercise 6's truth is the word the check plants in reward models it trains when it
-runs (``blind_spot_world``).
+runs (``blind_spot_world``); in ``course grade`` they come from a pool drawn once per grading run and trained once
+for all its submissions (``pooled_world``).
 """
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from collections.abc import Callable
 
 import torch
 
-from . import (CheckError, assert_close, assert_gradient_reaches, assert_unchanged, call_student, drawn_seed,
-               extreme_pairs, fenced, forbids_modules, passed, trained_copy)
+from . import (RUN_CACHE, CheckError, RunCache, assert_close, assert_gradient_reaches, assert_unchanged, call_student,
+               drawn_seed, extreme_pairs, fenced, forbids_modules, passed, trained_copy)
 
 # The course's own answers live in course_utils.rlhf (lecture 05 uses them: reward_loss, per_token_rewards, gae,
 # ppo_policy_loss, ppo_value_loss), the oracles are TRL and torchrl, and this module holds written-out references
@@ -489,21 +490,60 @@ def blind_spot_world(word: str, seed: int, sft, tokenizer, steps: int = 60, trie
     raise RuntimeError(f"no reward model learned the blind spot {word!r} in {tries} tries from seed {seed}")
 
 
+# In a grading run, the blind-spot worlds come from a pool of this many (distinct words), drawn from the run's secret
+# and trained once per run; each submission is graded on two of them, picked by its own drawn seed. A class of N
+# costs at most 4 reward models (and their retries), not 2N.
+BLIND_SPOT_POOL = 4
+
+
+def blind_spot_plan(seed: int, cache: RunCache | None) -> list[tuple[str, int]]:
+    """The two (planted word, world seed) a check with ``seed`` grades: its own draw, or two of the run's pool."""
+    import random
+
+    if cache is None:
+        return [(word, 2 * seed + i) for i, word in enumerate(random.Random(seed).sample(BLIND_SPOT_CANDIDATES, 2))]
+    words = random.Random(cache.secret).sample(BLIND_SPOT_CANDIDATES, BLIND_SPOT_POOL)
+    pool = [(word, 2 * cache.secret + i) for i, word in enumerate(words)]
+    return random.Random(seed).sample(pool, 2)
+
+
+def pooled_world(word: str, seed: int, sft, tokenizer, cache: RunCache | None) -> dict:
+    """``blind_spot_world``, kept in the run's cache folder (weights and the grader's replies; loaded weights-only)."""
+    import os
+    from pathlib import Path
+
+    from ..rlhf import reward_model_from
+
+    if cache is None:
+        return blind_spot_world(word, seed, sft, tokenizer)
+    path = Path(cache.folder) / f"blind-spot-{word}-{seed}.pt"
+    if path.exists():
+        saved = torch.load(path, weights_only=True)
+        rm = reward_model_from(sft, tokenizer)
+        rm.load_state_dict(saved["state"])
+        return {"rm": rm.eval(), "prompts": saved["prompts"], "replies": saved["replies"], "gains": saved["gains"]}
+    world = blind_spot_world(word, seed, sft, tokenizer)
+    with tempfile.NamedTemporaryFile(dir=cache.folder, suffix=".part", delete=False) as part:  # whole or nothing
+        torch.save({"state": world["rm"].state_dict(), **{k: world[k] for k in ("prompts", "replies", "gains")}}, part)
+    os.replace(part.name, path)
+    return world
+
+
 @drawn_seed
 @forbids_modules("course_utils.checks", "course_utils.world")
 def check_blind_spot(fn: Callable, seed: int = 11) -> None:
     """``fn(rm, tokenizer, prompts, replies, candidates)`` names the candidate word each of two reward models
-    over-rewards: blind spots the grader plants at grading time (drawn by ``seed``), in no file the student can read.
-    The student's code may not run the world's or the checks' code (r*, the pairs, the planted word)."""
-    import random
-
+    over-rewards: blind spots the grader plants at grading time (drawn by ``seed``, or from the grading run's pool),
+    in no file the student can read. The student's code may not run the world's or the checks' code (r*, the pairs,
+    the planted word)."""
     from ..models import load_pretrained
 
     sft, tokenizer = load_pretrained("tiny-gpt-sft", progress=False)
-    words = random.Random(seed).sample(BLIND_SPOT_CANDIDATES, 2)
+    plan = blind_spot_plan(seed, RUN_CACHE.get())
+    words = [word for word, _ in plan]
     worlds, answers = [], []
-    for i, word in enumerate(words):  # one at a time: a function that raises costs one reward model, not two
-        world = blind_spot_world(word, 2 * seed + i, sft, tokenizer)
+    for word, world_seed in plan:  # one at a time: a function that raises costs one reward model, not two
+        world = pooled_world(word, world_seed, sft, tokenizer, RUN_CACHE.get())
         worlds.append(world)
         got = fn(world["rm"], tokenizer, list(world["prompts"]), list(world["replies"]), list(BLIND_SPOT_CANDIDATES))
         if not isinstance(got, str) or got not in BLIND_SPOT_CANDIDATES:

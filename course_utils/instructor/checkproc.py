@@ -75,12 +75,12 @@ def verdict(source: str, trusted: dict, link, index: int) -> tuple[bool, str, st
 
 
 def _child(conn, solution_path: str, profile: str, workdir: str, timeout: float, memory_bytes: int,
-           seed_shift: int) -> None:
+           seed_shift: int, run_cache=None) -> None:
     """The child's loop: build the trusted names, then run each check cell the grader sends."""
     from pathlib import Path
 
     from . import remote
-    from ..checks import SEED_SHIFT
+    from ..checks import RUN_CACHE, SEED_SHIFT
     from .notebooks import read_notebook
 
     import torch
@@ -95,6 +95,7 @@ def _child(conn, solution_path: str, profile: str, workdir: str, timeout: float,
     torch.set_num_threads(min(4, torch.get_num_threads()))
     limit_memory(memory_bytes)
     SEED_SHIFT.set(seed_shift)
+    RUN_CACHE.set(run_cache)
 
     def run_cell(code: str, seconds: float) -> str | None:
         conn.send(("kernel", code, seconds))
@@ -111,13 +112,15 @@ class CheckProcess:
     """The child process that runs one submission's checks; restarted after a check that killed it.
 
     ``seed_shift``: added to every check's seed (``checks.drawn_seed``); by default drawn secretly here, so
-    the hidden tests' inputs are chosen when the submission is graded, not written in any file.
+    the hidden tests' inputs are chosen when the submission is graded, not written in any file. ``run_cache``: the
+    grading run's ``checks.RunCache`` (what checks build from the run's secret, shared by its submissions), or None.
     """
 
     def __init__(self, solution_path, profile: str, workdir, timeout: float, limits: Limits = Limits(),
-                 seed_shift: int | None = None):
+                 seed_shift: int | None = None, run_cache=None):
         seed_shift = secrets.randbelow(SEED_SHIFTS) if seed_shift is None else seed_shift
-        self.args = (str(solution_path), profile, str(workdir), timeout, limits.check_memory_bytes, seed_shift)
+        self.args = (str(solution_path), profile, str(workdir), timeout, limits.check_memory_bytes, seed_shift,
+                     run_cache)
         self.timeout, self.memory_bytes = timeout, limits.check_memory_bytes
         self.process = self.conn = None
 

@@ -13,6 +13,7 @@ or changes the others. Manually graded cells (``grade`` and ``solution`` both tr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import multiprocessing
 import os
@@ -34,7 +35,7 @@ from ..settings import PROFILES
 from . import checkproc, gradebook, sandbox
 from .feedback import write_feedback
 from .notebooks import nbgrader_meta, read_notebook, strip_outputs
-from ..checks import fenced
+from ..checks import RunCache, fenced
 from .runner import error_line, grading_env
 
 # Error text in a cell that means the submission hit the sandbox, and the rule the gradebook names.
@@ -292,11 +293,12 @@ def _warn_unsandboxed() -> None:
 
 
 def grade_submission(submission_path: str | Path, solution_path: str | Path, timeout: float = 120,
-                     profile: str = "ci", hide: list | None = None) -> list[ExerciseResult]:
+                     profile: str = "ci", hide: list | None = None, run_cache: RunCache | None = None
+                     ) -> list[ExerciseResult]:
     """Grade one submission against its solution notebook; one result per check cell.
 
     ``hide``: folders the submission's sandbox must not see (the submission's and the solution's
-    folders are always hidden).
+    folders are always hidden). ``run_cache``: the grading run's (``grade`` makes one), or None.
     """
     _check_args(timeout, profile)
     solution = read_notebook(solution_path)
@@ -318,12 +320,14 @@ def grade_submission(submission_path: str | Path, solution_path: str | Path, tim
     hide = [Path(submission_path).resolve().parent, Path(solution_path).resolve().parent,
             Path(tempfile.gettempdir()), *(hide or [])]
     shift = secrets.randbelow(checkproc.SEED_SHIFTS)  # the hidden tests' inputs, drawn now (both runs share them)
-    verdicts, notes, died = _run_in_sandbox(graded, checks, solution_path, timeout, profile, hide, shift)
+    verdicts, notes, died = _run_in_sandbox(graded, checks, solution_path, timeout, profile, hide, shift,
+                                             run_cache)
     if died is not None and not died.at_limit:
         # A kernel killed by no limit of ours may have died of the machine, not the submission: one more run.
         print(f"course grade: {name}: the kernel died ({died.why}); grading it again in a fresh kernel",
               file=sys.stderr, flush=True)
-        verdicts, notes, again = _run_in_sandbox(graded, checks, solution_path, timeout, profile, hide, shift)
+        verdicts, notes, again = _run_in_sandbox(graded, checks, solution_path, timeout, profile, hide, shift,
+                                                 run_cache)
         died = again and Death(f"{again.why}; it died again when graded a second time", again.at_limit)
     if died is not None:
         verdicts = {g: (passed, message.replace("the kernel died", f"the kernel died ({died.why})", 1))
@@ -342,11 +346,13 @@ def grade_submission(submission_path: str | Path, solution_path: str | Path, tim
 
 
 def _run_in_sandbox(graded, checks: dict, solution_path, timeout: float, profile: str, hide: list,
-                    seed_shift: int) -> tuple[dict[str, tuple[bool, str]], list[str], Death | None]:
+                    seed_shift: int, run_cache: RunCache | None = None
+                    ) -> tuple[dict[str, tuple[bool, str]], list[str], Death | None]:
     """``run_graded`` in a fresh folder of its own (a size-limited tmpfs where the machine allows one)."""
     tmp = Path(tempfile.mkdtemp(prefix="course-grade-")).resolve()
     mounted = sandbox.unavailable_reason() is None and sandbox.mount_workdir(tmp)
-    checker = checkproc.CheckProcess(solution_path, profile, tmp, timeout, seed_shift=seed_shift)
+    checker = checkproc.CheckProcess(solution_path, profile, tmp, timeout, seed_shift=seed_shift,
+                                     run_cache=run_cache)
     try:
         return run_graded(graded, checks, checker, tmp, timeout, profile, hide)
     finally:
@@ -355,8 +361,8 @@ def _run_in_sandbox(graded, checks: dict, solution_path, timeout: float, profile
         _remove(tmp)
 
 
-def _grade_one(submission: str, solution_path: str, timeout: float, profile: str,
-               hide: list) -> tuple[str, list[ExerciseResult], float]:
+def _grade_one(submission: str, solution_path: str, timeout: float, profile: str, hide: list,
+               run_cache: RunCache | None = None) -> tuple[str, list[ExerciseResult], float]:
     """(submission, its rows, seconds taken); a failure of the grader itself gives zeros, never a crash."""
     import transformers
 
@@ -364,7 +370,7 @@ def _grade_one(submission: str, solution_path: str, timeout: float, profile: str
     transformers.utils.logging.set_verbosity_error()
     start = time.perf_counter()
     try:
-        results = grade_submission(submission, solution_path, timeout, profile, hide)
+        results = grade_submission(submission, solution_path, timeout, profile, hide, run_cache)
     except Exception as exc:  # belt and braces: one submission never stops the others
         message = f"grading failed: {error_line(type(exc).__name__, str(exc))}"
         checks = check_cells(read_notebook(solution_path))
@@ -379,7 +385,7 @@ def _worker_threads(jobs: int) -> None:
 
 
 def graded(submissions: list[str], solution_path: str, timeout: float, profile: str, hide: list,
-           jobs: int = 1):
+           jobs: int = 1, run_cache: RunCache | None = None):
     """Yield (submission, rows, seconds) as each submission finishes, ``jobs`` of them at a time.
 
     Each job is a process of its own grading one submission in its own sandboxed kernel, with the
@@ -387,11 +393,11 @@ def graded(submissions: list[str], solution_path: str, timeout: float, profile: 
     """
     if jobs == 1:
         for submission in submissions:
-            yield _grade_one(submission, solution_path, timeout, profile, hide)
+            yield _grade_one(submission, solution_path, timeout, profile, hide, run_cache)
         return
     context = multiprocessing.get_context("spawn")  # no forked copies of the grader's threads or kernels
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_threads, initargs=(jobs,)) as pool:
-        futures = [pool.submit(_grade_one, s, solution_path, timeout, profile, hide) for s in submissions]
+        futures = [pool.submit(_grade_one, s, solution_path, timeout, profile, hide, run_cache) for s in submissions]
         try:
             for future in as_completed(futures):
                 yield future.result()
@@ -401,6 +407,17 @@ def graded(submissions: list[str], solution_path: str, timeout: float, profile: 
         finally:
             for future in futures:
                 future.cancel()
+
+
+@contextlib.contextmanager
+def run_cache():
+    """A ``RunCache`` for one grading run: a private temporary folder (kernels never see it) and a secret drawn now;
+    the folder is deleted when the run ends."""
+    folder = tempfile.mkdtemp(prefix="course-grade-run-")
+    try:
+        yield RunCache(folder, secrets.randbelow(checkproc.SEED_SHIFTS))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def grade(solution_path: str | Path, submissions: list, out_csv: str | Path, timeout: float = 120,
@@ -432,15 +449,16 @@ def grade(solution_path: str | Path, submissions: list, out_csv: str | Path, tim
               "(pass --fresh to grade them again)")
     untouched = gradebook.lab_sources(solution)
     hide = [out.resolve().parent, *{Path(p).resolve().parent for p in todo}]
-    for n, (submission, results, seconds) in enumerate(
-            graded(todo, str(solution_path), timeout, profile, hide, jobs), 1):
-        flag = gradebook.flags(submission, [r.message for r in results], untouched)
-        book.add(results, ids[submission], flag)
-        total, most = sum(r.points for r in results), sum(r.max_points for r in results)
-        print(f"[{n}/{len(todo)}] {ids[submission]}: {total:g} / {most:g}{'  ' + flag if flag else ''} "
-              f"({seconds:.1f} s)", flush=True)
-        if flag == gradebook.UNREADABLE:
-            print(f"course grade: {submission}: {results[0].message}", file=sys.stderr, flush=True)
+    with run_cache() as cache:
+        for n, (submission, results, seconds) in enumerate(
+                graded(todo, str(solution_path), timeout, profile, hide, jobs, cache), 1):
+            flag = gradebook.flags(submission, [r.message for r in results], untouched)
+            book.add(results, ids[submission], flag)
+            total, most = sum(r.points for r in results), sum(r.max_points for r in results)
+            print(f"[{n}/{len(todo)}] {ids[submission]}: {total:g} / {most:g}{'  ' + flag if flag else ''} "
+                  f"({seconds:.1f} s)", flush=True)
+            if flag == gradebook.UNREADABLE:
+                print(f"course grade: {submission}: {results[0].message}", file=sys.stderr, flush=True)
     rows = [r for r in book.rows if r["submission"] in set(submissions)]
     if sheets:
         gradebook.write_sheets(book.rows, out)
