@@ -184,27 +184,6 @@ def preferred_ft(model, tokenizer, pairs: Sequence, steps: int, batch_size: int,
                                                b["labels"]), desc=desc)
 
 
-def ppo_reward(sft_model, tokenizer, norm_prompts: Sequence[str], max_new_tokens: int, rm_model: str | None = None,
-               pairs: Sequence = (), steps: int = 0, batch_size: int = 32, lr: float = 1e-3, seed: int = 0):
-    """Module 05's PPO reward: ``rm_model`` (None: one trained on ``pairs``), scaled to mean 0, std 1 on SFT's replies."""
-    from . import rlhf
-    from .models import load_pretrained
-    from .sft import respond
-
-    if rm_model:
-        rm, rm_tokenizer = load_pretrained(rm_model)
-        if rm_tokenizer.get_vocab() != tokenizer.get_vocab():
-            raise ValueError(f"{rm_model} reads another vocabulary than the policy: name rm_model=None to train a "
-                             "reward model from the policy's own checkpoint on the pairs")
-        rm = rlhf.no_dropout(rm).to(sft_model.device)
-    elif pairs and steps > 0:
-        rm = rlhf.train_reward_model(sft_model, tokenizer, pairs, steps, batch_size, lr, seed=seed)
-    else:
-        raise ValueError("name a shipped reward model (rm_model) or pass pairs and steps > 0 to train one")
-    replies = respond(sft_model, tokenizer, list(norm_prompts), max_new_tokens)
-    return rlhf.RMReward.normalized(rm, tokenizer, list(norm_prompts), replies)
-
-
 @torch.no_grad()
 def implicit_reward_accuracy(policy, examples: Sequence[dict], pad_token_id: int, truth: Sequence[bool] | None = None
                              ) -> float:
@@ -314,5 +293,5 @@ def bradley_terry(rewards: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = ["DPOObjective", "bradley_terry", "collate_pairs", "dpo_loss", "encode_pair", "fit_toy_dpo",
-           "implicit_reward_accuracy", "ipo_loss", "kl_objective", "optimal_policy", "pair_logps", "ppo_reward",
-           "preferred_ft", "response_kl", "response_logps", "sequence_logps", "train_dpo", "with_reference"]
+           "implicit_reward_accuracy", "ipo_loss", "kl_objective", "optimal_policy", "pair_logps", "preferred_ft",
+           "response_kl", "response_logps", "sequence_logps", "train_dpo", "with_reference"]

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification
 
-from .sft import end_of_turn_ids
+from .sft import end_of_turn_ids, respond
 from .world.instructions import Task, words
 from .stats import Estimate, mean_ci
 from .world.preferences import Pair, true_reward, win_outcomes
@@ -377,6 +377,34 @@ class RMReward:
         return (rm_scores(self.rm, self.tokenizer, [t.instruction for t in ro.tasks], ro.texts) - self.mean) / self.std
 
 
+def load_reward_model(name: str, tokenizer, device) -> torch.nn.Module:
+    """The shipped reward model ``name`` (it must read ``tokenizer``'s vocabulary), dropout off, on ``device``."""
+    from .models import load_pretrained
+
+    rm, rm_tokenizer = load_pretrained(name)
+    if rm_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise ValueError(f"{name} reads another vocabulary than the policy: name rm_model=None to train a reward "
+                         "model from the policy's own checkpoint on the pairs")
+    return no_dropout(rm).to(device)
+
+
+def ppo_reward(sft_model, tokenizer, norm_prompts: Sequence[str], max_new_tokens: int,
+               rm_model: str | torch.nn.Module | None = None, pairs: Sequence = (), steps: int = 0,
+               batch_size: int = 32, lr: float = 1e-3, seed: int = 0) -> RMReward:
+    """Module 05's PPO reward: ``rm_model`` (a shipped name, a loaded reward model, or None: one trained on ``pairs``),
+    scaled to mean 0, std 1 on the SFT model's replies to ``norm_prompts``."""
+    if isinstance(rm_model, str):
+        rm = load_reward_model(rm_model, tokenizer, sft_model.device)
+    elif isinstance(rm_model, torch.nn.Module):
+        rm = rm_model
+    elif rm_model is None and pairs and steps > 0:
+        rm = train_reward_model(sft_model, tokenizer, pairs, steps, batch_size, lr, seed=seed)
+    else:
+        raise ValueError("name a shipped reward model (rm_model) or pass pairs and steps > 0 to train one")
+    replies = respond(sft_model, tokenizer, list(norm_prompts), max_new_tokens)
+    return RMReward.normalized(rm, tokenizer, list(norm_prompts), replies)
+
+
 class TrueReward:
     """Reward function of a rollout: the world's r* (a perfect reward model, for controlled comparisons)."""
 
@@ -488,11 +516,11 @@ def plot_history(history: PPOHistory, axes=None, title: str = "PPO", label: str 
 
 
 __all__ = ["DenseTrueReward", "LivePPOPlot", "PPOConfig", "PPOHistory", "PolicyWithValue", "PretrainBatches",
-           "RMReward", "Rollout", "TrueReward", "best_of_n", "chat_ids", "gae", "kl_to_reference", "lm_loss", "masked_mean",
-           "new_policy", "no_dropout", "pair_accuracy", "pair_batch", "pad_right", "per_token_rewards",
-           "plot_history", "positions", "ppo", "ppo_policy_loss", "ppo_update", "ppo_value_loss",
-           "response_logprobs", "reward_loss", "reward_model_from", "rm_loss_fn", "rm_scores", "rollout", "score",
-           "text_batch", "train_reward_model", "whiten", "wordiness"]
+           "RMReward", "Rollout", "TrueReward", "best_of_n", "chat_ids", "gae", "kl_to_reference", "lm_loss",
+           "load_reward_model", "masked_mean", "new_policy", "no_dropout", "pair_accuracy", "pair_batch", "pad_right",
+           "per_token_rewards", "plot_history", "positions", "ppo", "ppo_policy_loss", "ppo_reward", "ppo_update",
+           "ppo_value_loss", "response_logprobs", "reward_loss", "reward_model_from", "rm_loss_fn", "rm_scores",
+           "rollout", "score", "text_batch", "train_reward_model", "whiten", "wordiness"]
 
 
 def win_rate_ci(policy_replies: Sequence[str], reference_replies: Sequence[str], tasks: Sequence[Task],

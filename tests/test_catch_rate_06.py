@@ -1,14 +1,21 @@
 """Lab 06 plausible wrong submissions (issue 24 §6): each loses its exercise's check; correct variants pass."""
+import copy
+import functools
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from course_utils.checks import dpo as checks
+from course_utils.checks.rlhf import grader_eval_tasks
+from course_utils.dpo import encode_pair, preferred_ft, train_dpo, with_reference
+from course_utils.models import load_pretrained
+from course_utils.world.preferences import rlhf_split, sample_pairs
 from catch_rate import catch_rate_tests, solution_functions
 
 SOLUTION = Path(__file__).resolve().parents[1] / "solutions" / "06_dpo.ipynb"
-SOL = solution_functions(SOLUTION, {"torch": torch, "F": F})
+# chosen_shift: what exercise 5's measurement cell leaves for the CHOSEN_ROSE cell (not run here)
+SOL = solution_functions(SOLUTION, {"torch": torch, "F": F, "chosen_shift": -1.0})
 
 
 def _token_logps(logits, ids):
@@ -143,4 +150,108 @@ RIGHT = {
 }
 
 
-test_a_plausible_wrong_version_loses_its_check, test_a_correct_version_passes = catch_rate_tests(WRONG, RIGHT)
+
+
+# ------------------------------------------------------------------------------ exercise 5: the log-prob shifts
+@functools.cache
+def trained(how: str) -> torch.nn.Module:
+    """tiny-gpt-sft after a short DPO run ("dpo"), or after SFT on the chosen replies of the check's own hidden pairs
+    ("chosen_sft": its chosen replies do become likelier; SFT on other pairs' chosen replies lowered them)."""
+    model, tok = load_pretrained("tiny-gpt-sft", progress=False)
+    policy = copy.deepcopy(model)
+    torch.manual_seed(0)
+    if how == "dpo":
+        pairs = sample_pairs(rlhf_split(300, 1, 1)["pairs"], 300, seed=0)
+        examples = with_reference([encode_pair(tok, p.prompt, p.chosen, p.rejected) for p in pairs], model,
+                                  tok.pad_token_id)
+        train_dpo(policy, examples, tok.pad_token_id, beta=0.1, steps=40, batch_size=16, lr=3e-4, progress=False)
+    else:
+        pairs = sample_pairs(grader_eval_tasks(seed=7), checks.SHIFT_PAIRS, seed=7)  # as checks.shift_batch draws
+        preferred_ft(policy, tok, pairs, steps=20, batch_size=16, lr=1e-3, desc="chosen SFT")
+    return policy
+
+
+def shift_check(chosen_rose=None, how: str = "dpo"):
+    """check_logp_shift on the ``how`` policy, with the solution's conclusion for it unless ``chosen_rose`` is given."""
+    def check(fn):
+        rose = chosen_rose if chosen_rose is not None else how == "chosen_sft"
+        checks.check_logp_shift(fn, trained(how), "tiny-gpt-sft", rose)
+    return check
+
+
+def _shift_of(row_logps, reduce=lambda x: x.mean()):
+    """A logp_shift from a per-row log-prob function ``row_logps(logits, batch)``."""
+    def logp_shift(policy, reference, batch):
+        with torch.no_grad():
+            rows = [row_logps(m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch)
+                    for m in (policy, reference)]
+        chosen, rejected = (rows[0] - rows[1]).chunk(2)
+        return reduce(chosen).item(), reduce(rejected).item()
+    return logp_shift
+
+
+_sum = lambda lg, b: SOL["sequence_logps"](lg, b["input_ids"], b["completion_mask"])
+
+
+def shift_reference_minus_policy(policy, reference, batch):
+    return SOL["logp_shift"](reference, policy, batch)
+
+
+def shift_policy_twice(policy, reference, batch):
+    return SOL["logp_shift"](policy, policy, batch)
+
+
+def shift_swapped(policy, reference, batch):
+    return SOL["logp_shift"](policy, reference, batch)[::-1]
+
+
+def shift_no_reference(policy, reference, batch):
+    with torch.no_grad():
+        chosen, rejected = _sum(policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                                batch).chunk(2)
+    return chosen.mean().item(), rejected.mean().item()
+
+
+WRONG_SHIFT = {
+    "shift reference minus policy": (shift_check(), shift_reference_minus_policy, "the policy's log-prob minus"),
+    "shift policy for both": (shift_check(), shift_policy_twice, "score the batch with the policy AND"),
+    "shift chosen and rejected swapped": (shift_check(), shift_swapped, "chosen rows first"),
+    "shift without the reference": (shift_check(), shift_no_reference, "reference's log-probs are not subtracted"),
+    "shift mean over tokens": (shift_check(), _shift_of(lambda lg, b: _sum(lg, b) / b["completion_mask"][:, 1:].sum(1)),
+                               "DPO SUMS"),
+    "shift prompt summed": (shift_check(), _shift_of(lambda lg, b: SOL["sequence_logps"](lg, b["input_ids"],
+                                                                                          b["attention_mask"])),
+                            "prompt's tokens are summed"),
+    "shift summed over pairs": (shift_check(), _shift_of(_sum, lambda x: x.sum()), "mean shift per pair"),
+    "shift not a pair": (shift_check(), lambda p, r, b: SOL["logp_shift"](p, r, b)[0], "two numbers"),
+    # the conclusion: DPO's loss seems to promise a likelier chosen reply; the measurement decides
+    "conclusion chosen rose (DPO policy)": (shift_check(True), SOL["logp_shift"], "fell by .* nats"),
+    "conclusion chosen fell (SFT on the chosen)": (shift_check(False, "chosen_sft"), SOL["logp_shift"], "rose by"),
+    "conclusion as text": (shift_check("False"), SOL["logp_shift"], "a bool"),
+}
+
+
+def shift_loop(policy, reference, batch):
+    chosen, rejected, half = 0.0, 0.0, len(batch["input_ids"]) // 2
+    for row in range(len(batch["input_ids"])):
+        one = {k: v[row:row + 1] for k, v in batch.items()}
+        shift = _shift_of(_sum)(policy, reference, {k: torch.cat([v, v]) for k, v in one.items()})[0]
+        if row < half:
+            chosen += shift / half
+        else:
+            rejected += shift / half
+    return chosen, rejected
+
+
+RIGHT_SHIFT = {
+    "shift solution": (shift_check(), SOL["logp_shift"]),
+    "shift solution, SFT on the chosen": (shift_check(how="chosen_sft"), SOL["logp_shift"]),
+    "shift one row at a time": (shift_check(), shift_loop),
+    "shift as tensors in float64": (shift_check(), lambda p, r, b: tuple(
+        torch.tensor(x, dtype=torch.float64) for x in SOL["logp_shift"](p, r, b))),
+    "conclusion as a bool tensor": (shift_check(torch.tensor(-3.0) > 0), SOL["logp_shift"]),
+}
+
+
+test_a_plausible_wrong_version_loses_its_check, test_a_correct_version_passes = catch_rate_tests(
+    {**WRONG, **WRONG_SHIFT}, {**RIGHT, **RIGHT_SHIFT})

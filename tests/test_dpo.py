@@ -5,14 +5,12 @@ import pytest
 import torch
 
 from course_utils.checks.dpo import trl_dpo_batch
-from course_utils import rlhf
 from course_utils.dpo import (DPOObjective, bradley_terry, collate_pairs, dpo_loss, encode_pair, fit_toy_dpo,
-                              implicit_reward_accuracy, ipo_loss, kl_objective, optimal_policy, ppo_reward, response_kl,
-                              train_dpo, with_reference)
+                              implicit_reward_accuracy, ipo_loss, kl_objective, optimal_policy, response_kl, train_dpo,
+                              with_reference)
 from course_utils.models import load_pretrained
 from course_utils.models.recipes import RECIPES
 from course_utils.settings import settings_for
-from course_utils.sft import respond
 from course_utils.world.instructions import task_split
 from course_utils.world.preferences import rlhf_split, sample_pairs
 
@@ -150,38 +148,3 @@ def test_lecture_ppo_prompts_are_unseen_by_module_05s_reward_model(profile):
     assert len(tasks) >= s["norm_prompts"] and not prompts & rm_stories
     assert not prompts & {t.story for t in lecture["eval"]}
     assert s["ppo"] == settings_for("05_rlhf_ppo", profile)["ppo"]  # module 05's PPO, not a weaker copy
-
-
-@pytest.fixture(scope="module")
-def sft():
-    model, tok = load_pretrained("tiny-gpt-sft", progress=False)
-    return model, tok, [t.instruction for t in rlhf_split(2000, 300, 1)["prompts"][:24]]
-
-
-def test_ppo_reward_is_module_05s_reward_model_normalised_on_sft_replies(sft):
-    model, tok, prompts = sft
-    reward = ppo_reward(model, tok, prompts, 8, "tiny-gpt-rm")
-    assert reward.rm.config.num_labels == 1 and reward.rm.config.name_or_path.endswith("tiny-gpt-rm")
-    scaled = (rlhf.rm_scores(reward.rm, tok, prompts, respond(model, tok, prompts, 8)) - reward.mean) / reward.std
-    assert abs(scaled.mean().item()) < 1e-5 and abs(scaled.std().item() - 1) < 1e-5
-
-
-def test_ppo_reward_trains_one_for_a_policy_from_a_checkpoint_folder(tmp_path, sft):
-    """The gpu profile's path (its policy's tokens are not the course's), on a locally saved course model."""
-    model, tok, prompts = sft
-    model.save_pretrained(tmp_path)
-    tok.save_pretrained(tmp_path)
-    policy, tok2 = load_pretrained(str(tmp_path))
-    reward = ppo_reward(policy, tok2, prompts, 8, rm_model=None, pairs=PAIRS, steps=2, batch_size=2, lr=1e-4)
-    assert reward.rm.config.num_labels == 1 and reward.std > 0
-    assert reward.rm.config.name_or_path == str(tmp_path)  # trained from the policy's own checkpoint
-
-
-def test_ppo_reward_says_what_to_do_with_bad_input(sft):
-    model, tok, prompts = sft
-    other = copy.deepcopy(tok)
-    other.add_tokens(["a-token-the-reward-model-never-saw"])
-    with pytest.raises(ValueError, match="another vocabulary"):
-        ppo_reward(model, other, prompts, 8, "tiny-gpt-rm")
-    with pytest.raises(ValueError, match="pass pairs"):
-        ppo_reward(model, tok, prompts, 8, rm_model=None)

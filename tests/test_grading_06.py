@@ -5,7 +5,10 @@ log-sigmoid, chosen and rejected swapped, no reference model, mean instead of su
 alone, fast, in tests/test_dpo_checks.py. The wrong notebook also cheats: its dpo_loss calls the course's own
 answer (course_utils.dpo.dpo_loss, captured before the checks run), and loses that exercise's points. The outcome
 check re-measures the trained copy on the grader's own tasks: a notebook that trains nothing and reports the
-numbers the check used to read loses it."""
+numbers the check used to read loses it. Exercise 5 (the log-prob shifts) is graded on the grader's own hidden
+pairs: the wrong notebook's logp_shift calls the course's sequence_logps (forbidden), and a notebook that states
+the intuitive conclusion (the chosen replies became likelier) against its own policy's measurement loses exactly
+those 3 points; tests/test_catch_rate_06.py holds the other wrong measurements."""
 import copy
 from pathlib import Path
 
@@ -18,7 +21,7 @@ from notebook_helpers import assert_lost_exactly, total
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = ROOT / "solutions" / "06_dpo.ipynb"
-TOTAL = 14
+TOTAL = 17
 
 PROMPT_SUMMED = """
 mask = (input_ids != tokenizer.pad_token_id).long()
@@ -28,9 +31,21 @@ return (logp * mask[:, 1:]).sum(-1)
 CAPTURE_ANSWER = """
 import course_utils.dpo
 _answer = course_utils.dpo.dpo_loss  # captured before any check runs
+_answer_logps = course_utils.dpo.sequence_logps
 """
 CALLS_ANSWER = """
 return _answer(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)  # plain DPO: right at noise 0
+"""
+SHIFT_CALLS_ANSWER = """
+with torch.no_grad():
+    rows = [_answer_logps(m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                          batch["input_ids"], batch["completion_mask"]) for m in (policy, reference)]
+chosen, rejected = (rows[0] - rows[1]).chunk(2)
+return chosen.mean().item(), rejected.mean().item()
+"""
+# the intuitive answer, stated without looking at the measurement
+CHOSEN_ROSE_STATED = """
+CHOSEN_ROSE = True
 """
 # the run cell of a notebook that trains nothing and reports the numbers the old outcome check read
 REPORTED_NOT_TRAINED = """
@@ -48,10 +63,12 @@ def gradebook(grade_notebooks):
     solution = read_notebook(SOLUTION)
     wrong = replace_solution(replace_solution(replace_solution(solution, "logps_impl", PROMPT_SUMMED), "optimal_impl",
                                               BETA_TIMES_REWARD), "loss_impl", CALLS_ANSWER)
+    wrong = replace_solution(wrong, "shift_impl", SHIFT_CALLS_ANSWER)
     wrong.cells.insert(3, new_code_cell(CAPTURE_ANSWER))  # right after the imports
     not_trained = copy.deepcopy(solution)
     next(c for c in not_trained.cells if "history = train_dpo(" in c.source).source = REPORTED_NOT_TRAINED
-    wrong_versions = {"prompt_summed_beta_times_reward_and_answer_called": wrong, "reported_not_trained": not_trained}
+    wrong_versions = {"prompt_summed_beta_times_reward_and_answer_called": wrong, "reported_not_trained": not_trained,
+                      "chosen_rose_stated": replace_solution(solution, "shift_answer", CHOSEN_ROSE_STATED)}
     return grade_notebooks(SOLUTION, wrong_versions)
 
 
@@ -69,9 +86,13 @@ def test_untouched_lab_gets_zero(gradebook):
     # trains well but loses the loss exercise
     ("prompt_summed_beta_times_reward_and_answer_called",
      {"logps_check": "prompt", "optimal_check": "exp(beta * r)",
-      "loss_check": "forbidden call: the exercise may not use course_utils.dpo: dpo_loss"}),
+      "loss_check": "forbidden call: the exercise may not use course_utils.dpo: dpo_loss",
+      "shift_check": "forbidden call: the exercise may not use course_utils.dpo: sequence_logps"}),
     # nothing trained, numbers reported: the outcome check re-measures the untouched copy (every reply ties SFT's)
+    # the untouched copy's shifts are 0: exercise 5 accepts either conclusion there (the solution's is False)
     ("reported_not_trained", {"outcome_check": "win rate over SFT under r* on the grader's held-out tasks is 0.50"}),
+    ("chosen_rose_stated",
+     {"shift_check": "CHOSEN_ROSE = True, but on the grader's held-out pairs your policy's log pi(chosen) fell by"}),
 ])
 def test_plausible_mistakes_lose_the_points_they_break(gradebook, name, lost):
     rows = gradebook[name]

@@ -1,4 +1,6 @@
 """course_utils.rlhf: the lecture's reward loss, per-token rewards, GAE and PPO losses agree with TRL and torchrl."""
+import copy
+
 import pytest
 import torch
 from scipy.stats import binomtest
@@ -7,6 +9,7 @@ from course_utils.checks import rlhf as checks
 from course_utils import rlhf
 from course_utils.world.preferences import rlhf_split, sample_pairs, true_reward
 from course_utils.models import load_pretrained
+from course_utils.sft import respond
 
 
 def test_reward_loss_matches_trl_reward_trainer():
@@ -153,3 +156,45 @@ def test_best_of_n_keeps_the_best_of_the_same_samples(sft):
     assert all(true_reward(t, b) >= true_reward(t, f) for t, b, f in zip(tasks, best, first))
     with pytest.raises(ValueError, match="at least 1"):
         rlhf.best_of_n(policy, tok, tasks, 0, true_score, max_new_tokens=10)
+
+
+@pytest.fixture(scope="module")
+def norm_prompts():
+    return [t.instruction for t in rlhf_split(2000, 300, 1)["prompts"][:24]]
+
+
+def test_ppo_reward_is_module_05s_reward_model_normalised_on_sft_replies(sft, norm_prompts):
+    model, tok = sft
+    reward = rlhf.ppo_reward(model, tok, norm_prompts, 8, "tiny-gpt-rm")
+    assert reward.rm.config.num_labels == 1 and reward.rm.config.name_or_path.endswith("tiny-gpt-rm")
+    scaled = (rlhf.rm_scores(reward.rm, tok, norm_prompts, respond(model, tok, norm_prompts, 8)) - reward.mean) / reward.std
+    assert abs(scaled.mean().item()) < 1e-5 and abs(scaled.std().item() - 1) < 1e-5
+    loaded = rlhf.load_reward_model("tiny-gpt-rm", tok, model.device)  # lecture 05: loaded once, then normalised
+    assert not any(m.p for m in loaded.modules() if isinstance(m, torch.nn.Dropout))
+    again = rlhf.ppo_reward(model, tok, norm_prompts, 8, loaded)
+    assert again.rm is loaded and (again.mean, again.std) == (reward.mean, reward.std)
+
+
+def test_ppo_reward_trains_one_for_a_policy_from_a_checkpoint_folder(tmp_path, sft, norm_prompts):
+    """Lecture 06's gpu path (its policy's tokens are not the course's), on a locally saved course model."""
+    model, tok = sft
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    policy, tok2 = load_pretrained(str(tmp_path))
+    pairs = sample_pairs(rlhf_split(10, 1, 1)["pairs"], 6, seed=3)
+    reward = rlhf.ppo_reward(policy, tok2, norm_prompts, 8, rm_model=None, pairs=pairs, steps=2, batch_size=2,
+                             lr=1e-4)
+    assert reward.rm.config.num_labels == 1 and reward.std > 0
+    assert reward.rm.config.name_or_path == str(tmp_path)  # trained from the policy's own checkpoint
+
+
+def test_ppo_reward_says_what_to_do_with_bad_input(sft, norm_prompts):
+    model, tok = sft
+    other = copy.deepcopy(tok)
+    other.add_tokens(["a-token-the-reward-model-never-saw"])
+    with pytest.raises(ValueError, match="another vocabulary"):
+        rlhf.ppo_reward(model, other, norm_prompts, 8, "tiny-gpt-rm")
+    with pytest.raises(ValueError, match="another vocabulary"):
+        rlhf.load_reward_model("tiny-gpt-rm", other, model.device)
+    with pytest.raises(ValueError, match="pass pairs"):
+        rlhf.ppo_reward(model, tok, norm_prompts, 8, rm_model=None)

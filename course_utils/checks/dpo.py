@@ -16,8 +16,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from . import (CheckError, assert_gradient_reaches, assert_unchanged, drawn_seed, extreme_pairs, forbids_modules,
-               passed, trained_copy)
+from . import (CheckError, assert_gradient_reaches, assert_unchanged, call_student, drawn_seed, extreme_pairs,
+               forbids_modules, passed, trained_copy)
 from ..sft import quiet_hf, respond
 
 _CACHE: dict = {}
@@ -331,5 +331,100 @@ def check_dpo_outcome(model, sft_name: str, max_new_tokens: int, min_win_rate: f
     passed(f"DPO beats SFT under r* on the grader's held-out tasks (win rate {win:.2f}) at KL {kl:.2f} nats")
 
 
-__all__ = ["check_dpo_loss", "check_dpo_outcome", "check_optimal_policy", "check_sequence_logps", "rdpo_reference",
-           "trl_dpo_batch", "trl_loss"]
+# ------------------------------------------------------------- 5. does DPO make the chosen replies more likely?
+SHIFT_PAIRS = 120  # the grader's held-out pairs: the mean shift's standard error is 0.42-0.55 nats (lab policies)
+# The stated direction is graded where the grader's mean shift of log pi(chosen) is this many standard errors from 0;
+# nearer 0 either answer counts. The solution's policies (ci, seeds 0-2, native and avx, draws 7, 1007, 2007): log
+# pi(chosen) -3.14 to -4.12 nats, 7.3 to 8.7 standard errors below 0; log pi(rejected) -5.36 to -7.89
+DECISIVE = 3.0
+
+
+def shift_batch(tokenizer, seed: int) -> dict:
+    """The grader's hidden pairs on its own held-out tasks (drawn by ``seed``), as one exercise-1 batch."""
+    from ..dpo import collate_pairs, encode_pair
+    from ..world.preferences import sample_pairs
+    from .rlhf import grader_eval_tasks
+
+    pairs = sample_pairs(grader_eval_tasks(seed=seed), SHIFT_PAIRS, seed=seed)
+    return collate_pairs([encode_pair(tokenizer, p.prompt, p.chosen, p.rejected) for p in pairs],
+                         tokenizer.pad_token_id)
+
+
+@torch.no_grad()
+def _logits(model, batch: dict) -> torch.Tensor:
+    """``model``'s logits for the batch's rows."""
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+def _row_logps(logits: torch.Tensor, batch: dict) -> torch.Tensor:
+    """Each row's response log-prob from ``logits`` (TRL's selective_log_softmax, in float64)."""
+    from trl.trainer.utils import selective_log_softmax
+
+    ids = batch["input_ids"]
+    return (selective_log_softmax(logits[:, :-1].double(), ids[:, 1:]) * batch["completion_mask"][:, 1:]).sum(-1)
+
+
+def _shift_mistakes(policy: torch.Tensor, ref: torch.Tensor, batch: dict) -> dict[str, tuple[float, float]]:
+    """(chosen, rejected) mean shifts that typical mistakes give, under their hints (``policy``, ``ref``: logits)."""
+    mean = lambda x: tuple(v.mean().item() for v in x.chunk(2))
+    rows = lambda logits: _logps_variants(logits.double(), batch["input_ids"], batch["completion_mask"],
+                                          batch["attention_mask"])
+    right = _row_logps(policy, batch) - _row_logps(ref, batch)
+    (c, r), n = mean(right), len(right) // 2
+    out = {"a shift is log pi(y|x) - log pi_ref(y|x): the policy's log-prob minus the reference's": (-c, -r),
+           "chosen and rejected are swapped: the batch holds the chosen rows first, then the rejected rows": (r, c),
+           "both log-probs come from one model: score the batch with the policy AND with the reference": (0.0, 0.0),
+           "the reference's log-probs are not subtracted: a shift is relative to the reference":
+               mean(_row_logps(policy, batch)),
+           "a sum over pairs: report the mean shift per pair": (c * n, r * n)}
+    policy_rows, ref_rows = rows(policy), rows(ref)
+    return {**out, **{hint: mean(policy_rows[hint] - ref_rows[hint]) for hint in policy_rows}}
+
+
+@drawn_seed
+@forbids_modules(*ANSWERS, "course_utils.checks")
+def check_logp_shift(fn: Callable, model, sft_name: str, chosen_rose, seed: int = 7) -> None:
+    """``fn(policy, reference, batch)`` -> (mean change of log pi(chosen), of log pi(rejected)) against the
+    reference on an exercise-1 batch; ``chosen_rose`` must agree with the grader's own measurement of the trained
+    ``model`` on hidden pairs (drawn by ``seed``), where that measurement is decisive."""
+    from ..models import load_pretrained
+
+    if torch.is_tensor(chosen_rose) and chosen_rose.dtype == torch.bool and chosen_rose.numel() == 1:
+        chosen_rose = bool(chosen_rose)  # e.g. chosen_shift > 0 with a tensor shift
+    if not isinstance(chosen_rose, bool):
+        raise CheckError(f"CHOSEN_ROSE must be True or False (a bool), got {type(chosen_rose).__name__}")
+    policy = trained_copy(model, sft_name)
+    reference, tokenizer = load_pretrained(sft_name, progress=False)
+    batch = shift_batch(tokenizer, seed)
+    policy_logits, ref_logits = _logits(policy, batch), _logits(reference, batch)
+    shifts = _row_logps(policy_logits, batch) - _row_logps(ref_logits, batch)
+    want = tuple(v.mean().item() for v in shifts.chunk(2))
+    got = call_student(fn, "logp_shift(policy, reference, batch)", policy, reference, {k: v.clone() for k, v in
+                                                                                        batch.items()})
+    try:
+        got = tuple(float(x) for x in got)
+    except (TypeError, ValueError):
+        got = None
+    if got is None or len(got) != 2:
+        raise CheckError("logp_shift must return two numbers: (mean shift of the chosen replies, of the rejected)")
+    near = lambda a, b: all(abs(x - y) <= 1e-3 + 1e-4 * abs(y) for x, y in zip(a, b))
+    if not near(got, want):
+        hint = next((h for h, v in _shift_mistakes(policy_logits, ref_logits, batch).items() if near(got, v)), "")
+        raise CheckError(f"on the grader's {SHIFT_PAIRS} held-out pairs your logp_shift gives ({got[0]:+.3f}, "
+                         f"{got[1]:+.3f}) nats, the grader measures ({want[0]:+.3f}, {want[1]:+.3f})"
+                         f"{': ' + hint if hint else ''}")
+    chosen = shifts.chunk(2)[0]
+    error = chosen.std().item() / len(chosen) ** 0.5
+    decisive = abs(want[0]) > DECISIVE * error
+    if decisive and chosen_rose != (want[0] > 0):
+        raise CheckError(f"CHOSEN_ROSE = {chosen_rose}, but on the grader's held-out pairs your policy's log "
+                         f"pi(chosen) {'rose' if want[0] > 0 else 'fell'} by {abs(want[0]):.2f} nats on average "
+                         f"({abs(want[0]) / error:.0f} standard errors from 0): state what your measurement shows, "
+                         "not what DPO's loss seems to promise")
+    passed(f"log-prob shifts re-measured on the grader's held-out pairs: chosen {want[0]:+.2f}, rejected "
+           f"{want[1]:+.2f} nats; CHOSEN_ROSE = {chosen_rose} "
+           f"{'agrees' if decisive else 'accepted (the chosen side moved less than 3 standard errors)'}")
+
+
+__all__ = ["check_dpo_loss", "check_dpo_outcome", "check_logp_shift", "check_optimal_policy", "check_sequence_logps",
+           "rdpo_reference", "shift_batch", "trl_dpo_batch", "trl_loss"]
