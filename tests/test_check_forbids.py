@@ -46,6 +46,7 @@ EXPECTED = {  # check -> modules whose code the student's code may not run while
     dpo.check_sequence_logps: ("course_utils.dpo", "trl"),
     dpo.check_dpo_loss: ("course_utils.dpo", "trl"),
     dpo.check_optimal_policy: ("course_utils.dpo", "trl"),
+    dpo.check_logp_shift: ("course_utils.dpo", "trl", CHECKS),
     lora.check_lora_layer: ("peft", CHECKS),
     lora.check_add_lora: ("peft", CHECKS),
     lora.check_nf4: ("bitsandbytes", CHECKS),
