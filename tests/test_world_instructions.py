@@ -8,7 +8,7 @@ from scipy.stats import binomtest
 from course_utils.world.corpus import NEGATIVE, POSITIVE, make_split_stories, sentence_split, sentences
 from course_utils.world.instructions import (FAMILIES, HELD_OUT_FAMILIES, SEEN_FAMILIES, SENTIMENTS,
                                              WHOLE_STORY_FAMILIES, Task, Template, accuracy, heuristic_answer,
-                                             in_format, make_tasks, score, task_split)
+                                             in_format, make_tasks, rouge_l, score, task_split)
 from course_utils.world.preferences import (CORRECT, STYLE, candidate_responses, label_noise_rate, sample_pairs,
                                             true_reward)
 from course_utils.world.tokenization import END, train_chat_bpe
@@ -220,3 +220,9 @@ def test_in_format_accepts_any_answer_of_the_asked_kind_only():
     assert not in_format(where, "the park") and not in_format(where, "park river") and not in_format(where, "mia")
     names = Task("names", "x", "mia , tom", "mia , tom", "s")
     assert in_format(names, "tom , ana") and not in_format(names, "tom , tom")
+
+
+def test_rouge_l_is_the_lcs_f1_of_the_words():
+    assert rouge_l("a b c d", "a b c d") == 1.0 and rouge_l("a b", "c d") == 0.0 and rouge_l("", "a") == 0.0
+    assert rouge_l("a b c d", "a x c d") == pytest.approx(0.75)  # lcs a c d: 2 * 3 / 8
+    assert rouge_l("a b c", "c b a") == rouge_l("c b a", "a b c") == pytest.approx(1 / 3)

@@ -248,6 +248,20 @@ def in_format(task: Task, response: str) -> bool:
     return len(set(said)) == len(said) if _family(task.family).is_list else len(said) == 1
 
 
+def rouge_l(a: str, b: str) -> float:
+    """ROUGE-L F1 of two texts: the longest common subsequence of their words, against both lengths."""
+    x, y = a.split(), b.split()
+    if not x or not y:
+        return 0.0
+    prev = [0] * (len(y) + 1)
+    for wx in x:
+        cur = [0]
+        for j, wy in enumerate(y):
+            cur.append(prev[j] + 1 if wx == wy else max(prev[j + 1], cur[j]))
+        prev = cur
+    return 2 * prev[-1] / (len(x) + len(y))
+
+
 def accuracy(tasks: Sequence[Task], responses: Sequence[str]) -> dict[str, float]:
     """Fraction of right responses per family, plus 'all'."""
     if len(tasks) != len(responses):
