@@ -13,7 +13,7 @@ CI = {"base_model": "tiny-gpt", "train_stories": 1500, "eval_stories": 60, "sft_
       "self_instruct_proposals": 150}
 CPU = {**CI, "lr": 5e-3, "train_stories": 4000, "eval_stories": 150, "sft_steps": 1500,
        "trl_steps": 200, "lima_steps": 1500, "lab_steps": 1500, "seen_margin": 0.4,
-       "curve_families": (1, 2, 3, 4, 5), "curve_steps": 300,
+       "curve_families": (1, 2, 3, 4, 5), "curve_steps": 150,
        "self_instruct_proposals": 400}
 # gpu: a *base* (not instruction-tuned) hub model, so that SFT is what teaches it to follow instructions. Its chat
 # template has no {% generation %} markers: encode_chat then masks with TRL's training copy of the template, as
