@@ -5,9 +5,10 @@ import random
 import pytest
 from scipy.stats import binomtest
 
-from course_utils.world.corpus import make_split_stories, sentence_split, sentences
-from course_utils.world.instructions import (FAMILIES, HELD_OUT_FAMILIES, SEEN_FAMILIES, SENTIMENTS, Task, Template,
-                                             accuracy, make_tasks, score, task_split)
+from course_utils.world.corpus import NEGATIVE, POSITIVE, make_split_stories, sentence_split, sentences
+from course_utils.world.instructions import (FAMILIES, HELD_OUT_FAMILIES, SEEN_FAMILIES, SENTIMENTS,
+                                             WHOLE_STORY_FAMILIES, Task, Template, accuracy, heuristic_answer,
+                                             in_format, make_tasks, rouge_l, score, task_split)
 from course_utils.world.preferences import (CORRECT, STYLE, candidate_responses, label_noise_rate, sample_pairs,
                                             true_reward)
 from course_utils.world.tokenization import END, train_chat_bpe
@@ -183,3 +184,45 @@ def test_trl_assistant_only_loss_uses_the_template(chat_tokenizer, tmp_path):
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list([{"messages": msgs}]),
                          processing_class=tok)
     assert trainer.train_dataset[0]["labels"] == encode_chat(tok, msgs)["labels"]
+
+
+def test_distractor_tasks_hold_a_wrong_candidate_of_the_asked_kind():
+    plain = task_split(300, "eval", list(FAMILIES), seed=2, min_sentences=3, max_sentences=3)
+    hard = task_split(300, "eval", list(FAMILIES), seed=2, min_sentences=3, max_sentences=3, distractors=True)
+    key = lambda t: (t.family, t.answer, t.story)  # noqa: E731
+    assert {key(t) for t in hard} < {key(t) for t in plain} and {t.family for t in hard} == set(FAMILIES)
+    assert all(len(sentences(t.story)) == 3 for t in hard)
+    for task in hard:
+        fam = FAMILIES[task.family]
+        if task.family == "person_sentiment":
+            opposite = NEGATIVE if task.answer == "positive" else POSITIVE
+            assert any(w in opposite for w in task.story.split()), task
+        elif task.family not in WHOLE_STORY_FAMILIES:
+            assert any(w in fam.choices and w != task.answer for w in task.story.split()), task
+    assert task_split(50, "train", seed=1) == task_split(50, "train", seed=1, distractors=False)
+
+
+def test_heuristic_takes_the_first_word_of_the_asked_kind():
+    story = "the red cat saw the dog in the park . tom gave the cup to mia at the river . ana was sad because " \
+            "the fox ran away from ana ."
+    where = Task("where", "x", "river", "river", story)
+    assert heuristic_answer(where) == "park" and not score(where, heuristic_answer(where))
+    assert heuristic_answer(Task("who_felt", "x", "ana", "ana", story)) == "tom"
+    assert heuristic_answer(Task("sentiment", "x", "negative", "negative", story)) == "negative"
+    assert score(Task("names", "x", "tom , mia , ana", "tom , mia , ana", story), heuristic_answer(
+        Task("names", "x", "", "", story)))
+    assert heuristic_answer(Task("how_many", "x", "two", "two", story)) == ""
+
+
+def test_in_format_accepts_any_answer_of_the_asked_kind_only():
+    where = Task("where", "x", "park", "park", "s")
+    assert in_format(where, "river") and in_format(where, "park .") and not in_format(where, "")
+    assert not in_format(where, "the park") and not in_format(where, "park river") and not in_format(where, "mia")
+    names = Task("names", "x", "mia , tom", "mia , tom", "s")
+    assert in_format(names, "tom , ana") and not in_format(names, "tom , tom")
+
+
+def test_rouge_l_is_the_lcs_f1_of_the_words():
+    assert rouge_l("a b c d", "a b c d") == 1.0 and rouge_l("a b", "c d") == 0.0 and rouge_l("", "a") == 0.0
+    assert rouge_l("a b c d", "a x c d") == pytest.approx(0.75)  # lcs a c d: 2 * 3 / 8
+    assert rouge_l("a b c", "c b a") == rouge_l("c b a", "a b c") == pytest.approx(1 / 3)

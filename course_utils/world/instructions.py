@@ -171,9 +171,27 @@ def family_records(family: str, story: Story) -> list[dict]:
     return [r for r, k in zip(records, keys) if keys.count(k) == 1]
 
 
+# Families that ask about the whole story (its one sentiment, every name) have no distractor: another word of the
+# asked kind would change the answer, not compete with it. ``distractors=True`` keeps all their records.
+WHOLE_STORY_FAMILIES = ("sentiment", "names")
+
+
+def has_distractor(family: str, story: Story, record: dict) -> bool:
+    """True if the story also holds a wrong candidate of the asked kind: another place, count or person
+    (for person_sentiment: a person with the opposite feeling), so the answer needs reading the question."""
+    if family in WHOLE_STORY_FAMILIES:
+        return True
+    if family == "person_sentiment":
+        return any(f["sentiment"] == SENTIMENTS.index(record["answer"]) for f in _facts(story, "feeling"))
+    return any(w in _family(family).choices and w != record["answer"] for w in story.text.split())
+
+
 def make_tasks(stories: Sequence[Story], families: Sequence[str] = SEEN_FAMILIES, seed: int = 0,
-               templates: str | int = "random") -> list[Task]:
-    """One task per (story, family, record), phrased by a random template (or template number ``templates``)."""
+               templates: str | int = "random", distractors: bool = False) -> list[Task]:
+    """One task per (story, family, record), phrased by a random template (or template number ``templates``).
+
+    ``distractors=True`` keeps only records whose story also holds a wrong candidate (``has_distractor``).
+    """
     if isinstance(families, str):
         raise TypeError("families must be a list of family names, e.g. ['where', 'how_many']")
     rng = random.Random(seed)
@@ -182,6 +200,8 @@ def make_tasks(stories: Sequence[Story], families: Sequence[str] = SEEN_FAMILIES
         for name in families:
             fam = _family(name)
             for record in family_records(name, story):
+                if distractors and not has_distractor(name, story, record):
+                    continue
                 template = fam.templates[rng.randrange(len(fam.templates))] if templates == "random" \
                     else fam.templates[templates]
                 instruction, output = template.apply(record)
@@ -190,9 +210,23 @@ def make_tasks(stories: Sequence[Story], families: Sequence[str] = SEEN_FAMILIES
 
 
 def task_split(n_stories: int, split: str = "train", families: Sequence[str] = SEEN_FAMILIES,
-               seed: int = 0) -> list[Task]:
+               seed: int = 0, min_sentences: int = 1, max_sentences: int = 2, distractors: bool = False) -> list[Task]:
     """Tasks on ``n_stories`` stories of one split ('train' or 'eval'); the two splits share no sentence."""
-    return make_tasks(make_split_stories(n_stories, split, seed=seed), families, seed=seed)
+    stories = make_split_stories(n_stories, split, seed=seed, min_sentences=min_sentences, max_sentences=max_sentences)
+    return make_tasks(stories, families, seed=seed, distractors=distractors)
+
+
+def heuristic_answer(task: Task) -> str:
+    """A no-reading baseline: the first word of the asked kind in the story (every name for 'names'; for the
+    sentiment families, the sentiment of the first feeling word)."""
+    fam = _family(task.family)
+    story = task.story.split()
+    if fam.is_list:
+        return " , ".join(dict.fromkeys(w for w in story if w in fam.choices))
+    if fam.choices == SENTIMENTS:
+        feeling = next((w for w in story if w in POSITIVE + NEGATIVE), None)
+        return "" if feeling is None else SENTIMENTS[0 if feeling in POSITIVE else 1]
+    return next((w for w in story if w in fam.choices), "")
 
 
 def score(task: Task, response: str) -> bool:
@@ -203,6 +237,29 @@ def score(task: Task, response: str) -> bool:
     if fam.is_list:
         return said == expected
     return said == expected and len(expected) == 1
+
+
+def in_format(task: Task, response: str) -> bool:
+    """True if ``response`` is an answer of the asked kind, right or wrong: only the family's answer words, one of
+    them (or, for a list family, at least one, none repeated)."""
+    said = words(response)
+    if not said or any(w not in _family(task.family).choices for w in said):
+        return False
+    return len(set(said)) == len(said) if _family(task.family).is_list else len(said) == 1
+
+
+def rouge_l(a: str, b: str) -> float:
+    """ROUGE-L F1 of two texts: the longest common subsequence of their words, against both lengths."""
+    x, y = a.split(), b.split()
+    if not x or not y:
+        return 0.0
+    prev = [0] * (len(y) + 1)
+    for wx in x:
+        cur = [0]
+        for j, wy in enumerate(y):
+            cur.append(prev[j] + 1 if wx == wy else max(prev[j + 1], cur[j]))
+        prev = cur
+    return 2 * prev[-1] / (len(x) + len(y))
 
 
 def accuracy(tasks: Sequence[Task], responses: Sequence[str]) -> dict[str, float]:
