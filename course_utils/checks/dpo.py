@@ -147,11 +147,17 @@ def check_sequence_logps(fn: Callable) -> None:
 
 
 def trl_loss(trainer, batch: dict, beta: float, noise: float) -> tuple[torch.Tensor, dict]:
-    """DPOTrainer's loss on ``batch`` at ``beta``: its "robust" loss (rDPO) with label_smoothing = ``noise``."""
+    """DPOTrainer's loss on ``batch`` at ``beta``: its "robust" loss (rDPO) with label_smoothing = ``noise``.
+
+    The trainer is shared (``trl_dpo_batch`` caches it), so its settings are put back afterwards."""
+    saved = trainer.beta, trainer.label_smoothing, trainer.loss_types
     trainer.beta, trainer.label_smoothing, trainer.loss_types = beta, noise, ["robust"]
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.*deprecated", category=FutureWarning)
-        loss = trainer.compute_loss(trainer.model, dict(batch))
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.*deprecated", category=FutureWarning)
+            loss = trainer.compute_loss(trainer.model, dict(batch))
+    finally:
+        trainer.beta, trainer.label_smoothing, trainer.loss_types = saved
     return loss, {k: v[-1] for k, v in trainer._metrics["eval"].items()}
 
 

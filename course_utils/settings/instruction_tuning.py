@@ -11,7 +11,8 @@ CI = {"base_model": "tiny-gpt", "train_stories": 1500, "eval_stories": 60, "sft_
       "min_sentences": 3, "max_sentences": 3, "reading_eval_stories": 200, "format_margin": 0.5,
       "reading_margin": 0.1, "curve_families": (1, 3, 5), "curve_steps": 100,
       "self_instruct_proposals": 150}
-# cpu's step counts keep the lecture within its 5-minute budget (1500 SFT and LIMA steps: 673 s; 800: 312 s)
+# cpu's step counts keep the lecture within its 5-minute budget: with 1500 SFT and LIMA steps it took 673 s, with
+# 800 312 s, with 600 250 s (two threads, load 2-4, 2026-12-07)
 CPU = {**CI, "lr": 5e-3, "train_stories": 4000, "eval_stories": 150, "sft_steps": 600,
        "trl_steps": 100, "lima_steps": 600, "lab_steps": 1500, "seen_margin": 0.4,
        "curve_families": (1, 2, 3, 4, 5), "curve_steps": 150,
