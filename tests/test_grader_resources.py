@@ -110,6 +110,14 @@ def checker(tmp_path_factory):
     proc.close()
 
 
+def test_the_children_start_with_the_solutions_imports_loaded():
+    """The fork server imports the checks and what the solution imports once; each submission's child inherits them."""
+    names = checkproc.preload(ROOT / "solutions" / "02_bert_mlm.ipynb")
+    assert names[:len(checkproc.PRELOAD)] == checkproc.PRELOAD
+    assert {"course_utils.mlm", "course_utils.checks.mlm", "transformers", "course_utils.training"} <= set(names)
+    assert len(names) == len(set(names))
+
+
 def test_checks_run_in_a_child_on_the_students_objects(checker, monkeypatch):
     monkeypatch.setattr(sys.modules["__main__"], "double", lambda x: 2 * x, raising=False)
     assert checker.run("assert double(torch.ones(2)).tolist() == [2.0, 2.0]", 0, in_process_kernel) == \

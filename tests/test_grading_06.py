@@ -4,12 +4,11 @@ test within its time budget; every wrong version the issue lists (prompt tokens 
 log-sigmoid, chosen and rejected swapped, no reference model, mean instead of sum) is rejected by the checks
 alone, fast, in tests/test_dpo_checks.py. The wrong notebook also cheats: its dpo_loss calls the course's own
 answer (course_utils.dpo.dpo_loss, captured before the checks run), and loses that exercise's points. The outcome
-check re-measures the trained copy on the grader's own tasks: a notebook that trains nothing and reports the
-numbers the check used to read loses it. Exercise 5 (the log-prob shifts) is graded on the grader's own hidden
+check re-measures the trained copy on the grader's own tasks: the wrong notebook also trains nothing and reports
+the numbers the check used to read, and loses it. Its optimal_policy is the solution's and keeps its points. Exercise 5 (the log-prob shifts) is graded on the grader's own hidden
 pairs: the wrong notebook's logp_shift calls the course's sequence_logps (forbidden), and a notebook that states
 the intuitive conclusion (the chosen replies became likelier) against its own policy's measurement loses exactly
 those 3 points; tests/test_catch_rate_06.py holds the other wrong measurements."""
-import copy
 from pathlib import Path
 
 import pytest
@@ -53,21 +52,16 @@ split = rlhf_split(profile["pair_stories"], profile["prompt_stories"], profile["
 policy = copy.deepcopy(sft_model)
 win, kl = 0.9, 1.0
 """
-BETA_TIMES_REWARD = """
-return torch.softmax(ref_probs.log() + beta * rewards, dim=-1)
-"""
 
 
 @pytest.fixture(scope="module")
 def gradebook(grade_notebooks):
     solution = read_notebook(SOLUTION)
-    wrong = replace_solution(replace_solution(replace_solution(solution, "logps_impl", PROMPT_SUMMED), "optimal_impl",
-                                              BETA_TIMES_REWARD), "loss_impl", CALLS_ANSWER)
+    wrong = replace_solution(replace_solution(solution, "logps_impl", PROMPT_SUMMED), "loss_impl", CALLS_ANSWER)
     wrong = replace_solution(wrong, "shift_impl", SHIFT_CALLS_ANSWER)
     wrong.cells.insert(3, new_code_cell(CAPTURE_ANSWER))  # right after the imports
-    not_trained = copy.deepcopy(solution)
-    next(c for c in not_trained.cells if "history = train_dpo(" in c.source).source = REPORTED_NOT_TRAINED
-    wrong_versions = {"prompt_summed_beta_times_reward_and_answer_called": wrong, "reported_not_trained": not_trained,
+    next(c for c in wrong.cells if "history = train_dpo(" in c.source).source = REPORTED_NOT_TRAINED
+    wrong_versions = {"prompt_summed_answers_called_reported_not_trained": wrong,
                       "chosen_rose_stated": replace_solution(solution, "shift_answer", CHOSEN_ROSE_STATED)}
     return grade_notebooks(SOLUTION, wrong_versions)
 
@@ -81,16 +75,13 @@ def test_untouched_lab_gets_zero(gradebook):
 
 
 @pytest.mark.parametrize("name, lost", [  # exercise -> words its message must contain
-    # the prompt's log-probs are the same in the chosen and the rejected row, so they cancel in the DPO loss: the
-    # log-probs check catches the mistake, the DPO run still works (measured); the loss is the course's answer: it
-    # trains well but loses the loss exercise
-    ("prompt_summed_beta_times_reward_and_answer_called",
-     {"logps_check": "prompt", "optimal_check": "exp(beta * r)",
-      "loss_check": "forbidden call: the exercise may not use course_utils.dpo: dpo_loss",
-      "shift_check": "forbidden call: the exercise may not use course_utils.dpo: sequence_logps"}),
-    # nothing trained, numbers reported: the outcome check re-measures the untouched copy (every reply ties SFT's)
-    # the untouched copy's shifts are 0: exercise 5 accepts either conclusion there (the solution's is False)
-    ("reported_not_trained", {"outcome_check": "win rate over SFT under r* on the grader's held-out tasks is 0.50"}),
+    # the log-probs check catches the prompt summed and the loss and shift checks the answers called; nothing is
+    # trained and numbers are reported: the outcome check re-measures the untouched copy (every reply ties SFT's);
+    # its optimal_policy is the solution's and keeps its points
+    ("prompt_summed_answers_called_reported_not_trained",
+     {"logps_check": "prompt", "loss_check": "forbidden call: the exercise may not use course_utils.dpo: dpo_loss",
+      "shift_check": "forbidden call: the exercise may not use course_utils.dpo: sequence_logps",
+      "outcome_check": "win rate over SFT under r* on the grader's held-out tasks is 0.50"}),
     ("chosen_rose_stated",
      {"shift_check": "CHOSEN_ROSE = True, but on the grader's held-out pairs your policy's log pi(chosen) fell by"}),
 ])

@@ -1,13 +1,13 @@
 """Grading lab 09 end to end: the solution gets full marks, the untouched lab 0, and plausible mistakes lose
 exactly the points of the exercises they break, with a message naming the mistake. One wrong notebook keeps the
-test within its time budget; each of its mistakes leaves the GRPO run unchanged (the loop's advantages carry no
-gradient, and the verifier and pass@k are not used in training), so the outcome exercise keeps its points. The
-other mistakes the issue names (batch instead of group normalisation, per-sequence averaging) are rejected by the
-checks alone, fast, in tests/test_grpo_checks.py. The wrong notebook also cheats: its group_advantages calls the
-course's own answer (course_utils.grpo.group_advantages) and loses that exercise's points. A second notebook has
-every piece right but trains the reference instead of the copy it passes to the check: the outcome check, which
-re-measures the passed weights against the shipped SFT model on its own tasks, finds no gain and takes exactly its
-points (the other wrong pieces it separates, over training seeds and draws: benchmarks/lab_outcome_margins.txt)."""
+test within its time budget. Its three function mistakes leave the GRPO run's numbers as they are (the loop's
+advantages carry no gradient, and the verifier is not used in training); its group_advantages also
+cheats, calling the course's own answer (course_utils.grpo.group_advantages), and loses that exercise's points.
+Its run cell trains the reference instead of the copy it passes to the check: the outcome check, which re-measures
+the passed weights against the shipped SFT model on its own tasks, finds no gain and takes exactly its points (the
+other wrong pieces it separates, over training seeds and draws: benchmarks/lab_outcome_margins.txt). The other
+mistakes (pass@k drawn with replacement; batch instead of group normalisation, per-sequence averaging) are rejected
+by the checks alone, fast, in tests/test_grpo_checks.py; its pass@k is the solution's and keeps its points."""
 import copy
 from pathlib import Path
 
@@ -37,20 +37,15 @@ if beta:
     per_token = per_token + beta * (torch.exp(d) - d - 1) * ratio
 return (per_token * mask).sum() / mask.sum()
 """
-WITH_REPLACEMENT = """
-return 1.0 - (1.0 - c / n) ** k
-"""
 
 
 @pytest.fixture(scope="module")
 def gradebook(grade_notebooks):
     solution = read_notebook(SOLUTION)
     wrong = solution
-    for grade_id, code in {"verify_impl": SUBSTRING, "advantages_impl": ANSWER_ADVANTAGES, "loss_impl": NOT_DETACHED,
-                           "pass_at_k_impl": WITH_REPLACEMENT}.items():
+    for grade_id, code in {"verify_impl": SUBSTRING, "advantages_impl": ANSWER_ADVANTAGES, "loss_impl": NOT_DETACHED}.items():
         wrong = replace_solution(wrong, grade_id, code)
-    return grade_notebooks(SOLUTION, {"substring_answer_called_not_detached_with_replacement": wrong,
-                                      "trained_the_reference": _trained_the_reference(solution)})
+    return grade_notebooks(SOLUTION, {"three_mistakes_and_the_reference_trained": _trained_the_reference(wrong)})
 
 
 def _trained_the_reference(nb):
@@ -70,11 +65,7 @@ def test_untouched_lab_gets_zero(gradebook):
 
 
 def test_plausible_mistakes_lose_the_points_they_break(gradebook):
-    assert_lost_exactly(gradebook["substring_answer_called_not_detached_with_replacement"], {
-        "verify_check": "substring", "loss_check": "detach", "pass_at_k_check": "WITH replacement",
-        "advantages_check": "forbidden call: the exercise may not use course_utils.grpo: group_advantages"},
-        partial=True)
-
-
-def test_training_the_wrong_model_loses_exactly_the_outcome(gradebook):
-    assert_lost_exactly(gradebook["trained_the_reference"], {"outcome_check": "less than +0.02"})
+    assert_lost_exactly(gradebook["three_mistakes_and_the_reference_trained"], {
+        "verify_check": "substring", "loss_check": "detach",
+        "advantages_check": "forbidden call: the exercise may not use course_utils.grpo: group_advantages",
+        "outcome_check": "less than +0.02"}, partial=True)

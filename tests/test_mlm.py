@@ -2,7 +2,7 @@
 a message naming the broken rule; plus unit tests of course_utils.mlm.
 
 The correct function is the solution notebook's own cell; each wrong version is that cell with a
-small edit (``WRONG``), the mistakes students make. tests/test_grading_02.py grades the same edits.
+small edit (``WRONG``), the mistakes students make. tests/test_grading_02.py grades two of them end to end.
 """
 import textwrap
 from pathlib import Path
