@@ -5,6 +5,8 @@ NOTEBOOK = "04_instruction_tuning"
 # native numerics); over four batch orders 3e-3 kept response-only ahead on responses and seen accuracy 0.35-0.53
 CI = {"base_model": "tiny-gpt", "train_stories": 1500, "eval_stories": 60, "sft_steps": 300, "batch_size": 32,
       "lr": 3e-3, "trl_steps": 30, "lima_clean": 500, "lima_noise": 0.5, "lima_steps": 500,
+      # LIMA's data-size curve: the first lima_few, the first lima_clean and every training task, on short stories
+      "lima_few": 30, "lima_eval_stories": 180,
       "lab_steps": 500, "seen_margin": 0.25, "unseen_margin": 0.1,
       # lecture 04's questions that need reading: stories of 3 sentences, each question with a distractor; over
       # 300-1000 steps and lr 3e-3/1e-2 the tiny model stayed near 0.1 on them, the no-reading heuristic near 0.43
