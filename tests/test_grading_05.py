@@ -3,8 +3,8 @@ mistakes lose exactly the points of the exercises they break, with a message nam
 The second wrong notebook also cheats: its reward_loss and gae call the course's own answers
 (course_utils.rlhf, which the lab imports) and its find_blind_spot calls the check's own measurement
 (course_utils.checks); traced, they lose those exercises and nothing else. The outcome
-check re-measures the trained model: a policy loss without gradient to the policy loses it, and so does a
-notebook that trains nothing and reports the numbers the check used to read."""
+check re-measures the trained model: a policy loss without gradient to the policy loses it, even in a notebook that
+types in, after its run, the numbers the check used to read."""
 import copy
 from pathlib import Path
 
@@ -56,10 +56,8 @@ ratio = torch.exp(logprobs.detach() - old_logprobs)
 losses = torch.max(-ratio * advantages, -ratio.clamp(1 - clip, 1 + clip) * advantages)
 return (losses * mask).sum() / mask.sum()
 """
-# the run cell of a notebook that trains nothing and reports the numbers the old outcome check read
-REPORTED_NOT_TRAINED = """
-sft_model, tokenizer = load_pretrained(profile["sft_model"])
-policy = rlhf.new_policy(sft_model)
+# appended to the run cell: the numbers the old outcome check read, typed in over the run's own
+REPORTED = """
 history = rlhf.PPOHistory(true_reward=[0.3] * 7 + [1.2] * 7, kl=[0.5] * 14)
 print("r* per rollout:", history.true_reward)
 """
@@ -87,10 +85,11 @@ def _replace(nb, **regions):
     return nb
 
 
-def _reported_not_trained(nb):
+def _numbers_reported(nb):
+    """``nb`` whose run cell ends by typing in a history that looks trained."""
     nb = copy.deepcopy(nb)
     run = next(c for c in nb.cells if "history = rlhf.ppo(" in c.source)
-    run.source = REPORTED_NOT_TRAINED
+    run.source += "\n" + REPORTED
     return nb
 
 
@@ -105,8 +104,8 @@ def gradebook(grade_notebooks):
         "kl_flipped_min_not_max_answers_called": _replace(
             solution, rewards_impl=KL_FLIPPED, policy_loss_impl=MIN_NOT_MAX, reward_loss_impl=ANSWER_REWARD_LOSS,
             gae_impl=ANSWER_GAE, blind_spot_impl=BLIND_SPOT_FROM_THE_CHECKS),
-        "no_policy_gradient": _replace(solution, policy_loss_impl=NO_POLICY_GRADIENT),
-        "reported_not_trained": _reported_not_trained(solution),
+        "no_policy_gradient_numbers_reported": _numbers_reported(_replace(solution,
+                                                                          policy_loss_impl=NO_POLICY_GRADIENT)),
     }
     return grade_notebooks(SOLUTION, wrong_versions)
 
@@ -134,10 +133,10 @@ def test_untouched_lab_gets_zero(gradebook):
         "gae_check": "forbidden call: the exercise may not use course_utils.rlhf: gae",
         "blind_spot_check": "forbidden call: the exercise may not use course_utils.checks: opening_gains"}),
     # the right value with no gradient to the policy: the loss check names it, and the re-measured policy does not
-    # beat SFT on the grader's tasks (benchmarks/lab_outcome_margins.txt: -0.12 to -0.22 over seeds 0-2)
-    ("no_policy_gradient", {"ppo_check": "keep the gradient of logprobs", "outcome_check": "less than"}),
-    # nothing trained, numbers reported: the outcome check re-measures the untouched policy and gives 0
-    ("reported_not_trained", {"outcome_check": "less than"}),
+    # beat SFT on the grader's tasks (benchmarks/lab_outcome_margins.txt: -0.12 to -0.22 over seeds 0-2), whatever
+    # numbers the notebook typed in after its run
+    ("no_policy_gradient_numbers_reported", {"ppo_check": "keep the gradient of logprobs",
+                                             "outcome_check": "less than"}),
 ])
 def test_plausible_mistakes_lose_the_points_they_break(gradebook, name, lost):
     rows = gradebook[name]
