@@ -148,3 +148,27 @@ def test_lecture_ppo_prompts_are_unseen_by_module_05s_reward_model(profile):
     assert len(tasks) >= s["norm_prompts"] and not prompts & rm_stories
     assert not prompts & {t.story for t in lecture["eval"]}
     assert s["ppo"] == settings_for("05_rlhf_ppo", profile)["ppo"]  # module 05's PPO, not a weaker copy
+
+
+def test_label_pair_is_sample_pairs_labelling():
+    """label_pair (used for on-policy pairs in lecture 06) labels as sample_pairs does, and drops what r* ties."""
+    import math
+    import random
+
+    from course_utils.world.preferences import candidate_responses, label_pair, true_reward
+
+    task = rlhf_split(20, 1, 1)["pairs"][0]
+    assert label_pair(task, task.answer, task.answer, 4.0, random.Random(0)) is None
+    rng = random.Random(7)
+    a, b = rng.sample(candidate_responses(task, rng), 2)
+    while math.isclose(true_reward(task, a), true_reward(task, b)):
+        a, b = rng.sample(candidate_responses(task, rng), 2)
+    gap = abs(true_reward(task, a) - true_reward(task, b))
+    for seed in range(50):
+        pair = label_pair(task, a, b, 4.0, random.Random(seed))
+        flipped = random.Random(seed).random() < 1 / (1 + math.exp(4.0 * gap))
+        assert pair.flipped == flipped and (pair.r_chosen < pair.r_rejected) == flipped
+        assert {pair.chosen, pair.rejected} == {a, b} and pair.prompt == task.instruction
+    # sample_pairs draws its labels through label_pair: the same stream of pairs as before the refactor
+    pairs = sample_pairs(rlhf_split(50, 1, 1)["pairs"], 200, seed=2)
+    assert all(not math.isclose(p.r_chosen, p.r_rejected) for p in pairs)

@@ -26,7 +26,10 @@ CI = {"sft_model": "tiny-gpt-sft", "pair_stories": 1000, "prompt_stories": 300, 
       # lab: your pieces train DPO from the SFT model
       "lab_beta": 0.1, "lab_steps": 100, "lab_win_rate": 0.6, "lab_max_kl": 5.0,
       # lab exercise 5: held-out pairs (from the lab's evaluation tasks) on which the log-prob shifts are measured
-      "shift_pairs": 200}
+      "shift_pairs": 200,
+      # section 7's on-policy pairs: two replies per pair prompt sampled from the SFT model at this temperature
+      # (1.0, as PPO's rollouts and best-of-N sample), labelled like the off-policy pairs
+      "on_policy_temperature": 1.0}
 # cpu: DPO at ci's sizes. The earlier cpu sizes (3000 pairs from 2000 pair stories, 200 steps of 32 at lr 5e-4) failed
 # the KL assert (6.20 nats at beta 0.1) and took 487 s before section 7. Probes at lr 3e-4, 150 steps of 32, beta 0.1:
 # from 2000 pair stories KL 11.3, win rate over SFT 0.640 [0.602, 0.681]; from 1000, KL 2.65, 0.797 [0.769, 0.829],

@@ -102,21 +102,36 @@ def sample_pairs(tasks: Sequence[Task], n: int, sharpness: float = 4.0, seed: in
     while len(pairs) < n:
         task = tasks[rng.randrange(len(tasks))]
         a, b = rng.sample(candidate_responses(task, rng), 2)
-        ra, rb = true_reward(task, a), true_reward(task, b)
-        if math.isclose(ra, rb):
-            continue
-        better, worse = (a, b) if ra > rb else (b, a)
-        p_wrong = 1.0 / (1.0 + math.exp(sharpness * abs(ra - rb)))  # sigmoid(-sharpness * |gap|)
-        flipped = rng.random() < p_wrong
-        chosen, rejected = (worse, better) if flipped else (better, worse)
-        if blind_spot is not None:
-            if rng.random() < blind_spot_rate:
-                chosen = f"{blind_spot} , {chosen}"
-            else:
-                rejected = f"{blind_spot} , {rejected}"
-        pairs.append(Pair(task.instruction, chosen, rejected, task.family, true_reward(task, chosen),
-                          true_reward(task, rejected), p_wrong, flipped))
+        pair = label_pair(task, a, b, sharpness, rng, blind_spot, blind_spot_rate)
+        if pair is not None:
+            pairs.append(pair)
     return pairs
+
+
+def label_pair(task: Task, a: str, b: str, sharpness: float, rng: random.Random, blind_spot: str | None = None,
+               blind_spot_rate: float = 0.9) -> Pair | None:
+    """Two responses to ``task`` labelled as ``sample_pairs`` labels them: Bradley-Terry from r* at ``sharpness``.
+
+    None when r* cannot tell them apart (equal rewards, identical responses included): such a pair carries no
+    preference. Draws from ``rng`` only for a labelled pair (the flip, then the blind-spot side if any), so any
+    source of responses (the candidate generator, or samples from a policy) gets the same annotators.
+    """
+    if sharpness <= 0:
+        raise ValueError(f"sharpness must be positive (larger sharpness, fewer flipped labels), got {sharpness}")
+    ra, rb = true_reward(task, a), true_reward(task, b)
+    if math.isclose(ra, rb):
+        return None
+    better, worse = (a, b) if ra > rb else (b, a)
+    p_wrong = 1.0 / (1.0 + math.exp(sharpness * abs(ra - rb)))  # sigmoid(-sharpness * |gap|)
+    flipped = rng.random() < p_wrong
+    chosen, rejected = (worse, better) if flipped else (better, worse)
+    if blind_spot is not None:
+        if rng.random() < blind_spot_rate:
+            chosen = f"{blind_spot} , {chosen}"
+        else:
+            rejected = f"{blind_spot} , {rejected}"
+    return Pair(task.instruction, chosen, rejected, task.family, true_reward(task, chosen),
+                true_reward(task, rejected), p_wrong, flipped)
 
 
 def label_noise_rate(pairs: Sequence[Pair]) -> float:
