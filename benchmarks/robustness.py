@@ -236,6 +236,7 @@ class _AssertComparisons(ast.NodeTransformer):
 
     def __init__(self, source: str, cell_index: int):
         self.source, self.cell_index, self.in_assert, self.count = source, cell_index, 0, 0
+        self.recorded: list[str] = []  # the source text of each comparison it records
 
     def visit_Assert(self, node: ast.Assert) -> ast.Assert:
         if not any(isinstance(n, ast.Compare) for n in ast.walk(node.test)):  # e.g. assert torch.allclose(a, b)
@@ -253,6 +254,7 @@ class _AssertComparisons(ast.NodeTransformer):
     def call(self, left: ast.AST, op: str, right: ast.AST, source: str) -> ast.Call:
         """``__course_outcome__(cell, source, left, op, right)``."""
         self.count += 1
+        self.recorded.append(source)
         args = [ast.Constant(self.cell_index), ast.Constant(source), left, ast.Constant(op), right]
         return ast.Call(ast.Name(HELPER, ast.Load()), args, [])
 
@@ -270,17 +272,41 @@ class _AssertComparisons(ast.NodeTransformer):
         return calls[0] if len(calls) == 1 else ast.BoolOp(ast.And(), calls)
 
 
-def instrument_source(source: str, cell_index: int) -> str | None:
-    """The cell's code with every assert comparison recorded, or None where nothing changes or it cannot be parsed."""
+def _parse(source: str) -> tuple[ast.Module, str] | None:
+    """(tree, the Python source it was parsed from) of a cell, or None where it cannot be parsed."""
     try:
-        tree = ast.parse(source)
+        return ast.parse(source), source
     except SyntaxError:  # IPython syntax (%magics, !commands): try IPython's own translation to Python
         from IPython.core.inputtransformer2 import TransformerManager
         source = TransformerManager().transform_cell(source)
         try:
-            tree = ast.parse(source)
+            return ast.parse(source), source
         except SyntaxError:
             return None
+
+
+def assert_sources(path: Path) -> set[str] | None:
+    """The source texts of the assert comparisons the notebook at ``path`` holds today (None where there is none)."""
+    if not path.exists():
+        return None
+    import nbformat
+
+    found: set[str] = set()
+    for index, cell in enumerate(nbformat.read(path, as_version=4).cells):
+        parsed = _parse(cell.source) if cell.cell_type == "code" else None
+        if parsed is not None:
+            transformer = _AssertComparisons(parsed[1], index)
+            transformer.visit(parsed[0])
+            found.update(transformer.recorded)
+    return found
+
+
+def instrument_source(source: str, cell_index: int) -> str | None:
+    """The cell's code with every assert comparison recorded, or None where nothing changes or it cannot be parsed."""
+    parsed = _parse(source)
+    if parsed is None:
+        return None
+    tree, source = parsed
     transformer = _AssertComparisons(source, cell_index)
     tree = ast.fix_missing_locations(transformer.visit(tree))
     if not transformer.count:
@@ -473,12 +499,17 @@ def missing_cells(results: list[dict], notebooks: list[str]) -> dict[str, dict[s
     return missing
 
 
-def summarize_asserts(runs: list[dict]) -> list[dict]:
-    """Per (assert cell, comparison) over the runs of one notebook: left value and bound spread, worst margin, passes."""
+def summarize_asserts(runs: list[dict], current: set[str] | None = None) -> list[dict]:
+    """Per (assert cell, comparison) over the runs of one notebook: left value and bound spread, worst margin, passes.
+
+    ``current``: the comparisons the notebook holds today; an assert it no longer holds is left out (None: keep all).
+    """
     by_key: dict[tuple, list[tuple[str, dict]]] = {}
     for r in runs:  # keyed by source and occurrence, not cell index: a markdown cell added above must not split rows
         occurrence: dict[str, int] = {}
         for a in sorted(r["asserts"], key=lambda a: a["cell"]):
+            if current is not None and a["source"] not in current:
+                continue
             occurrence[a["source"]] = occurrence.get(a["source"], -1) + 1
             by_key.setdefault((a["source"], occurrence[a["source"]]), []).append((f"{r['machine']['slug']}:{r['cell']}", a))
     rows = []
@@ -515,7 +546,7 @@ def summarize(results: list[dict], notebooks: list[str]) -> dict:
                                                                   sorted({r["status"] for r in runs})},
                                     "seconds": spread([r["seconds"] for r in runs]), "errors": errors,
                                     "stopped": {f"{r['machine']['slug']}:{r['cell']}": r["stopped"] for r in runs if r["stopped"]},
-                                    "asserts": summarize_asserts(runs)}
+                                    "asserts": summarize_asserts(runs, assert_sources(ROOT / f"{nb}.ipynb"))}
     return summary
 
 
@@ -553,7 +584,8 @@ def missing_line(missing: dict, notebooks: int) -> str:
 def markdown(summary: dict, notebooks: int) -> str:
     """The README section between the markers."""
     lines = [f"_Written by `benchmarks/robustness.py report` from {summary['results']} result files; do not edit by hand._",
-             "", missing_line(summary["missing"], notebooks), ""]
+             "", "Each notebook's rows are the asserts it holds today: runs of an earlier version of it count for the "
+             "asserts it kept, and an assert it no longer holds is left out.", "", missing_line(summary["missing"], notebooks), ""]
     for slug, m in summary["machines"].items():
         lines.append(f"- `{slug}`: {m['cpu']}, {m['cores']} cores, AVX-512 {'yes' if m['avx512f'] else 'no'}, "
                      f"AVX512-BF16 {'yes' if m['avx512_bf16'] else 'no'}, AMX {'yes' if m['amx'] else 'no'}, "

@@ -286,6 +286,19 @@ def test_an_assert_keeps_one_row_when_cells_are_added_above_it():
     assert rows[2]["left"] == {"median": pytest.approx(0.3), "min": 0.2, "max": 0.4}
 
 
+def test_an_assert_the_notebook_no_longer_holds_is_left_out(tmp_path):
+    """Runs of an older version of a notebook keep counting for the asserts it still holds, and only for those."""
+    old = synthetic("native-s0", [outcome(0.6, 0.3, cell=7), outcome(0.1, 0.0, "err < 1", cell=9)])
+    new = synthetic("native-s1", [outcome(0.8, 0.3, cell=7)])
+    rows = rb.summarize_asserts([old, new], current={"purity > 3 * chance"})
+    assert [(r["source"], r["run"]) for r in rows] == [("purity > 3 * chance", 2)]
+    nb = tmp_path / "nb.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "%matplotlib inline\nassert purity > 3 * chance, 'why'\nassert 0 < err < 1\nassert torch.allclose(a, b)")]), nb)
+    assert rb.assert_sources(nb) == {"purity > 3 * chance", "0 < err", "err < 1", "torch.allclose(a, b)"}
+    assert rb.assert_sources(tmp_path / "missing.ipynb") is None
+
+
 def test_report_refuses_a_readme_without_markers(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("# no markers\n")
