@@ -49,10 +49,10 @@ def reward_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tens
     return -F.logsigmoid(diff).mean()
 
 
-def chat_ids(tokenizer, prompt: str, response: str) -> list[int]:
-    """Token ids of a one-turn chat: the templated prompt, the response and its <|end|>."""
-    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
-    return list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
+def chat_ids(tokenizer, prompts: Sequence[str], responses: Sequence[str]) -> list[list[int]]:
+    """Token ids of one-turn chats: each templated prompt, its response and <|end|> (tokenized as one batch)."""
+    chats = [[{"role": "user", "content": p}, {"role": "assistant", "content": r}] for p, r in zip(prompts, responses)]
+    return [list(ids) for ids in tokenizer.apply_chat_template(chats, tokenize=True, return_dict=True)["input_ids"]]
 
 
 def pad_right(rows: Sequence[list[int]], pad_id: int) -> dict:
@@ -67,8 +67,8 @@ def pad_right(rows: Sequence[list[int]], pad_id: int) -> dict:
 
 def pair_batch(tokenizer, pairs: Sequence[Pair]) -> dict:
     """Chosen rows then rejected rows, right-padded (the layout of TRL's reward collator)."""
-    rows = [chat_ids(tokenizer, p.prompt, p.chosen) for p in pairs] + \
-        [chat_ids(tokenizer, p.prompt, p.rejected) for p in pairs]
+    prompts = [p.prompt for p in pairs]
+    rows = chat_ids(tokenizer, prompts + prompts, [p.chosen for p in pairs] + [p.rejected for p in pairs])
     return pad_right(rows, tokenizer.pad_token_id)
 
 
@@ -97,7 +97,7 @@ def rm_scores(rm, tokenizer, prompts: Sequence[str], responses: Sequence[str], b
     rm.eval()
     out = []
     for i in range(0, len(prompts), batch_size):
-        rows = [chat_ids(tokenizer, p, r) for p, r in zip(prompts[i:i + batch_size], responses[i:i + batch_size])]
+        rows = chat_ids(tokenizer, prompts[i:i + batch_size], responses[i:i + batch_size])
         batch = {k: v.to(rm.device) for k, v in pad_right(rows, tokenizer.pad_token_id).items()}
         out.append(rm(**batch).logits.squeeze(-1).float().cpu())
     return torch.cat(out)

@@ -6,6 +6,7 @@ No notebook runs here: the kernel is played by a function (honest: the agent in 
 one that writes a crafted answer), so each attack takes well under a second of real work.
 """
 import io
+import os
 import sys
 import time
 import zipfile
@@ -116,6 +117,30 @@ def test_the_children_start_with_the_solutions_imports_loaded():
     assert names[:len(checkproc.PRELOAD)] == checkproc.PRELOAD
     assert {"course_utils.mlm", "course_utils.checks.mlm", "transformers", "course_utils.training"} <= set(names)
     assert len(names) == len(set(names))
+    # ... and the libraries its checks' oracles import (TRL alone takes seconds), declared as ORACLES
+    assert {"trl.trainer.reward_trainer", "torchrl.objectives"} <= set(
+        checkproc.preload(ROOT / "solutions" / "05_rlhf_ppo.ipynb"))
+    assert {"peft", "bitsandbytes.functional"} <= set(checkproc.preload(ROOT / "solutions" / "07_lora_qlora.ipynb"))
+
+
+def test_every_oracle_a_checks_module_names_is_a_module():
+    """The server skips a name it cannot import, so a misspelt ORACLES entry would only make grading slower."""
+    import importlib
+    import importlib.util
+
+    names = [name for path in sorted((ROOT / "course_utils" / "checks").glob("[!_]*.py"))
+             for name in getattr(importlib.import_module(f"course_utils.checks.{path.stem}"), "ORACLES", ())]
+    assert len(names) >= 6
+    assert [name for name in names if importlib.util.find_spec(name) is None] == []
+
+
+def test_the_fork_server_starts_before_the_first_check(checker):
+    """``warm`` starts the server (its imports then overlap the kernel's first cells) without waiting for it."""
+    import multiprocessing.forkserver
+
+    checker.warm()
+    server = multiprocessing.forkserver._forkserver
+    assert server._forkserver_pid is not None and os.waitpid(server._forkserver_pid, os.WNOHANG) == (0, 0)
 
 
 def test_checks_run_in_a_child_on_the_students_objects(checker, monkeypatch):

@@ -110,6 +110,7 @@ def _logps_variants(logits, ids, completion, attention) -> dict[str, torch.Tenso
 # The course's own answers live in course_utils.dpo (lecture 06 uses them) and TRL is the oracle: when
 # `course grade` calls the student's functions, code from either may not run.
 ANSWERS = ("course_utils.dpo", "trl")
+ORACLES = ("trl.trainer.dpo_trainer",)  # loaded once by `course grade`'s check server (checkproc.preload)
 
 
 @forbids_modules(*ANSWERS)

@@ -20,6 +20,7 @@ from . import CheckError, assert_unchanged, drawn_seed, forbids_modules, passed,
 
 # The course's answers (course_utils.grpo), the world's scorer and TRL: the student's code may run none of them.
 ANSWERS = ("course_utils.grpo", "course_utils.checks", "course_utils.world.instructions", "trl")
+ORACLES = ("trl.trainer.grpo_trainer",)  # loaded once by `course grade`'s check server (checkproc.preload)
 _CACHE: dict = {}
 # The outcome check (exercise 5): the pass@1 gain it wants and the samples per task it draws. Measured by
 # benchmarks/lab_outcome_margins.py (ci sizes, training seeds 0-2 x grader draws 7, 1007, 2007, 225 tasks each,

@@ -27,6 +27,7 @@ from . import CheckError, assert_close, assert_unchanged, call_student, forbids_
 # is_fan_in_fan_out). Nor is transformers: the check hands the student's code GPT-2's Conv1D layers and a GPT-2.
 LORA_ANSWERS = ("peft", "course_utils.checks")
 QUANT_ANSWERS = ("bitsandbytes", "course_utils.checks")
+ORACLES = ("peft", "bitsandbytes.functional")  # loaded once by `course grade`'s check server (checkproc.preload)
 
 # (kind, in, out, r, alpha, use_rslora): rsLoRA scales by alpha / sqrt(r) instead of alpha / r
 LAYERS = (("Linear", 48, 32, 4, 8, False), ("Conv1D", 64, 96, 8, 16, False), ("Linear", 16, 40, 2, 2, False),

@@ -24,6 +24,8 @@ from . import (RUN_CACHE, CheckError, RunCache, assert_close, assert_gradient_re
 # ppo_policy_loss, ppo_value_loss), the oracles are TRL and torchrl, and this module holds written-out references
 # (reference_rewards, torchrl_gae): when `course grade` calls the student's functions, code from none may run.
 ANSWERS = ("course_utils.rlhf", "course_utils.checks", "trl", "torchrl")
+# What the oracles import, loaded once by `course grade`'s check server (checkproc.preload), not per submission.
+ORACLES = ("trl.trainer.reward_trainer", "torchrl.objectives", "torchrl.modules")
 
 
 def _close(a, b, atol: float = 1e-5) -> bool:

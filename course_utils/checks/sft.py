@@ -27,6 +27,7 @@ from ..world.instructions import SEEN_FAMILIES, Task, score, task_split
 # The course's own answers live in course_utils.sft (lecture 04 uses them) and TRL is the oracle: when
 # `course grade` calls the student's functions, code from either may not run.
 ANSWERS = ("course_utils.sft", "trl")
+ORACLES = ("trl.trainer.sft_trainer",)  # loaded once by `course grade`'s check server (checkproc.preload)
 YES_NO = ("no", "yes")  # the verbaliser of the lab's new family: label 1 -> "yes", 0 -> "no"
 CHATS = [
     [{"role": "user", "content": "mia has two cups .\nhow many cups does mia have ?"},

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import importlib
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import secrets
 import sys
@@ -33,7 +35,8 @@ STARTUP_S = 300  # a child imports what the solution imports (transformers, peft
 
 
 def preload(solution_path) -> list[str]:
-    """PRELOAD and every module the solution's import statements name (a name that is no module is skipped)."""
+    """PRELOAD, every module the solution's import statements name (a name that is no module is skipped), and the
+    libraries its checks modules' oracles import (their ``ORACLES``)."""
     from . import remote
     from .notebooks import read_notebook
 
@@ -43,6 +46,9 @@ def preload(solution_path) -> list[str]:
             names += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
             names += [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+    for name in [n for n in names if n.startswith("course_utils.checks.")]:
+        with contextlib.suppress(ImportError):
+            names += getattr(importlib.import_module(name), "ORACLES", ())
     return list(dict.fromkeys(names))
 
 
@@ -140,6 +146,12 @@ class CheckProcess:
                      run_cache)
         self.timeout, self.memory_bytes = timeout, limits.check_memory_bytes
         self.process = self.conn = None
+
+    def warm(self) -> None:
+        """Start the fork server now (no-op under spawn), so that its imports overlap the kernel's first cells."""
+        if _context(self.args[0]).get_start_method() == "forkserver":
+            with _bare_main():
+                multiprocessing.forkserver.ensure_running()
 
     def _start(self) -> str | None:
         """Start the child and wait until its names are ready; None, or why it could not start."""

@@ -353,6 +353,7 @@ def _run_in_sandbox(graded, checks: dict, solution_path, timeout: float, profile
     mounted = sandbox.unavailable_reason() is None and sandbox.mount_workdir(tmp)
     checker = checkproc.CheckProcess(solution_path, profile, tmp, timeout, seed_shift=seed_shift,
                                      run_cache=run_cache)
+    checker.warm()
     try:
         return run_graded(graded, checks, checker, tmp, timeout, profile, hide)
     finally:
