@@ -365,10 +365,6 @@ def _run_in_sandbox(graded, checks: dict, solution_path, timeout: float, profile
 def _grade_one(submission: str, solution_path: str, timeout: float, profile: str, hide: list,
                run_cache: RunCache | None = None) -> tuple[str, list[ExerciseResult], float]:
     """(submission, its rows, seconds taken); a failure of the grader itself gives zeros, never a crash."""
-    import transformers
-
-    # The checks tokenize long texts on purpose; transformers' length warnings would only clutter the log.
-    transformers.utils.logging.set_verbosity_error()
     start = time.perf_counter()
     try:
         results = grade_submission(submission, solution_path, timeout, profile, hide, run_cache)
