@@ -3,7 +3,8 @@
 Shared by lecture 04 and its lab, and by the later modules that start from an SFT model (05-07).
 ``encode_chat`` is the from-scratch counterpart of what TRL's ``SFTTrainer`` does with
 ``assistant_only_loss=True``; ``sft_loss`` is the loss TRL computes; ``respond`` generates greedy replies
-for a list of instructions and ``evaluate`` scores them per task family.
+for a list of instructions and ``evaluate`` scores them per task family; ``format_and_accuracy`` gives a set of
+replies' format rate and accuracy, each with its 95% interval over stories.
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .world.instructions import Task, accuracy
+from .stats import Estimate, mean_ci
+from .world.instructions import Task, accuracy, in_format, score
 from .world.tokenization import ASSISTANT, END
 
 IGNORE_INDEX = -100
@@ -166,6 +168,18 @@ def evaluate(model, tokenizer, tasks: Sequence[Task], max_new_tokens: int = 12) 
     return accuracy(tasks, respond(model, tokenizer, [t.instruction for t in tasks], max_new_tokens))
 
 
+def format_and_accuracy(tasks: Sequence[Task], replies: Sequence[str]) -> dict[str, Estimate]:
+    """Format rate (an answer of the asked kind, right or wrong) and accuracy of ``replies`` to ``tasks``.
+
+    Each is a mean with its 95% bootstrap interval, the tasks of one story resampled together (``mean_ci``).
+    """
+    if len(tasks) != len(replies):
+        raise ValueError(f"need one reply per task: {len(replies)} replies for {len(tasks)} tasks")
+    stories = [t.story for t in tasks]
+    return {"format": mean_ci([in_format(t, r) for t, r in zip(tasks, replies)], stories),
+            "accuracy": mean_ci([score(t, r) for t, r in zip(tasks, replies)], stories)}
+
+
 __all__ = ["ASSISTANT", "COURSE_MARKERS", "END", "IGNORE_INDEX", "LLAMA3_MARKERS", "collate", "encode_chat",
-           "end_of_turn_ids", "evaluate", "quiet_hf", "readable_template", "respond", "sft_loss",
-           "with_llama3_template"]
+           "end_of_turn_ids", "evaluate", "format_and_accuracy", "quiet_hf", "readable_template", "respond",
+           "sft_loss", "with_llama3_template"]

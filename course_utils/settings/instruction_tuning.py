@@ -12,15 +12,19 @@ CI = {"base_model": "tiny-gpt", "train_stories": 1500, "eval_stories": 60, "sft_
       # 300-1000 steps and lr 3e-3/1e-2 the tiny model stayed near 0.1 on them, the no-reading heuristic near 0.43
       "min_sentences": 3, "max_sentences": 3, "reading_eval_stories": 200, "format_margin": 0.5,
       "reading_margin": 0.1, "curve_families": (1, 3, 5), "curve_steps": 100,
-      "self_instruct_proposals": 150}
+      "self_instruct_proposals": 150,
+      # SFT on self-instruct's kept tasks vs every proposal (lecture 04, section 7): both runs take these steps, with
+      # lr and batch_size above; 200 keeps the lecture near 110 s (2 x 200 steps cost about 11 s, native numerics)
+      "self_instruct_steps": 200}
 # cpu's step counts keep the lecture within its 5-minute budget: with 1500 SFT and LIMA steps it took 673 s, with
 # 800 312 s, with 600 250 s (two threads, load 2-4, 2026-12-07)
 CPU = {**CI, "lr": 5e-3, "train_stories": 4000, "eval_stories": 150, "sft_steps": 600,
        "trl_steps": 100, "lima_steps": 600, "lab_steps": 1500, "seen_margin": 0.4,
        "curve_families": (1, 2, 3, 4, 5), "curve_steps": 150,
-       "self_instruct_proposals": 400}
+       "self_instruct_proposals": 400, "self_instruct_steps": 300}
 # gpu: a *base* (not instruction-tuned) hub model, so that SFT is what teaches it to follow instructions. Its chat
 # template has no {% generation %} markers: encode_chat then masks with TRL's training copy of the template, as
-# SFTTrainer does (tests/test_sft_hub_template.py checks that path on a local model with that template)
+# SFTTrainer does (tests/test_sft_hub_template.py checks that path on a local model with that template). Its two
+# self-instruct runs (kept vs every proposal) train the 0.5B model too: 100 steps each keeps them short (not run yet)
 GPU = {**CPU, "base_model": "Qwen/Qwen2.5-0.5B", "lr": 1e-5, "batch_size": 16, "sft_steps": 300,
-       "trl_steps": 300, "lima_steps": 300, "lab_steps": 300}
+       "trl_steps": 300, "lima_steps": 300, "lab_steps": 300, "self_instruct_steps": 100}
